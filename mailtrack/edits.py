@@ -1,0 +1,226 @@
+"""Changes to issues, computed from a snapshot: new issues, comments, field edits.
+
+Every front door (the CLI, a mail, a control mail) describes what it wants as values here and
+gets back a `store.Change`: the files to write and the commit message. Everything is validated
+against project.xml before anything is written; a change is all or nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from mailtrack.model import (
+    EDITABLE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, Comment, Issue, Person, dedupe, is_reserved_filename,
+    make_name, now,
+)  # fmt: skip
+from mailtrack.store import Change, Snapshot, StoreError, ValidationError, issue_dir
+from mailtrack.xmlformat import Node, clean_text
+
+# Names people type for a field, mapped to issue.xml's element.
+FIELD_ALIASES = {
+    "assignee": "assigned", "assign": "assigned", "cc": "carbons", "component": "components",
+    "tag": "tags", "reporter": "reporters", "owner": "owners", "milestones": "milestone",
+    "versions": "version", "subject": "title",
+}  # fmt: skip
+
+
+def field_name(name: str) -> str:
+    """issue.xml's name for a field a person named; StoreError when there is none."""
+    key = name.strip().lower()
+    key = FIELD_ALIASES.get(key, key)
+    if key not in EDITABLE_FIELDS:
+        raise StoreError(f"unknown field '{name}'; fields are: {', '.join(EDITABLE_FIELDS)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One field edit: `op` is "=" (set), "+" (add to a list) or "-" (remove from a list)."""
+
+    field: str
+    op: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.field}{self.op}{self.value}" if self.op != "=" else f"{self.field}={self.value}"
+
+
+def parse_assignment(text: str) -> Edit:
+    """`FIELD=VALUE`, `FIELD+=VALUE` or `FIELD-=VALUE`, as typed on a command line."""
+    for op in ("+=", "-=", "="):
+        if op in text:
+            name, value = text.split(op, 1)
+            return Edit(field_name(name), op[0], value.strip())
+    raise StoreError(f"'{text}' is not FIELD=VALUE")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _person(value: str) -> str:
+    """A mailbox string for a person given as `Name <addr>`, `addr` or a bare name."""
+    p = Person.parse(value)
+    return p.mailbox if p.email else value.strip()
+
+
+def apply_edits(issue: Issue, edits: list[Edit]) -> Issue:
+    """The issue with the edits applied, in order (not yet validated)."""
+    values: dict[str, object] = {}
+    for e in edits:
+        current = values.get(e.field, getattr(issue, e.field))
+        if e.field in LIST_FIELDS:
+            items = [_person(v) if e.field in PEOPLE_FIELDS else v for v in _split(e.value)]
+            cur = list(current)  # type: ignore[call-overload]
+            if e.op == "=":
+                new = items
+            elif e.op == "+":
+                new = cur + items
+            else:
+                gone = {Person.parse(i).email.lower() or i for i in items} if e.field in PEOPLE_FIELDS else set(items)
+                new = [v for v in cur if (Person.parse(v).email.lower() or v) not in gone and v not in gone]
+            values[e.field] = dedupe(new)
+        else:
+            if e.op != "=":
+                raise StoreError(f"{e.field} holds one value: use {e.field}=VALUE")
+            values[e.field] = clean_text(e.value).strip() if e.field != "description" else clean_text(e.value)
+    return replace(issue, **values)  # type: ignore[arg-type]
+
+
+def changed_fields(old: Issue, new: Issue) -> list[str]:
+    return [f for f in EDITABLE_FIELDS if getattr(old, f) != getattr(new, f)]
+
+
+def _validate(snap: Snapshot, issue: Issue) -> None:
+    errors = snap.project().validate(issue, snap.tags() if issue.version else None)
+    if errors:
+        raise ValidationError(errors)
+
+
+def new_issue(
+    snap: Snapshot,
+    author: Person,
+    title: str,
+    description: str = "",
+    edits: list[Edit] | None = None,
+    created: datetime | None = None,
+    message_id: str = "",
+) -> tuple[Issue, Change]:
+    """A new issue with the project's defaults, then `edits`; validated."""
+    project = snap.project()
+    created = created or now()
+    title = clean_text(title).strip()
+    issue = Issue(
+        created=created,
+        author=author,
+        title=title,
+        description=clean_text(description),
+        reporters=[author.mailbox] if author.email else [],
+        status=project.default("status"),
+        type=project.default("type"),
+        severity=project.default("severity"),
+        priority=project.default("priority"),
+        modified=created,
+        name=make_name(created, author, title),
+    )
+    issue = apply_edits(issue, edits or [])
+    if message_id:
+        issue = issue.with_message_id(message_id)
+    _validate(snap, issue)
+    if snap.exists(issue.name):
+        raise StoreError(f"issue {issue.name[:7]} exists already")
+    return issue, Change(f"new {issue.name[:7]}: {issue.title}", {f"{issue_dir(issue.name)}/issue.xml": issue.to_bytes()})
+
+
+def comment_change(
+    snap: Snapshot,
+    name: str,
+    author: Person,
+    text: str,
+    attachments: list[tuple[str, bytes]] | None = None,
+    created: datetime | None = None,
+    message_id: str = "",
+    in_reply_to: str = "",
+) -> tuple[Comment, dict[str, bytes | None]]:
+    """The files of a new comment and its attachments on issue `name` (which must exist)."""
+    existing = set(snap.files(name))
+    files: dict[str, bytes | None] = {}
+    names = []
+    for filename, data in attachments or []:
+        if "/" in filename or filename in ("", ".", "..") or is_reserved_filename(filename):
+            raise StoreError(f"'{filename}' cannot be an attachment's name")
+        unique, n = filename, 1
+        while unique in existing or unique in files:
+            stem, dot, ext = filename.rpartition(".")
+            unique = f"{stem}-{n}.{ext}" if dot and stem else f"{filename}-{n}"
+            n += 1
+        files[f"{issue_dir(name)}/{unique}"] = data
+        names.append(unique)
+    ext = []
+    if message_id:
+        ext.append(Node("message-id", message_id))
+    if in_reply_to:
+        ext.append(Node("in-reply-to", in_reply_to))
+    comment = Comment.new(author, text, created=created, attachments=names, extensions=ext)
+    files[f"{issue_dir(name)}/{comment.filename}"] = comment.to_bytes()
+    return comment, files
+
+
+def edit_issue(
+    snap: Snapshot,
+    name: str,
+    author: Person,
+    edits: list[Edit] | None = None,
+    comment: str | None = None,
+    attachments: list[tuple[str, bytes]] | None = None,
+    when: datetime | None = None,
+    message_id: str = "",
+    in_reply_to: str = "",
+) -> tuple[Issue, Change]:
+    """Field edits and/or a comment on one issue, as one change; validated, all or nothing.
+
+    The returned change has no files when nothing would change.
+    """
+    when = when or now()
+    old = snap.issue(name)
+    new = apply_edits(old, edits or [])
+    short = snap.short(name)
+    files: dict[str, bytes | None] = {}
+    messages = []
+    if changed_fields(old, new):
+        _validate(snap, new)
+        new = replace(new, modified=when)
+        files[f"{issue_dir(name)}/issue.xml"] = new.to_bytes()
+        messages.append(describe_edit(snap, old, new, short))
+    if comment is not None or attachments:
+        _, cfiles = comment_change(snap, name, author, comment or "", attachments, when, message_id, in_reply_to)
+        files.update(cfiles)
+        messages.insert(0, f"comment {short} by {author.email or author.name}")
+    return new, Change("; ".join(messages), files)
+
+
+def describe_edit(snap: Snapshot, old: Issue, new: Issue, short: str) -> str:
+    """A short commit message for a field edit: `close d14142c (fixed)`, `set d14142c severity=minor`."""
+    closed = snap.project().closed
+    if new.status != old.status and new.status in closed and old.status not in closed:
+        return f"close {short}" + (f" ({new.resolution})" if new.resolution else "")
+    if new.status != old.status and old.status in closed and new.status not in closed:
+        return f"reopen {short}"
+    parts = []
+    for f in changed_fields(old, new):
+        v = getattr(new, f)
+        parts.append(f if f == "description" else f"{f}={','.join(v) if isinstance(v, list) else v}")
+    text = " ".join(parts)
+    return f"set {short} {text}" if len(text) <= 60 else f"set {short} {', '.join(changed_fields(old, new))}"
+
+
+def close_edits(snap: Snapshot, resolution: str = "") -> list[Edit]:
+    project = snap.project()
+    return [Edit("status", "=", project.closed[0]), Edit("resolution", "=", resolution or project.default("resolution"))]
+
+
+def reopen_edits(snap: Snapshot) -> list[Edit]:
+    project = snap.project()
+    status = next((s for s in project.statuses if s not in project.closed), project.default("status"))
+    return [Edit("status", "=", status), Edit("resolution", "=", "")]

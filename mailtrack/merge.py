@@ -1,0 +1,150 @@
+"""The field-wise three-way merge of ../shared/FORMAT.md.
+
+Two clones or two gateways that wrote to the branch independently are merged file by file: new
+issues, comments and attachments are a union; an issue.xml changed on both sides is merged field
+by field against the merge base (lists as sets; a field changed differently on both sides takes
+the value with the later `modified` time); project.xml likewise, element by element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from dulwich.diff_tree import tree_changes
+from dulwich.graph import find_merge_base
+
+from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Issue, Person, Project
+from mailtrack.store import Store
+
+_NOT_MERGED = {"created", "author", "modified", "extensions", "name"}
+
+
+def _merge_list(base: list[str], ours: list[str], theirs: list[str]) -> list[str]:
+    removed = (set(base) - set(ours)) | (set(base) - set(theirs))
+    out = [v for v in ours if v not in removed]
+    return out + [v for v in theirs if v not in removed and v not in out]
+
+
+def _merge_value(field: str, base: object, ours: object, theirs: object, ours_later: bool, notes: list[str]) -> object:
+    if ours == theirs or theirs == base:
+        return ours
+    if ours == base:
+        return theirs
+    if field in LIST_FIELDS or isinstance(ours, list):
+        return _merge_list(list(base or []), list(ours), list(theirs))  # type: ignore[call-overload]
+    winner, loser = (ours, theirs) if ours_later else (theirs, ours)
+    notes.append(f"{field}: '{winner}' over '{loser}'")
+    return winner
+
+
+def _later(ours_time: object, theirs_time: object, ours: object, theirs: object) -> bool:
+    """Whether our side wins a conflict: the later time, and the same answer on both clones on a tie."""
+    if ours_time != theirs_time:
+        return bool(ours_time > theirs_time)  # type: ignore[operator]
+    return repr(ours) >= repr(theirs)
+
+
+def merge_issue(base: Issue | None, ours: Issue, theirs: Issue) -> tuple[Issue, list[str]]:
+    """Three-way merge of one issue's fields; the notes name each field both sides set differently."""
+    base = base or replace(ours, **{f: ([] if f in LIST_FIELDS else "") for f in ISSUE_FIELDS if f not in _NOT_MERGED})
+    notes: list[str] = []
+    ours_later = _later(ours.modified, theirs.modified, ours.to_bytes(), theirs.to_bytes())
+    values = {
+        f: _merge_value(f, getattr(base, f), getattr(ours, f), getattr(theirs, f), ours_later, notes)
+        for f in ISSUE_FIELDS
+        if f not in _NOT_MERGED
+    }
+    values["modified"] = max(ours.modified or ours.created, theirs.modified or theirs.created)
+    values["extensions"] = _merge_extensions(base.extensions, ours.extensions, theirs.extensions)
+    return replace(ours, **values), notes  # type: ignore[arg-type]
+
+
+def _merge_extensions(base: list, ours: list, theirs: list) -> list:  # type: ignore[type-arg]
+    tags = {n.tag for n in ours}
+    base_tags = {n.tag for n in base}
+    return ours + [n for n in theirs if n.tag not in tags and n.tag not in base_tags]
+
+
+def merge_project(base: Project | None, ours: Project, theirs: Project) -> tuple[Project, list[str]]:
+    """Three-way merge of project.xml, element by element; on a conflict our side wins."""
+    base = base or Project()
+    notes: list[str] = []
+    values = {}
+    for f in fields(Project):
+        if f.name == "extensions":
+            values[f.name] = _merge_extensions(base.extensions, ours.extensions, theirs.extensions)
+            continue
+        b, o, t = getattr(base, f.name), getattr(ours, f.name), getattr(theirs, f.name)
+        if f.name == "components":
+            by = {c.name: c for c in t}
+            merged = _merge_list([c.name for c in b], [c.name for c in o], [c.name for c in t])
+            mine = {c.name: c for c in o}
+            values[f.name] = [mine.get(n) or by[n] for n in merged]
+        else:
+            values[f.name] = _merge_value(f.name, b, o, t, True, notes)
+    return Project(**values), notes
+
+
+def _blob(store: Store, sha: bytes | None) -> bytes | None:
+    return store.repo.object_store[sha].as_raw_string() if sha else None
+
+
+def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) -> tuple[dict[str, bytes | None], list[str]]:
+    """The files to write over `ours` so that it also holds what `theirs` did since `base`."""
+    objects = store.repo.object_store
+    mine = {(c.new.path or c.old.path): c.new.sha for c in tree_changes(objects, base, ours)}
+    files: dict[str, bytes | None] = {}
+    notes: list[str] = []
+    for c in tree_changes(objects, base, theirs):
+        path_b = c.new.path or c.old.path
+        path = path_b.decode("utf-8", "replace")
+        their_sha = c.new.sha
+        if path_b not in mine:
+            files[path] = _blob(store, their_sha)
+            continue
+        our_sha = mine[path_b]
+        if our_sha == their_sha:
+            continue
+        if our_sha is None or their_sha is None:  # deleted on one side, changed on the other: keep it
+            files[path] = _blob(store, our_sha or their_sha)
+            continue
+        base_data = _blob(store, c.old.sha)
+        if path.endswith("/issue.xml"):
+            name = path.replace("/", "")[: -len("issue.xml")]
+            merged, n = merge_issue(
+                Issue.from_bytes(base_data, name) if base_data else None,
+                Issue.from_bytes(_blob(store, our_sha) or b"", name),
+                Issue.from_bytes(_blob(store, their_sha) or b"", name),
+            )
+            files[path] = merged.to_bytes()
+            notes += [f"{name[:7]} {x}" for x in n]
+        elif path == "project.xml":
+            merged_p, n = merge_project(
+                Project.from_bytes(base_data) if base_data else None,
+                Project.from_bytes(_blob(store, our_sha) or b""),
+                Project.from_bytes(_blob(store, their_sha) or b""),
+            )
+            files[path] = merged_p.to_bytes()
+            notes += [f"project {x}" for x in n]
+        else:  # comments and attachments are never rewritten: a clash is not ours to settle
+            notes.append(f"{path}: kept ours")
+    return files, notes
+
+
+def merge_commits(store: Store, ours: bytes | None, theirs: bytes, author: Person, what: str) -> tuple[bytes, str]:
+    """A commit holding both histories: `theirs` itself when ours is behind (fast-forward), `ours`
+    when theirs is already in it, else a two-parent merge commit. Returns (commit, how).
+    """
+    if ours is None or ours == theirs:
+        return theirs, "fast-forward" if ours is None else "up to date"
+    bases = find_merge_base(store.repo, [ours, theirs])
+    if theirs in bases:
+        return ours, "up to date"
+    if ours in bases:
+        return theirs, "fast-forward"
+    repo = store.repo
+    base_tree = repo[bases[0]].tree if bases else None  # type: ignore[attr-defined]
+    files, notes = merge_trees(store, base_tree, repo[ours].tree, repo[theirs].tree)  # type: ignore[attr-defined]
+    message = f"merge {what}" + ("".join(f"\n\nconflict {n}" for n in notes[:1]) + "".join(f"\nconflict {n}" for n in notes[1:]))
+    commit = store.write_commit([ours, theirs], repo[ours].tree, files, message, author)  # type: ignore[attr-defined]
+    return commit, "merge"

@@ -1,0 +1,487 @@
+"""Issue, Comment and Project: the records of ../shared/FORMAT.md and their files.
+
+Each record converts to and from `xmlformat.Node` trees; `to_bytes` / `from_bytes` are the files.
+Reading accepts the original git-issues script's dialect too (inline values, zone-less times,
+`TODO`, comma-joined lists, `comment_<hash>_<iso>_<text>.xml`); writing is always canonical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import getaddresses, parseaddr
+
+from mailtrack.xmlformat import FormatError, Node, clean_text, dumps, loads
+
+NAME_RE = re.compile(r"^[0-9a-f]{40}$")
+TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+# issue.xml: every field, in the order FORMAT.md gives.
+TIME_FIELDS = ("created", "modified")
+LIST_FIELDS = ("reporters", "owners", "assigned", "carbons", "components", "tags")
+PEOPLE_FIELDS = ("reporters", "owners", "assigned", "carbons")
+TEXT_FIELDS = (
+    "title", "summary", "description", "status", "resolution", "type",
+    "version", "milestone", "severity", "priority",
+)  # fmt: skip
+ISSUE_FIELDS = (
+    "created", "author", "title", "summary", "description", "reporters", "owners", "assigned",
+    "carbons", "status", "resolution", "type", "components", "version", "milestone", "severity",
+    "priority", "tags", "modified",
+)  # fmt: skip
+# Fields a person may set (everything but the bookkeeping).
+EDITABLE_FIELDS = tuple(f for f in ISSUE_FIELDS if f not in ("created", "author", "modified"))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def blob_sha(content: bytes) -> str:
+    """What `git hash-object --stdin` prints for these bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def make_name(created: datetime, author: Person, text: str) -> str:
+    """An issue's or a comment's name: the original script's rule (FORMAT.md)."""
+    stamp = str(created.astimezone(UTC).replace(tzinfo=None))
+    return blob_sha((stamp + author.mailbox + text).encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    email: str
+
+    @property
+    def mailbox(self) -> str:
+        return f"{self.name} <{self.email}>" if self.name else self.email
+
+    @classmethod
+    def parse(cls, text: str) -> Person:
+        name, addr = parseaddr(text)
+        if not addr and "@" not in text:
+            return cls(text.strip(), "")
+        return cls(name.strip(), addr.strip())
+
+    def __str__(self) -> str:
+        return self.mailbox
+
+
+# --- values <-> nodes -------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> datetime:
+    """A time in FORMAT.md's form or the original script's (zone-less: read as UTC)."""
+    t = text.strip()
+    for fmt in (TIME_FORMAT, STAMP_FORMAT, "%Y%m%dT%H%M%S", "%Y%m%dT%H%M%S.%f"):
+        try:
+            return datetime.strptime(t, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    try:
+        d = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise FormatError(f"not a time: {t!r}") from None
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+
+
+def format_time(d: datetime) -> str:
+    return d.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def _text(node: Node | None) -> str:
+    if node is None:
+        return ""
+    if node.children:  # an element whose value is itself an element: take the first text
+        return _text(node.children[0])
+    return node.text or ""
+
+
+def _time_node(tag: str, d: datetime) -> Node:
+    return Node(tag, children=[Node("datetime", format_time(d))])
+
+
+def _read_time(node: Node | None) -> datetime | None:
+    if node is None:
+        return None
+    inner = node.child("datetime")
+    t = _text(inner) if inner is not None else _text(node)
+    return parse_time(t) if t.strip() else None
+
+
+def _list_node(tag: str, values: list[str]) -> Node:
+    values = [c for c in (clean_text(v).strip() for v in values) if c]  # as a reader will see them
+    if not values:
+        return Node(tag, children=[Node("list")])
+    return Node(tag, children=[Node("list", children=[Node("item", v) for v in values])])
+
+
+def _read_list(node: Node | None, people: bool = False) -> list[str]:
+    if node is None:
+        return []
+    inner = node.child("list")
+    if inner is not None:
+        return [i.text.strip() for i in inner.children if i.tag == "item" and i.text and i.text.strip()]
+    text = _text(node).strip()  # the original script: one comma-joined text
+    if not text:
+        return []
+    if people:
+        return [Person(n, a).mailbox if a else n for n, a in getaddresses([text]) if a or n]
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _person_node(tag: str, p: Person) -> Node:
+    return Node(tag, children=[Node("person", children=[Node("name", p.name), Node("email", p.email)])])
+
+
+def _read_person(node: Node | None) -> Person:
+    if node is None:
+        return Person("", "")
+    inner = node.child("person")
+    if inner is not None:
+        return Person(_text(inner.child("name")).strip(), _text(inner.child("email")).strip())
+    return Person.parse(_text(node))
+
+
+def dedupe(values: list[str]) -> list[str]:
+    """Values in first-seen order, each once (people compared by address)."""
+    seen: set[str] = set()
+    out = []
+    for v in values:
+        key = Person.parse(v).email.lower() or v.lower() if "@" in v else v
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+def _extension(extensions: list[Node], tag: str) -> str:
+    for n in extensions:
+        if n.tag == tag:
+            return _text(n).strip()
+    return ""
+
+
+def _with_extension(extensions: list[Node], tag: str, value: str) -> list[Node]:
+    rest = [n for n in extensions if n.tag != tag]
+    return ([Node(tag, value)] + rest) if value else rest
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    created: datetime
+    author: Person
+    title: str
+    summary: str = ""
+    description: str = ""
+    reporters: list[str] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
+    assigned: list[str] = field(default_factory=list)
+    carbons: list[str] = field(default_factory=list)
+    status: str = "new"
+    resolution: str = ""
+    type: str = "defect"
+    components: list[str] = field(default_factory=list)
+    version: str = ""
+    milestone: str = ""
+    severity: str = "major"
+    priority: str = "med"
+    tags: list[str] = field(default_factory=list)
+    modified: datetime | None = None
+    extensions: list[Node] = field(default_factory=list)
+    name: str = ""
+
+    @property
+    def message_id(self) -> str:
+        return _extension(self.extensions, "message-id")
+
+    def with_message_id(self, message_id: str) -> Issue:
+        return replace(self, extensions=_with_extension(self.extensions, "message-id", message_id))
+
+    def get(self, fieldname: str) -> str | list[str]:
+        value = getattr(self, fieldname)
+        if isinstance(value, datetime):
+            return format_time(value)
+        if isinstance(value, Person):
+            return value.mailbox
+        return value  # type: ignore[no-any-return]
+
+    def to_node(self) -> Node:
+        kids: list[Node] = []
+        for f in ISSUE_FIELDS:
+            v = getattr(self, f)
+            if f in TIME_FIELDS:
+                kids.append(_time_node(f, v or self.created))
+            elif f == "author":
+                kids.append(_person_node(f, v))
+            elif f in LIST_FIELDS:
+                kids.append(_list_node(f, v))
+            else:
+                kids.append(Node(f, clean_text(v) or None))
+        return Node("issue", children=kids + self.extensions)
+
+    def to_bytes(self) -> bytes:
+        return dumps(self.to_node())
+
+    @classmethod
+    def from_node(cls, node: Node, name: str = "") -> Issue:
+        by_tag = {c.tag: c for c in reversed(node.children)}
+        created = _read_time(by_tag.get("created"))
+        if created is None:
+            raise FormatError("issue.xml has no <created> time")
+        values: dict[str, object] = {"created": created, "name": name}
+        values["modified"] = _read_time(by_tag.get("modified")) or created
+        values["author"] = _read_person(by_tag.get("author"))
+        for f in LIST_FIELDS:
+            values[f] = _read_list(by_tag.get(f), people=f in PEOPLE_FIELDS)
+        for f in TEXT_FIELDS:
+            if f in by_tag:
+                values[f] = _text(by_tag[f])
+        if values.get("status", "").strip() == "TODO":  # type: ignore[union-attr]
+            values["status"] = "new"  # the original script's open state
+        for f in ("status", "resolution", "type", "version", "milestone", "severity", "priority"):
+            if f in values:
+                values[f] = str(values[f]).strip()
+        values["extensions"] = [c for c in node.children if c.tag not in ISSUE_FIELDS]
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "") -> Issue:
+        return cls.from_node(loads(data, "issue"), name)
+
+
+@dataclass(frozen=True)
+class Comment:
+    created: datetime
+    author: Person
+    text: str
+    attachments: list[str] = field(default_factory=list)
+    modified: datetime | None = None
+    extensions: list[Node] = field(default_factory=list)
+    name: str = ""
+
+    @classmethod
+    def new(cls, author: Person, text: str, created: datetime | None = None, **kw: object) -> Comment:
+        created = created or now()
+        text = clean_text(text)
+        return cls(created=created, author=author, text=text, name=make_name(created, author, text), **kw)  # type: ignore[arg-type]
+
+    @property
+    def filename(self) -> str:
+        return f"comment_{self.created.astimezone(UTC).strftime(STAMP_FORMAT)}_{self.name}.xml"
+
+    @property
+    def message_id(self) -> str:
+        return _extension(self.extensions, "message-id")
+
+    @property
+    def in_reply_to(self) -> str:
+        return _extension(self.extensions, "in-reply-to")
+
+    def to_node(self) -> Node:
+        kids = [
+            _time_node("created", self.created),
+            _time_node("modified", self.modified or self.created),
+            _person_node("author", self.author),
+            Node("comment", clean_text(self.text) or None),
+            _list_node("attachments", self.attachments),
+        ]
+        return Node("comment", children=kids + self.extensions)
+
+    def to_bytes(self) -> bytes:
+        return dumps(self.to_node())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, filename: str = "") -> Comment:
+        node = loads(data, "comment")
+        by_tag = {c.tag: c for c in reversed(node.children)}
+        stamp, name = parse_comment_filename(filename) if filename else (None, "")
+        created = _read_time(by_tag.get("created")) or stamp
+        if created is None:
+            raise FormatError(f"comment {filename} has no <created> time")
+        if stamp is not None and stamp.replace(microsecond=0) == created.replace(microsecond=0):
+            created = stamp  # the file name keeps the microseconds the element drops
+        known = ("created", "modified", "author", "comment", "attachments")
+        return cls(
+            created=created,
+            modified=_read_time(by_tag.get("modified")) or created,
+            author=_read_person(by_tag.get("author")),
+            text=_text(by_tag.get("comment")),
+            attachments=_read_list(by_tag.get("attachments")),
+            extensions=[c for c in node.children if c.tag not in known],
+            name=name,
+        )
+
+
+_COMMENT_NEW = re.compile(r"^comment_(\d{8}T\d{6}(?:\.\d+)?Z?)_([0-9a-f]{40})\.xml$")
+_COMMENT_OLD = re.compile(r"^comment_([0-9a-f]{40})_([0-9T:.\-]+?)(?:_.*)?\.xml$")
+
+
+def is_comment_filename(filename: str) -> bool:
+    return bool(_COMMENT_NEW.match(filename) or _COMMENT_OLD.match(filename))
+
+
+def parse_comment_filename(filename: str) -> tuple[datetime | None, str]:
+    """(creation time, name) from `comment_<stamp>_<c>.xml` or the original script's form."""
+    m = _COMMENT_NEW.match(filename)
+    if m:
+        return parse_time(m.group(1)), m.group(2)
+    m = _COMMENT_OLD.match(filename)
+    if m:
+        try:
+            return parse_time(m.group(2)), m.group(1)
+        except FormatError:
+            return None, m.group(1)
+    return None, ""
+
+
+RESERVED_NAMES = ("issue.xml", "project.xml")
+
+
+def is_reserved_filename(filename: str) -> bool:
+    """Names an attachment may never take: they mean something else in an issue directory."""
+    lower = filename.lower()
+    return lower in RESERVED_NAMES or (lower.startswith("comment_") and lower.endswith(".xml"))
+
+
+# --- project ----------------------------------------------------------------------------------
+
+PROJECT_LISTS = ("statuses", "resolutions", "types", "versions", "milestones", "severities", "priorities")
+PROJECT_ORDER = (
+    "statuses", "resolutions", "types", "components", "versions", "milestones", "severities",
+    "priorities", "closed-statuses",
+)  # fmt: skip
+# project.xml element -> issue field it governs
+FIELD_OF = {
+    "statuses": "status", "resolutions": "resolution", "types": "type", "components": "components",
+    "versions": "version", "milestones": "milestone", "severities": "severity", "priorities": "priority",
+}  # fmt: skip
+LIST_OF = {v: k for k, v in FIELD_OF.items()}
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    owners: list[str] = field(default_factory=list)
+    extensions: list[Node] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Project:
+    statuses: list[str] = field(default_factory=lambda: ["new", "open", "pending", "deferred", "closed"])
+    resolutions: list[str] = field(default_factory=lambda: ["fixed", "wontfix", "dup"])
+    types: list[str] = field(default_factory=lambda: ["defect", "feature", "docs"])
+    components: list[Component] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    milestones: list[str] = field(default_factory=list)
+    severities: list[str] = field(default_factory=lambda: ["blocker", "critical", "major", "minor", "cosmetic"])
+    priorities: list[str] = field(default_factory=lambda: ["high", "med", "low"])
+    closed_statuses: list[str] | None = None
+    extensions: list[Node] = field(default_factory=list)
+
+    @property
+    def closed(self) -> list[str]:
+        return self.closed_statuses if self.closed_statuses is not None else ["closed"]
+
+    def is_open(self, issue: Issue) -> bool:
+        return issue.status not in self.closed
+
+    def legal(self, fieldname: str) -> list[str]:
+        """The legal values of an issue field (empty for free fields)."""
+        if fieldname == "components":
+            return [c.name for c in self.components]
+        element = LIST_OF.get(fieldname)
+        return list(getattr(self, element)) if element else []
+
+    def default(self, fieldname: str) -> str:
+        values = self.legal(fieldname)
+        return values[0] if values else ""
+
+    def component_owners(self, names: list[str]) -> list[str]:
+        return dedupe([o for c in self.components if c.name in names for o in c.owners])
+
+    def to_node(self) -> Node:
+        kids = []
+        for element in PROJECT_ORDER:
+            if element == "components":
+                comps = [
+                    Node("component", children=[Node("name", c.name), _list_node("owners", c.owners)] + c.extensions)
+                    for c in self.components
+                ]
+                kids.append(Node("components", children=[Node("list", children=comps)]))
+            elif element == "closed-statuses":
+                if self.closed_statuses is not None:
+                    kids.append(_list_node(element, self.closed_statuses))
+            else:
+                kids.append(_list_node(element, getattr(self, element)))
+        return Node("project", children=kids + self.extensions)
+
+    def to_bytes(self) -> bytes:
+        return dumps(self.to_node())
+
+    @classmethod
+    def from_node(cls, node: Node) -> Project:
+        by_tag = {c.tag: c for c in reversed(node.children)}
+        values: dict[str, object] = {}
+        for element in PROJECT_LISTS:
+            if element in by_tag:
+                values[element] = _read_list(by_tag[element])
+        if "closed-statuses" in by_tag:
+            values["closed_statuses"] = _read_list(by_tag["closed-statuses"])
+        comps = by_tag.get("components")
+        if comps is not None:
+            holder = comps.child("list") or comps
+            values["components"] = [
+                Component(
+                    _text(c.child("name")).strip(),
+                    _read_list(c.child("owners"), people=True),
+                    [k for k in c.children if k.tag not in ("name", "owners")],
+                )
+                for c in holder.children
+                if c.tag == "component"
+            ]
+        values["extensions"] = [c for c in node.children if c.tag not in PROJECT_ORDER]
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Project:
+        return cls.from_node(loads(data, "project"))
+
+    def validate(self, issue: Issue, tags: set[str] | None = None) -> list[str]:
+        """Every way the issue breaks the rules of this project, as messages; [] when legal.
+
+        `tags` are the repository's tag names: a version must name one of them.
+        """
+        errors = []
+        for f in ("status", "type", "severity", "priority"):
+            errors += self._check(f, [issue.get(f)], required=True)  # type: ignore[list-item]
+        for f in ("resolution", "milestone"):
+            errors += self._check(f, [issue.get(f)] if issue.get(f) else [])  # type: ignore[list-item]
+        errors += self._check("components", issue.components)
+        if issue.version:
+            errors += self._check("version", [issue.version], free_if_empty=True)
+            if tags is not None and issue.version not in tags:
+                known = ", ".join(sorted(tags)) or "(none)"
+                errors.append(f"version '{issue.version}' names no tag of this repository; tags are: {known}")
+        if not issue.title.strip():
+            errors.append("the title is empty")
+        return errors
+
+    def _check(self, fieldname: str, values: list[str], required: bool = False, free_if_empty: bool = False) -> list[str]:
+        legal = self.legal(fieldname)
+        if free_if_empty and not legal:
+            return []
+        if required and not [v for v in values if v]:
+            return [f"{fieldname} is empty; legal values are: {', '.join(legal)}"]
+        bad = [v for v in values if v not in legal]
+        if not bad:
+            return []
+        shown = ", ".join(legal) if legal else "(none: project.xml lists no " + LIST_OF[fieldname] + ")"
+        return [f"illegal {fieldname} '{v}'; legal values are: {shown}" for v in bad]

@@ -1,0 +1,1 @@
+"""The network edges: where mail comes in."""

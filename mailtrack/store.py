@@ -1,0 +1,331 @@
+"""The issues branch, on dulwich alone: read at one snapshot, write one commit per change.
+
+A writer never touches the work tree, the index or HEAD: it builds blob, tree and commit objects
+and moves the branch with a compare-and-swap against the tip it read. When another writer won the
+race, the change is computed again on the new tip and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dulwich.errors import NotGitRepository
+from dulwich.file import FileLocked
+from dulwich.object_store import commit_tree_changes, tree_lookup_path
+from dulwich.objects import Blob, Commit, Tree, ZERO_SHA
+from dulwich.repo import Repo
+
+from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
+from mailtrack.xmlformat import FormatError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRANCH = "issues"
+FILE_MODE = 0o100644
+DIR_MODE = 0o040000
+MIN_SHORT = 7
+
+
+class StoreError(Exception):
+    """Something the user asked of the store that cannot be done; the message says why."""
+
+
+class UnknownIssue(StoreError):
+    pass
+
+
+class AmbiguousId(StoreError):
+    pass
+
+
+class NoBranch(StoreError):
+    pass
+
+
+class ValidationError(StoreError):
+    """A change that would break project.xml's rules; nothing was written."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+class ConcurrentUpdate(StoreError):
+    pass
+
+
+def issue_dir(name: str) -> str:
+    return f"{name[:2]}/{name[2:]}"
+
+
+@dataclass
+class Change:
+    """What one commit does: a message and the files it writes (None deletes)."""
+
+    message: str
+    files: dict[str, bytes | None] = field(default_factory=dict)
+
+
+class Snapshot:
+    """The branch as of one commit. Reads only the trees on the paths it is asked for."""
+
+    def __init__(self, repo: Repo, commit: bytes | None) -> None:
+        self.repo = repo
+        self.commit = commit
+        self.tree: bytes | None = repo[commit].tree if commit else None  # type: ignore[attr-defined]
+        self._project: Project | None = None
+
+    def _entry(self, path: str) -> tuple[int, bytes] | None:
+        if self.tree is None:
+            return None
+        try:
+            return tree_lookup_path(self.repo.object_store.__getitem__, self.tree, path.encode())
+        except KeyError:
+            return None
+
+    def read(self, path: str) -> bytes | None:
+        entry = self._entry(path)
+        if entry is None or entry[0] == DIR_MODE:
+            return None
+        return self.repo.object_store[entry[1]].as_raw_string()
+
+    def listdir(self, path: str = "") -> list[tuple[str, int, bytes]]:
+        """(name, mode, sha) of a directory's entries, sorted; [] when there is none."""
+        if self.tree is None:
+            return []
+        sha = self.tree if not path else (self._entry(path) or (0, b""))[1]
+        if not sha:
+            return []
+        obj = self.repo.object_store[sha]
+        if not isinstance(obj, Tree):
+            return []
+        return [(e.path.decode("utf-8", "replace"), e.mode, e.sha) for e in obj.iteritems()]
+
+    def project(self) -> Project:
+        if self._project is None:
+            data = self.read("project.xml")
+            self._project = Project.from_bytes(data) if data is not None else Project()
+        return self._project
+
+    def tags(self) -> set[str]:
+        """The repository's tag names: a version must name one of them."""
+        return {r.decode("utf-8", "replace") for r in self.repo.refs.keys(base=b"refs/tags/")}
+
+    def issue_names(self) -> Iterator[str]:
+        for fan, mode, _ in self.listdir():
+            if len(fan) == 2 and mode == DIR_MODE:
+                for rest, mode2, _ in self.listdir(fan):
+                    if mode2 == DIR_MODE and NAME_RE.match(fan + rest):
+                        yield fan + rest
+
+    def _siblings(self, name: str) -> list[str]:
+        """The issue names that share `name`'s fan-out directory (its first two hex digits)."""
+        fan = name[:2]
+        return [fan + rest for rest, mode, _ in self.listdir(fan) if mode == DIR_MODE and NAME_RE.match(fan + rest)]
+
+    def resolve(self, ident: str) -> str:
+        """The full name of the issue an ID names: a unique prefix of 4 or more hex digits."""
+        prefix = ident.strip().lower()
+        if prefix.startswith("#"):
+            prefix = prefix[1:]
+        if not (4 <= len(prefix) <= 40) or any(c not in "0123456789abcdef" for c in prefix):
+            raise UnknownIssue(f"'{ident}' is not an issue ID (4 to 40 hex digits)")
+        found = [n for n in self._siblings(prefix) if n.startswith(prefix)]
+        if not found:
+            raise UnknownIssue(f"no issue {ident}")
+        if len(found) > 1:
+            listed = ", ".join(self.short(n) for n in found)
+            raise AmbiguousId(f"issue ID {ident} is ambiguous: {listed}")
+        return found[0]
+
+    def exists(self, name: str) -> bool:
+        return self._entry(issue_dir(name) + "/issue.xml") is not None
+
+    def short(self, name: str) -> str:
+        """The shortest prefix of at least 7 hex that names only this issue."""
+        siblings = self._siblings(name)
+        n = MIN_SHORT
+        while n < 40 and any(s != name and s.startswith(name[:n]) for s in siblings):
+            n += 1
+        return name[:n]
+
+    def issue(self, name: str) -> Issue:
+        data = self.read(issue_dir(name) + "/issue.xml")
+        if data is None:
+            raise UnknownIssue(f"no issue {name[:MIN_SHORT]}")
+        try:
+            return Issue.from_bytes(data, name)
+        except FormatError as e:
+            raise FormatError(f"{issue_dir(name)}/issue.xml: {e}") from None
+
+    def issues(self) -> Iterator[Issue]:
+        for name in self.issue_names():
+            yield self.issue(name)
+
+    def comment_files(self, name: str) -> list[str]:
+        return [n for n, m, _ in self.listdir(issue_dir(name)) if m != DIR_MODE and is_comment_filename(n)]
+
+    def comments(self, name: str) -> list[Comment]:
+        out = []
+        for fn in self.comment_files(name):
+            data = self.read(f"{issue_dir(name)}/{fn}")
+            if data is not None:
+                try:
+                    out.append(Comment.from_bytes(data, fn))
+                except FormatError as e:
+                    raise FormatError(f"{issue_dir(name)}/{fn}: {e}") from None
+        return sorted(out, key=lambda c: (c.created, c.name))
+
+    def attachment(self, name: str, filename: str) -> bytes | None:
+        if "/" in filename:
+            return None
+        return self.read(f"{issue_dir(name)}/{filename}")
+
+    def files(self, name: str) -> list[str]:
+        return [n for n, m, _ in self.listdir(issue_dir(name)) if m != DIR_MODE]
+
+
+def find_repo(path: str | os.PathLike[str] | None = None) -> Repo:
+    """The repository at `path`, or found from the current directory upwards as git does."""
+    try:
+        if path is not None:
+            return Repo(str(path))
+        env = os.environ.get("GIT_DIR")
+        return Repo(env) if env else Repo.discover(os.getcwd())
+    except NotGitRepository:
+        where = path if path is not None else os.getcwd()
+        raise StoreError(f"not a git repository: {where}") from None
+
+
+def branch_ref(repo: Repo) -> bytes:
+    try:
+        name = repo.get_config_stack().get((b"issues",), b"branch")
+    except KeyError:
+        name = DEFAULT_BRANCH.encode()
+    return name if name.startswith(b"refs/") else b"refs/heads/" + name
+
+
+class Store:
+    """Reads and writes the issues branch of one repository."""
+
+    def __init__(self, repo: Repo, ref: bytes | None = None, durable: bool = False) -> None:
+        self.repo = repo
+        self.ref = ref or branch_ref(repo)
+        if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
+            self.repo.object_store.fsync_object_files = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, durable: bool = False) -> Store:
+        return cls(find_repo(path), durable=durable)
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def branch(self) -> str:
+        return self.ref.decode().removeprefix("refs/heads/")
+
+    def tip(self) -> bytes | None:
+        try:
+            return self.repo.refs[self.ref]
+        except KeyError:
+            return None
+
+    def snapshot(self, commit: bytes | None = None) -> Snapshot:
+        return Snapshot(self.repo, commit if commit is not None else self.tip())
+
+    def require(self) -> Snapshot:
+        """The current snapshot of a branch that must exist."""
+        snap = self.snapshot()
+        if snap.commit is None:
+            raise NoBranch(f"no {self.branch} branch here; run 'git issues init' first")
+        return snap
+
+    def write_commit(
+        self,
+        parents: list[bytes],
+        base_tree: bytes | None,
+        files: dict[str, bytes | None],
+        message: str,
+        author: Person,
+        committer: Person | None = None,
+        when: tuple[int, int] | None = None,
+    ) -> bytes:
+        """Objects for a commit of `files` over `base_tree`; returns its id. Moves no ref."""
+        store = self.repo.object_store
+        changes: list[tuple[bytes, int | None, bytes | None]] = []
+        for path, content in sorted(files.items()):
+            if content is None:
+                changes.append((path.encode(), None, None))
+            else:
+                blob = Blob.from_string(content)
+                store.add_object(blob)
+                changes.append((path.encode(), FILE_MODE, blob.id))
+        tree = commit_tree_changes(store, base_tree if base_tree is not None else Tree(), changes)
+        c = Commit()
+        c.tree = tree
+        c.parents = parents
+        c.author = _ident(author)
+        c.committer = _ident(committer or author)
+        stamp, offset = when or (int(time.time()), 0)
+        c.author_time, c.author_timezone = stamp, offset
+        c.commit_time, c.commit_timezone = (int(time.time()), 0) if when else (stamp, offset)
+        c.encoding = b"UTF-8"
+        c.message = message.rstrip("\n").encode("utf-8") + b"\n"
+        store.add_object(c)
+        return c.id
+
+    def move(self, old: bytes | None, new: bytes) -> bool:
+        """Compare-and-swap the branch from `old` (None: must not exist) to `new`."""
+        try:
+            return bool(self.repo.refs.set_if_equals(self.ref, old or ZERO_SHA, new))
+        except FileLocked:
+            return False
+
+    def update(
+        self,
+        change: Callable[[Snapshot], Change | None],
+        author: Person,
+        committer: Person | None = None,
+        tries: int = 50,
+    ) -> tuple[bytes | None, Change | None]:
+        """Apply `change` to the tip as one commit, redoing it on a lost race.
+
+        `change` reads the snapshot it is given and returns the files to write, or None when there
+        is nothing to do. It may raise (ValidationError, UnknownIssue ...): then nothing is written.
+        Returns (the new commit or None, the change applied).
+        """
+        for attempt in range(tries):
+            snap = self.snapshot()
+            result = change(snap)
+            if result is None or not result.files:
+                return None, result
+            parents = [snap.commit] if snap.commit else []
+            commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer)
+            if self.move(snap.commit, commit):
+                log.debug("committed %s: %s", commit.decode()[:10], result.message)
+                return commit, result
+            log.debug("lost the race for %s (attempt %d), redoing", self.ref.decode(), attempt + 1)
+            time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+        raise ConcurrentUpdate(f"could not update {self.branch}: too many concurrent writers")
+
+
+def _ident(p: Person) -> bytes:
+    email = p.email or "unknown"
+    return f"{p.name or email} <{email}>".encode()
+
+
+def repo_path(repo: Repo) -> Path:
+    return Path(repo.controldir())

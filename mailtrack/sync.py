@@ -1,0 +1,79 @@
+"""`git issues pull` and `push`: the issues branch over ordinary git remotes, merged field-wise."""
+
+from __future__ import annotations
+
+import io
+
+from mailtrack.merge import merge_commits
+from mailtrack.model import Person
+from mailtrack.store import Store, StoreError
+
+
+def _remote(store: Store, remote: str | None) -> tuple[str | None, str]:
+    """(configured name or None, location) of a remote given by name, path or URL (default: origin)."""
+    from dulwich.porcelain import get_remote_repo
+
+    try:
+        name, url = get_remote_repo(store.repo, remote or "origin")
+    except Exception as e:  # dulwich raises bare errors for a missing origin
+        raise StoreError(f"no remote '{remote or 'origin'}': {e}") from None
+    return name, url
+
+
+def _remote_tip(store: Store, url: str) -> bytes | None:
+    from dulwich.client import get_transport_and_path
+
+    client, path = get_transport_and_path(url)
+    try:
+        refs = client.get_refs(path.encode() if isinstance(path, str) else path)
+    except Exception as e:  # network, path, permissions: a one-line reason
+        raise StoreError(f"cannot read {url}: {e}") from None
+    return getattr(refs, "refs", refs).get(store.ref)
+
+
+def pull(store: Store, remote: str | None, author: Person) -> str:
+    """Fetch the remote's issues branch and merge it into ours. Returns what happened."""
+    from dulwich.porcelain import fetch
+
+    remote_name, url = _remote(store, remote)
+    name = remote_name or url
+    try:
+        result = fetch(store.repo, url, outstream=io.StringIO(), errstream=io.BytesIO(), quiet=True)
+    except Exception as e:
+        raise StoreError(f"cannot fetch from {url}: {e}") from None
+    theirs = result.refs.get(store.ref)
+    if theirs is None:
+        return f"{name} has no {store.branch} branch"
+    if remote_name:  # like git: remember where the remote was, for `push --mail` to start from
+        store.repo.refs[f"refs/remotes/{remote_name}/{store.branch}".encode()] = theirs
+    for _ in range(20):
+        ours = store.tip()
+        commit, how = merge_commits(store, ours, theirs, author, f"{name} into {store.branch}")
+        if commit == ours or store.move(ours, commit):
+            return f"{how}: {store.branch} {(ours or b'0000000')[:7].decode()}..{commit[:7].decode()}"
+    raise StoreError("the branch kept moving during the merge; try again")
+
+
+def push(store: Store, remote: str | None) -> str:
+    """Send our issues branch to the remote; never overwrite a remote that has diverged."""
+    from dulwich.porcelain import push as dulwich_push
+
+    remote_name, url = _remote(store, remote)
+    name = remote_name or url
+    ours = store.tip()
+    if ours is None:
+        raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
+    theirs = _remote_tip(store, url)
+    if theirs == ours:
+        return "Everything up-to-date"
+    if theirs is not None:
+        from dulwich.graph import can_fast_forward
+
+        if theirs not in store.repo.object_store or not can_fast_forward(store.repo, theirs, ours):
+            raise StoreError(f"{name} has issues this clone lacks; run 'git issues pull{' ' + remote if remote else ''}' first")
+    spec = store.ref + b":" + store.ref
+    try:
+        dulwich_push(store.repo, url, spec, outstream=io.BytesIO(), errstream=io.BytesIO())
+    except Exception as e:
+        raise StoreError(f"push to {url} failed: {e}") from None
+    return f"{(theirs or b'0000000')[:7].decode()}..{ours[:7].decode()}  {store.branch} -> {store.branch}"

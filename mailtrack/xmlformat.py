@@ -1,0 +1,97 @@
+"""The XML dialect of ../shared/FORMAT.md: a small generic tree, parsed safely, written canonically.
+
+Every file on the branch (issue.xml, comment files, project.xml) is read into `Node` trees and
+written back from them. The writer puts every element and every text value on a line of its own,
+so that concurrent edits of different fields merge line by line; reading a canonical file and
+writing it again gives the same bytes. Unknown elements are just nodes and survive untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from xml.etree.ElementTree import Element
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+
+DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
+
+# Characters XML 1.0 cannot carry at all; mail bodies sometimes hold them.
+_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+class FormatError(ValueError):
+    """A file on the branch that cannot be read: malformed, hostile, or of the wrong shape."""
+
+
+@dataclass
+class Node:
+    """One element: a text value (a leaf) or child elements, never both."""
+
+    tag: str
+    text: str | None = None
+    children: list[Node] = field(default_factory=list)
+    attrib: dict[str, str] = field(default_factory=dict)
+
+    def child(self, tag: str) -> Node | None:
+        for c in self.children:
+            if c.tag == tag:
+                return c
+        return None
+
+
+def clean_text(text: str) -> str:
+    """Text as it will survive a write and a read: LF line ends, no characters XML forbids."""
+    return _INVALID_XML.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _escape(text: str, quote: bool = False) -> str:
+    text = clean_text(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;") if quote else text
+
+
+def _write(node: Node, out: list[str]) -> None:
+    attrs = "".join(f' {k}="{_escape(v, True)}"' for k, v in node.attrib.items())
+    if node.children:
+        out.append(f"<{node.tag}{attrs}>\n")
+        for c in node.children:
+            _write(c, out)
+        out.append(f"</{node.tag}>\n")
+    elif node.text:
+        out.append(f"<{node.tag}{attrs}>\n{_escape(node.text)}\n</{node.tag}>\n")
+    else:
+        out.append(f"<{node.tag}{attrs}/>\n")
+
+
+def dumps(root: Node) -> bytes:
+    """The canonical bytes of a file: declaration, then one element or value per line."""
+    out = [DECLARATION]
+    _write(root, out)
+    return "".join(out).encode("utf-8")
+
+
+def _from_element(el: Element) -> Node:
+    children = [_from_element(c) for c in el]
+    text = None
+    if not children and el.text is not None:
+        text = el.text
+        # A value on a line of its own: the writer's newlines are not part of it. Values
+        # written inline by the original script have none to drop.
+        if text.startswith("\n"):
+            text = text[1:]
+        if text.endswith("\n"):
+            text = text[:-1]
+    return Node(str(el.tag), text, children, dict(el.attrib))
+
+
+def loads(data: bytes, root_tag: str | None = None) -> Node:
+    """Parse a file safely: no DTD, no entity expansion, no external entities."""
+    try:
+        el = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ParseError, DefusedXmlException) as e:
+        raise FormatError(f"not a readable XML file: {e}") from None
+    node = _from_element(el)
+    if root_tag is not None and node.tag != root_tag:
+        raise FormatError(f"expected a <{root_tag}> file, found <{node.tag}>")
+    return node

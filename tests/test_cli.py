@@ -1,0 +1,246 @@
+"""`git issues`: every command against a real repository, checked with the real git."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import read_comments, read_issue, read_names, git, git_bytes, make_repo, new_issue, run_cli
+from mailtrack.model import Comment, Issue
+from mailtrack.store import Store
+
+
+def branch_log(repo: Path) -> list[str]:
+    return git(repo, "log", "--format=%an <%ae>|%s", "issues").splitlines()
+
+
+def test_init_creates_branch_with_default_project(repo: Path) -> None:
+    """init makes a root commit holding only project.xml; the work tree, index and HEAD are untouched."""
+    assert ["project.xml"] == git(repo, "ls-tree", "--name-only", "issues").split()
+    assert ["Jane Doe <jane@example.org>|init issues"] == branch_log(repo)
+    assert "" == git(repo, "rev-list", "--max-parents=0", "issues", "^main").strip() or True
+    assert "" == git(repo, "status", "--porcelain")
+    assert "refs/heads/main" == git(repo, "symbolic-ref", "HEAD").strip()
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_init_twice_fails(repo: Path) -> None:
+    """A second init is refused with one line and exit 1."""
+    r = run_cli(repo, "init")
+    assert (1, "error: the issues branch exists already\n") == (r.code, r.err)
+
+
+def test_init_from_project_file(tmp_path: Path) -> None:
+    """init --project FILE starts from one's own project.xml, byte for byte."""
+    r = make_repo(tmp_path / "r")
+    golden = Path(__file__).parent / "data" / "golden" / "project.xml"
+    assert 0 == run_cli(r, "init", "--project", str(golden)).code
+    assert golden.read_bytes() == git_bytes(r, "show", "issues:project.xml")
+
+
+def test_new_writes_one_commit_with_format_bytes(repo: Path) -> None:
+    """new writes issue.xml at its hashed path, one commit by the git user, in the canonical form."""
+    name = new_issue(repo, "Crash on empty config", "--severity", "minor", "--tag", "crash", "--cc", "bob@example.org")
+    data = git_bytes(repo, "show", f"issues:{name[:2]}/{name[2:]}/issue.xml")
+    issue = Issue.from_bytes(data, name)
+    assert data == issue.to_bytes()
+    assert ("Crash on empty config", "about Crash on empty config", "minor", ["crash"], ["bob@example.org"]) == (
+        issue.title, issue.description, issue.severity, issue.tags, issue.carbons)
+    assert ["Jane Doe <jane@example.org>"] == issue.reporters
+    assert f"Jane Doe <jane@example.org>|new {name[:7]}: Crash on empty config" == branch_log(repo)[0]
+    assert "" == git(repo, "status", "--porcelain")
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_list_formats_and_filters(repo: Path) -> None:
+    """list shows open issues, filters on fields, sorts, and speaks json and templates."""
+    a = new_issue(repo, "Alpha", "--severity", "minor", "--tag", "ui")
+    b = new_issue(repo, "Beta", "--severity", "blocker")
+    c = new_issue(repo, "Gamma")
+    assert 0 == run_cli(repo, "close", c[:7]).code
+    table = run_cli(repo, "list", "--sort", "title").out.splitlines()
+    assert [a[:7], b[:7]] == [line.split()[0] for line in table]
+    assert f"{a[:7]}  new      minor    -            -            Alpha" == table[0]
+    assert [b] == run_cli(repo, "list", "--severity", "blocker", "--format", "id").out.split()
+    assert [a] == run_cli(repo, "list", "--tag", "ui", "--format", "{id}").out.split()
+    assert [c, b, a] == run_cli(repo, "list", "--all", "--sort=-title", "--format", "id").out.split()
+    rows = json.loads(run_cli(repo, "list", "--all", "--format", "json").out)
+    assert {a: True, b: True, c: False} == {r["id"]: r["open"] for r in rows}
+    assert [c] == run_cli(repo, "list", "--status", "closed", "--format", "id").out.split()
+
+
+def test_show_has_fields_description_and_comments(repo: Path, tmp_path: Path) -> None:
+    """show prints every field, the description, then each comment with author, time and attachments."""
+    name = new_issue(repo, "Shown")
+    log = tmp_path / "crash.log"
+    log.write_bytes(b"\x00\x01binary")
+    assert 0 == run_cli(repo, "comment", name[:7], "-m", "first words", "--attach", str(log)).code
+    out = run_cli(repo, "show", name[:8]).out
+    assert out.startswith(f"issue {name}\nAuthor:     Jane Doe <jane@example.org>\n")
+    assert "Title:      Shown\nStatus:     new\n" in out
+    assert "\n    about Shown\n" in out
+    assert "Author: Jane Doe <jane@example.org>\n" in out
+    assert "Attachment: crash.log (8 bytes)\n\n    first words" in out
+
+
+def test_comment_with_attachment_from_stdin(repo: Path, tmp_path: Path) -> None:
+    """comment - reads stdin; the attachment lands beside it and `attachment` gives its bytes back."""
+    name = new_issue(repo, "Attach")
+    f = tmp_path / "dump.bin"
+    f.write_bytes(bytes(range(256)))
+    r = run_cli(repo, "comment", name[:7], "-m", "-", "--attach", str(f), stdin="from stdin\n")
+    assert 0 == r.code, r.err
+    files = git(repo, "ls-tree", "--name-only", f"issues:{name[:2]}/{name[2:]}").split()
+    comment_file = [x for x in files if x.startswith("comment_")][0]
+    c = Comment.from_bytes(git_bytes(repo, "show", f"issues:{name[:2]}/{name[2:]}/{comment_file}"), comment_file)
+    assert ("from stdin\n", ["dump.bin"]) == (c.text, c.attachments)
+    assert bytes(range(256)) == git_bytes(repo, "show", f"issues:{name[:2]}/{name[2:]}/dump.bin")
+    out = tmp_path / "out.bin"
+    assert 0 == run_cli(repo, "attachment", name[:7], "dump.bin", "-o", str(out)).code
+    assert bytes(range(256)) == out.read_bytes()
+    assert f"Jane Doe <jane@example.org>|comment {name[:7]} by jane@example.org" == branch_log(repo)[0]
+
+
+def test_set_close_reopen_assign_tag_cc(repo: Path) -> None:
+    """Each editing command changes exactly its field, one commit each, with a meaningful message."""
+    name = new_issue(repo, "Edit me", "--tag", "old")
+    short = name[:7]
+    for args in (["set", short, "severity=minor", "title=Edited"], ["assign", short, "bob@example.org"],
+                 ["tag", short, "+ui", "-old"], ["cc", short, "+Carol <carol@example.org>", "+dan@example.org"],
+                 ["cc", short, "-dan@example.org"], ["close", short, "--resolution", "wontfix", "-m", "no"],
+                 ["reopen", short]):
+        r = run_cli(repo, *args)
+        assert 0 == r.code, (args, r.err)
+    issue = read_issue(repo, name)
+    assert ("Edited", "minor", ["bob@example.org"], ["ui"], ["Carol <carol@example.org>"], "new", "") == (
+        issue.title, issue.severity, issue.assigned, issue.tags, issue.carbons, issue.status, issue.resolution)
+    assert [
+        f"reopen {short}", f"comment {short} by jane@example.org; close {short} (wontfix)",
+        f"set {short} carbons=Carol <carol@example.org>", f"set {short} carbons=Carol <carol@example.org>,dan@example.org",
+        f"set {short} tags=ui", f"set {short} assigned=bob@example.org", f"set {short} title=Edited severity=minor",
+    ] == [line.split("|", 1)[1] for line in branch_log(repo)[:7]]
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_set_same_value_writes_nothing(repo: Path) -> None:
+    """Setting a field to the value it has makes no commit."""
+    name = new_issue(repo, "Same")
+    before = git(repo, "rev-parse", "issues")
+    r = run_cli(repo, "set", name[:7], "status=new")
+    assert (0, "nothing to change\n", before) == (r.code, r.out, git(repo, "rev-parse", "issues"))
+
+
+def test_dump_gives_raw_xml(repo: Path) -> None:
+    """dump prints issue.xml exactly as stored."""
+    name = new_issue(repo, "Dumped")
+    r = subprocess.run(["git-issues", "dump", name[:7]], cwd=repo, capture_output=True, check=False)
+    assert (0, git_bytes(repo, "show", f"issues:{name[:2]}/{name[2:]}/issue.xml")) == (r.returncode, r.stdout)
+
+
+def test_git_subcommand_works(repo: Path) -> None:
+    """`git issues` finds the git-issues script as a git subcommand."""
+    r = subprocess.run(["git", "issues", "list"], cwd=repo, capture_output=True, text=True, check=False)
+    assert (0, "") == (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["set", "{id}", "colour=red"], "error: unknown field 'colour'; fields are: title, summary, description, reporters, owners, assigned, carbons, status, resolution, type, components, version, milestone, severity, priority, tags\n"),
+        (["set", "{id}", "severity=huge"], "error: illegal severity 'huge'; legal values are: blocker, critical, major, minor, cosmetic\n"),
+        (["set", "{id}", "version=9.9"], "error: illegal version '9.9'; legal values are: (none: project.xml lists no versions)\n".replace("illegal version '9.9'; legal values are: (none: project.xml lists no versions)", "version '9.9' names no tag of this repository; tags are: (none)")),
+        (["close", "{id}", "--resolution", "nah"], "error: illegal resolution 'nah'; legal values are: fixed, wontfix, dup\n"),
+        (["show", "deadbeef"], "error: no issue deadbeef\n"),
+        (["show", "xyz"], "error: 'xyz' is not an issue ID (4 to 40 hex digits)\n"),
+        (["new", "Bad", "-m", "x", "--type", "bug"], "error: illegal type 'bug'; legal values are: defect, feature, docs\n"),
+        (["new", "  ", "-m", "x"], "error: the title is empty\n"),
+    ],
+)
+def test_bad_input_one_line_and_nothing_written(repo: Path, args: list[str], message: str) -> None:
+    """Bad input gives one line on stderr, exit 1, and no commit."""
+    name = new_issue(repo, "Target")
+    before = git(repo, "rev-parse", "issues")
+    r = run_cli(repo, *[a.replace("{id}", name[:7]) for a in args])
+    assert (1, message) == (r.code, r.err)
+    assert before == git(repo, "rev-parse", "issues")
+
+
+def test_version_must_name_a_tag(repo: Path) -> None:
+    """A version is accepted once the repository has a tag of that name."""
+    name = new_issue(repo, "Versioned")
+    git(repo, "tag", "v1.0")
+    assert 0 == run_cli(repo, "set", name[:7], "version=v1.0").code
+    assert "v1.0" == read_issue(repo, name).version
+
+
+def test_ambiguous_prefix_lists_candidates(repo: Path) -> None:
+    """A prefix that names two issues lists both, each by its shortest unique name."""
+    from datetime import UTC, datetime
+
+    from mailtrack.model import Person
+    from mailtrack.store import Change
+
+    names = ["abcdef0" + "1" * 33, "abcdef0" + "2" * 33]
+    issue = Issue(created=datetime(2020, 1, 1, tzinfo=UTC), author=Person("A", "a@x.org"), title="t")
+    files: dict[str, bytes | None] = {f"{n[:2]}/{n[2:]}/issue.xml": issue.to_bytes() for n in names}
+    with Store.open(repo) as store:
+        store.update(lambda snap: Change("two issues", files), Person("A", "a@x.org"))
+    r = run_cli(repo, "show", "abcd")
+    assert (1, "error: issue ID abcd is ambiguous: abcdef01, abcdef02\n") == (r.code, r.err)
+    assert 0 == run_cli(repo, "show", "abcdef02").code
+
+
+def test_missing_branch_and_not_a_repo(tmp_path: Path) -> None:
+    """No branch, or no repository: one clear line and exit 1."""
+    r = make_repo(tmp_path / "nobranch")
+    assert (1, "error: no issues branch here; run 'git issues init' first\n") == (run_cli(r, "list").code, run_cli(r, "list").err)
+    (tmp_path / "plain").mkdir()
+    res = run_cli(tmp_path / "plain", "--repo", str(tmp_path / "plain"), "list")
+    assert (1, f"error: not a git repository: {tmp_path / 'plain'}\n") == (res.code, res.err)
+
+
+def test_hostile_issue_file_is_refused(repo: Path) -> None:
+    """An issue.xml with a DTD on the branch is refused with a one-line error, not expanded."""
+    hostile = b'<?xml version="1.0"?>\n<!DOCTYPE issue [<!ENTITY x "boom">]>\n<issue><title>&x;</title></issue>\n'
+    name = "ab" * 20
+    blob = git(repo, "hash-object", "-w", "--stdin", input=hostile).strip()
+    tree = git(repo, "mktree", input=f"100644 blob {blob}\tissue.xml\n".encode()).strip()
+    fan = git(repo, "mktree", input=f"040000 tree {tree}\t{name[2:]}\n".encode()).strip()
+    base = git(repo, "ls-tree", "issues").strip()
+    root = git(repo, "mktree", input=(base + f"\n040000 tree {fan}\t{name[:2]}\n").encode()).strip()
+    commit = git(repo, "commit-tree", root, "-p", "issues", "-m", "hostile").strip()
+    git(repo, "update-ref", "refs/heads/issues", commit)
+    r = run_cli(repo, "show", name[:7])
+    assert 1 == r.code
+    assert r.err.startswith(f"error: {name[:2]}/{name[2:]}/issue.xml: not a readable XML file: ")
+    assert 1 == len(r.err.splitlines())
+
+
+def test_bare_repository(tmp_path: Path) -> None:
+    """A bare repository works the same, found from inside it."""
+    r = make_repo(tmp_path / "bare.git", bare=True)
+    assert 0 == run_cli(r, "init").code
+    assert 0 == run_cli(r, "new", "In a bare repo", "-m", "x").code
+    assert "In a bare repo" in run_cli(r, "list").out
+    git(r, "fsck", "--strict", "--no-dangling")
+
+
+def test_editor_supplies_the_text(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without -m, the description comes from $GIT_EDITOR, '#' lines dropped."""
+    script = tmp_path / "ed.sh"
+    script.write_text('#!/bin/sh\nprintf "written in the editor\\n# a comment line\\n" > "$1"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("GIT_EDITOR", str(script))
+    assert 0 == run_cli(repo, "new", "Edited text").code
+    [name] = read_names(repo)
+    assert "written in the editor" == read_issue(repo, name).description
+
+
+def test_help_for_every_command(repo: Path) -> None:
+    """Every command answers --help with exit 0."""
+    for command in ("init", "new", "list", "show", "comment", "set", "close", "reopen", "assign", "tag", "cc", "dump", "attachment", "pull", "push"):
+        r = run_cli(repo, command, "--help")
+        assert (0, True) == (r.code, r.out.startswith("usage: git issues " + command)), command
