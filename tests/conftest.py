@@ -18,6 +18,7 @@ from mailtrack.model import Comment, Issue
 from mailtrack.store import Store
 
 DATA = Path(__file__).parent / "data"
+pytest_plugins = ["conftest_edges"]  # Dovecot, IMAP users and TLS certificates for the network edges
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,266 @@
+"""Configuration: one TOML file read with tomllib into frozen dataclasses, passed down explicitly.
+
+Every key has a working default, so `mailtrack serve` with no file runs on loopback. An unknown
+key or a value of the wrong type is an error that names it; `config.example.toml` lists every key.
+This module imports nothing heavy: `mailtrack deliver` reads it once per mail.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Who the gateway is and where it keeps things."""
+
+    repo: str = ""  # the git repository; default: the one around the current directory
+    spool: str = ""  # the spool directory; default: <git dir>/mailtrack/spool
+    project: str = ""  # the name in subject tags and List-Id; default: the repository's directory name
+    address: str = "issues@localhost"  # the main address; issues+<id>@ reaches one issue
+    control_address: str = "control@localhost"  # batches of commands, one a line
+    name: str = ""  # the display name of our From: "<person> via <name>"; default: the project name
+    own_addresses: list[str] = field(default_factory=list)  # more addresses of ours (mail from them is a loop)
+    carbons_from_cc: bool = True  # people Cc'd on a new issue's mail go on its Cc list
+    machine_mail: str = "drop"  # bounces and auto-replies: "drop" (log and forget) or "keep" (in failed)
+    max_attachment_size: int = 10 * 1024 * 1024  # bigger parts are skipped and named in the comment
+    processed_retention_days: int = 30  # how long processed mail stays in the spool
+    templates: str = ""  # a directory whose templates override the built-in ones
+    reply_rate_limit: int = 5  # at most this many replies to one address...
+    reply_rate_window: int = 3600  # ...within this many seconds
+
+    def __post_init__(self) -> None:
+        if self.machine_mail not in ("drop", "keep"):
+            raise ConfigError(f"gateway.machine_mail must be drop or keep, not {self.machine_mail!r}")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where and how the listener takes mail; every default runs on loopback."""
+
+    protocol: str = "smtp"  # or "lmtp"
+    host: str = "127.0.0.1"
+    port: int = 8025
+    socket: str = ""  # a Unix socket path instead of host/port (LMTP from the local MTA)
+    server_name: str = "localhost"  # our name in the greeting and in Received:
+    max_message_size: int = 25 * 1024 * 1024
+    tls_cert: str = ""  # PEM files; with both set, STARTTLS is offered
+    tls_key: str = ""
+    require_tls: bool = False  # refuse MAIL until STARTTLS
+    auth_users_file: str = ""  # lines `user:password`; with it, AUTH PLAIN/LOGIN is offered
+    require_auth: bool = False  # refuse MAIL until AUTH
+    max_sessions: int = 50
+    max_messages_per_session: int = 100
+    max_recipients: int = 100
+    timeout: float = 300.0  # seconds of client silence before we hang up
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("smtp", "lmtp"):
+            raise ConfigError(f"protocol must be smtp or lmtp, not {self.protocol!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.require_tls and not self.tls_cert:
+            raise ConfigError("require_tls needs tls_cert and tls_key")
+        if self.require_auth and not self.auth_users_file:
+            raise ConfigError("require_auth needs auth_users_file")
+        local = bool(self.socket) or is_loopback(self.host)
+        if self.auth_users_file and not self.tls_cert and not local:
+            raise ConfigError(f"AUTH on {self.host} needs TLS (tls_cert, tls_key): passwords in clear")
+
+
+KEPT_KEYWORD = "$MailtrackKept"
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """One mailbox to poll."""
+
+    host: str = "127.0.0.1"
+    username: str = ""
+    port: int = 993
+    security: str = "tls"  # "tls" (implicit), "starttls", or "plain" (loopback only...)
+    allow_plain: bool = False  # ...unless forced with this
+    password: str = ""
+    password_file: str = ""  # read at each login; one line, the password
+    tls_ca_file: str = ""  # trust this CA (e.g. a self-signed server) instead of the system's
+    folder: str = "INBOX"
+    processed_folder: str = "Archive"  # action "move": where kept mail goes
+    failed_folder: str = "Failed"  # where mail the gateway gave up on goes
+    action: str = "move"  # or "flag": leave the mail, flag it
+    flag: str = KEPT_KEYWORD  # action "flag": a keyword, or "\\Seen"
+    use_move: bool = True  # False: always COPY + \Deleted + EXPUNGE, even when MOVE is offered
+    idle: bool = True  # use IDLE when the server offers it
+    idle_timeout: float = 5.0  # how often the poller looks at its stop event while in IDLE
+    poll_interval: float = 60.0  # longest wait between two polls (in IDLE too)
+    timeout: float = 60.0  # socket timeout
+    backoff_initial: float = 1.0  # reconnect delays: doubled after each failure, up to max
+    backoff_max: float = 300.0
+    state_dir: str = ""  # default: <spool>/imap-state
+
+    def __post_init__(self) -> None:
+        if self.security not in ("tls", "starttls", "plain"):
+            raise ConfigError(f"security must be tls, starttls or plain, not {self.security!r}")
+        if self.action not in ("move", "flag"):
+            raise ConfigError(f"action must be move or flag, not {self.action!r}")
+        if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
+            raise ConfigError(
+                f"security = plain sends the password in clear to {self.host}: use tls or "
+                "starttls, or set allow_plain = true"
+            )
+        if bool(self.password) == bool(self.password_file):
+            raise ConfigError("give exactly one of password and password_file")
+        if self.action == "move" and self.processed_folder in ("", self.folder):
+            raise ConfigError("processed_folder must name another folder than folder")
+        if self.failed_folder == self.folder:
+            raise ConfigError("failed_folder must name another folder than folder")
+
+    @property
+    def label(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}/{self.folder}"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The SMTP relay that carries our mail out. With no host, mail waits in the outbox."""
+
+    host: str = ""
+    port: int = 25
+    security: str = "starttls"  # "starttls", "tls" (implicit) or "none"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    timeout: float = 30.0
+    retry_initial: int = 60  # seconds before the first retry of a temporary failure, doubled each time
+    retry_max: int = 3600
+    give_up_after: int = 5 * 24 * 3600  # a mail still undelivered after this long goes to failed
+
+    def __post_init__(self) -> None:
+        if self.security not in ("starttls", "tls", "none"):
+            raise ConfigError(f"relay.security must be starttls, tls or none, not {self.security!r}")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Who hears of changes."""
+
+    enabled: bool = True
+    watchers: list[str] = field(default_factory=list)  # addresses that hear of every change
+    notify_actor: bool = False  # whether the person who made a change gets a copy
+    wrap: int = 72  # wrap notification text at this column (0: never)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may do what by mail. Each list names: anyone, known, reporter, assignee, owner, maintainer,
+    or literal addresses and @domains."""
+
+    open: list[str] = field(default_factory=lambda: ["anyone"])  # who may open issues
+    comment: list[str] = field(default_factory=lambda: ["anyone"])  # who may comment
+    change: list[str] = field(default_factory=lambda: ["reporter", "assignee", "owner", "maintainer"])  # who may change fields
+    change_project: list[str] = field(default_factory=lambda: ["maintainer"])  # who may change project.xml (patch mails)
+    maintainers: list[str] = field(default_factory=list)  # addresses with every right
+    unknown_senders: str = "accept"  # accept | hold (in failed, with the reason) | reject (with a reply)
+    trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe
+    require_auth_for_commands: bool = False  # commands need dkim=pass or dmarc=pass from a trusted authserv-id
+
+    def __post_init__(self) -> None:
+        if self.unknown_senders not in ("accept", "hold", "reject"):
+            raise ConfigError(f"access.unknown_senders must be accept, hold or reject, not {self.unknown_senders!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    listen: list[ListenConfig] = field(default_factory=lambda: [ListenConfig()])
+    imap: list[ImapConfig] = field(default_factory=list)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+
+
+def _check(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list")
+        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        return _build(typ, value, where)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float) and isinstance(value, bool) or not isinstance(value, typ):
+        raise ConfigError(f"{where} must be {typ.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown key '{key}' in [{where or 'top level'}]; keys are: {', '.join(sorted(known))}")
+    values = {k: _check(v, hints[k], f"{where}.{k}" if where else k) for k, v in table.items()}
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"[{where}] {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"[{where}] {e}") from None
+
+
+def parse(text: str, source: str = "config") -> Config:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        return _build(Config, table, "")  # type: ignore[no-any-return]
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load(path: str | Path | None) -> Config:
+    """The configuration in `path`, or the embedded default when there is none."""
+    if not path:
+        return Config()
+    p = Path(path)
+    try:
+        return parse(p.read_text(encoding="utf-8"), str(p))
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+
+
+def all_keys(cls: Any = Config, prefix: str = "") -> list[str]:
+    """Every key the code reads, dotted (`gateway.address`, `listen.port`): for the docs test."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        typ = hints[f.name]
+        inner = typing.get_args(typ)[0] if typing.get_origin(typ) is list else typ
+        if is_dataclass(inner):
+            out += all_keys(inner, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+

@@ -1,0 +1,363 @@
+"""The SMTP and LMTP listener: take mail for the gateway's own addresses, spool it, then say 250.
+
+Thin and durable (aiosmtpd, in a Controller thread): a recipient that is not one of ours is
+refused at RCPT (`550 5.1.1`), so the listener can never relay; the mail is written to the spool
+(fsynced) before the `250`; anything that goes wrong inside is a `451 4.3.0` (try again later),
+never a permanent `500` that would make the sending server bounce the mail.
+
+The spooled mail is the received bytes with LF line ends, after the envelope recorded the way an
+MDA does: `Return-Path: <mail from>`, one `Delivered-To:` per accepted recipient (the router
+reads plus addressing from them), and a `Received:` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller, UnixSocketController
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailtrack.config import ListenConfig
+from mailtrack.spool import Spool, message_id
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "451 4.3.0 Internal error, mail not accepted: try again later"
+IDENT = "mailtrack"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """The gateway's own addresses: the main one, its plus forms, and the control address."""
+
+    main: str = "issues@localhost"
+    control: str = "control@localhost"
+
+    def accepts(self, address: str) -> bool:
+        """Is `address` ours? Case-insensitive; `main` takes `+anything` after its local part."""
+        local, _, domain = address.strip().strip("<>").lower().rpartition("@")
+        if not local or not domain:
+            return False
+        for own in (self.main, self.control):
+            own_local, _, own_domain = own.lower().rpartition("@")
+            if domain == own_domain and local == own_local:
+                return True
+        main_local, _, main_domain = self.main.lower().rpartition("@")
+        return domain == main_domain and local.startswith(main_local + "+")
+
+
+def read_users(path: str) -> dict[str, str]:
+    """`user:password` lines (blank lines and `#` comments skipped) -> {user: password}."""
+    users = {}
+    for line in Path(path).read_text("utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            user, sep, password = line.partition(":")
+            if not sep:
+                raise ValueError(f"{path}: a line without `user:password`")
+            users[user.strip()] = password
+    return users
+
+
+def _tls_context(config: ListenConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def _is_local(peer: Any) -> bool:
+    """A peer on loopback or a Unix socket (whose peer name is not an address pair)."""
+    if not isinstance(peer, tuple):
+        return True
+    try:
+        return ipaddress.ip_address(str(peer[0])).is_loopback
+    except ValueError:
+        return False
+
+
+class SpoolHandler:
+    """The aiosmtpd handler: which recipients we take, and spooling the mail at DATA."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        addresses: Addresses,
+        config: ListenConfig,
+        *,
+        on_accept: Callable[[str], None] | None = None,
+    ) -> None:
+        self._spool = spool
+        self._addresses = addresses
+        self._config = config
+        self._on_accept = on_accept
+        self._users = read_users(config.auth_users_file) if config.auth_users_file else {}
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self._config.auth_users_file)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.auth_enabled:  # aiosmtpd offers AUTH by default: we have no users
+            responses = [r for r in responses if not r[4:].startswith("AUTH")]
+        return responses
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self._addresses.accepts(address):
+            log.info("refused recipient <%s> from %r", address, session.peer)
+            return f"550 5.1.1 <{address}>: recipient not accepted here"
+        if len(envelope.rcpt_tos) >= self._config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        raw = self._stamp(session, envelope) + content.replace(b"\r\n", b"\n")
+        source = f"{self._config.protocol}:{_peer_text(session.peer)}"
+        try:
+            spool_id = await asyncio.to_thread(self._spool.accept, raw, source=source)
+        except Exception:
+            log.exception(
+                "could not spool mail from %r, Message-ID %s", session.peer, message_id(raw)
+            )
+            status = TEMPFAIL
+        else:
+            status = f"250 2.0.0 OK queued as {spool_id}"
+            self._notify(spool_id)
+        if self._config.protocol == "lmtp":  # one reply per accepted recipient
+            return "\r\n".join(f"{status[:9]} <{rcpt}> {status[10:]}" for rcpt in envelope.rcpt_tos)
+        return status
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("error in an SMTP session", exc_info=error)
+        return TEMPFAIL
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """aiosmtpd's `authenticator`: check PLAIN/LOGIN credentials against the users file."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        expected = self._users.get(user)
+        given = auth_data.password.decode("utf-8", "replace")
+        if expected is not None and hmac.compare_digest(expected.encode(), given.encode()):
+            return AuthResult(success=True, auth_data=user)
+        log.warning("failed AUTH %s for %r from %r", mechanism, user, session.peer)
+        return AuthResult(success=False, handled=False)
+
+    def _notify(self, spool_id: str) -> None:
+        if self._on_accept is None:
+            return
+        try:
+            self._on_accept(spool_id)
+        except Exception:  # the mail is kept: a broken wake-up must not turn into a 451
+            log.exception("on_accept(%s) failed", spool_id)
+
+    def _stamp(self, session: Session, envelope: Envelope) -> bytes:
+        """Return-Path, Delivered-To and Received header lines recording the envelope."""
+
+        def clean(text: str) -> str:
+            return "".join(ch for ch in text if ch >= " " and ch != "\x7f")
+
+        sender = clean(envelope.mail_from or "")
+        sender = "" if sender == "<>" else sender.strip("<>")
+        if self._config.protocol == "lmtp" or session.extended_smtp:  # RFC 3848 names
+            with_ = "LMTP" if self._config.protocol == "lmtp" else "ESMTP"
+            with_ += ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+        else:
+            with_ = "SMTP"
+        helo = clean(session.host_name or "unknown")
+        rcpts = [clean(rcpt) for rcpt in envelope.rcpt_tos]
+        for_ = f"\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+        lines = [f"Return-Path: <{sender}>"]
+        lines += [f"Delivered-To: {rcpt}" for rcpt in rcpts]
+        lines.append(
+            f"Received: from {helo} ({_peer_text(session.peer)})"
+            f"\n\tby {clean(self._config.server_name)}"
+            f" ({IDENT}) with {with_}{for_};\n\t{formatdate(localtime=True)}"
+        )
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and peer:
+        return f"[{peer[0]}]"
+    return "local"
+
+
+class _Gate:
+    """Counts live sessions (touched only in the listener's event loop thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+
+class _Limits:
+    """Session and per-session message limits, and AUTH without TLS on loopback only."""
+
+    _gate: _Gate
+    _max_messages: int
+    _auth_enabled: bool
+    _transactions: int = 0
+
+    async def _handle_client(self) -> None:
+        server: Any = self
+        if self._gate.active >= self._gate.limit:
+            log.warning("refused %r: %d sessions already", server.session.peer, self._gate.active)
+            await server.push("421 4.7.0 Too many connections, try again later")
+            server.transport.close()
+            return
+        if self._auth_enabled and _is_local(server.session.peer):
+            server._auth_require_tls = False  # PLAIN/LOGIN in clear only over loopback
+        self._gate.active += 1
+        try:
+            await super()._handle_client()  # type: ignore[misc]
+        finally:
+            self._gate.active -= 1
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        server: Any = self
+        if self._transactions >= self._max_messages:
+            await server.push("452 4.5.3 Too many messages in this session: reconnect to send more")
+            return
+        self._transactions += 1
+        await super().smtp_MAIL(arg)  # type: ignore[misc]
+
+
+class _SmtpServer(_Limits, SMTP):
+    pass
+
+
+class _LmtpServer(_Limits, LMTP):
+    pass
+
+
+class SmtpListener:
+    """Starts and stops the listener (in its own thread); usable as a context manager."""
+
+    def __init__(
+        self,
+        config: ListenConfig,
+        spool: Spool,
+        addresses: Addresses,
+        *,
+        on_accept: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_accept(spool_id)` runs in the listener's thread after each mail is spooled."""
+        self.config = config
+        self.handler = SpoolHandler(spool, addresses, config, on_accept=on_accept)
+        self._gate = _Gate(config.max_sessions)
+        self._controller: Controller | UnixSocketController | None = None
+
+    @property
+    def active_sessions(self) -> int:
+        return self._gate.active
+
+    def start(self) -> None:
+        config = self.config
+        kwargs: dict[str, Any] = {
+            "data_size_limit": config.max_message_size,
+            "hostname": config.server_name,
+            "ident": IDENT,
+            "tls_context": _tls_context(config),
+            "require_starttls": config.require_tls,
+            "auth_required": config.require_auth,
+            "authenticator": self.handler.authenticate,
+            "timeout": config.timeout,
+            "enable_SMTPUTF8": True,
+        }
+        server_class = _LmtpServer if config.protocol == "lmtp" else _SmtpServer
+
+        def make() -> SMTP:  # one server object per connection
+            server = server_class(self.handler, **kwargs)
+            server._gate = self._gate
+            server._max_messages = config.max_messages_per_session
+            server._auth_enabled = self.handler.auth_enabled
+            return server
+
+        controller: Controller | UnixSocketController
+        if config.socket:
+            controller = _UnixController(make, self.handler, unix_socket=config.socket)
+        else:
+            controller = _InetController(make, self.handler, hostname=config.host, port=config.port)
+        try:
+            controller.start()
+        except BaseException:
+            _abandon(controller)
+            raise
+        self._controller = controller
+        where = config.socket or f"{config.host}:{config.port}"
+        log.info("%s listener on %s", config.protocol.upper(), where)
+
+    def stop(self) -> None:
+        if self._controller is None:
+            return
+        self._controller.stop()
+        self._controller = None
+        if self.config.socket:
+            try:
+                os.unlink(self.config.socket)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> SmtpListener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _abandon(controller: Controller | UnixSocketController) -> None:
+    """Clean up after a failed start (e.g. the port is taken) without leaking the loop."""
+    if controller.loop.is_running():
+        controller.stop()
+        return
+    if controller._thread is not None:
+        controller._thread.join()
+        controller._thread = None
+    if not controller.loop.is_closed():
+        controller.loop.close()
+
+
+class _InetController(Controller):
+    def __init__(self, make: Callable[[], SMTP], handler: SpoolHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._make = make
+
+    def factory(self) -> SMTP:
+        return self._make()
+
+
+class _UnixController(UnixSocketController):
+    def __init__(self, make: Callable[[], SMTP], handler: SpoolHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._make = make
+
+    def factory(self) -> SMTP:
+        return self._make()

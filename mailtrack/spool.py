@@ -1,0 +1,419 @@
+"""The durable queues between the network edges and the worker: Maildir-style directories.
+
+A mail is *accepted* once it has been written to `tmp/`, fsynced, renamed into `new/` and the
+directory fsynced (Mailman's switchboard, public-inbox-mda's emergency copy). A worker claims a
+mail by renaming `new/X` to `cur/X`: the rename is atomic, so a lost race simply means someone
+else has it. The mail leaves the queue only after its effect is committed (`done`).
+
+    <root>/incoming/{tmp,new,cur}   mail received, waiting for or being processed
+    <root>/failed/                  gave up or quarantined; `<name>.reason` beside each mail
+    <root>/processed/               done, kept until `prune()`
+    <root>/outbox/{tmp,new,cur}     mail we send; `outbox/env/<id>.json` holds its envelope
+    <root>/outbox-failed/           mail we could not send; `<name>.reason` beside each mail
+
+File names are `<id>` or `<id>:1,<attempts>` once a mail has been retried (the Maildir
+"experimental" info suffix), so the attempt count moves with the mail in the same rename and a
+crash can never lose it. Ids sort by arrival: `<time-ns, 20 digits>.P<pid>Q<counter>.<host>`.
+Only one worker process per spool may `claim()`: `recover()` assumes no one else holds a claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
+
+ID_RE = re.compile(r"^[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+$")
+_NAME_RE = re.compile(r"^(?P<id>[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+)(?::1,(?P<n>[0-9]+))?$")
+_REASON = ".reason"
+_MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A mail this process holds (it sits in a `cur/` directory) until done/retry_later/fail."""
+
+    id: str
+    path: Path
+    attempts: int
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who an outgoing mail is from and to, as the SMTP relay will be told."""
+
+    sender: str
+    recipients: list[str]
+
+
+def message_id(raw: bytes) -> str:
+    """The Message-ID header of a raw mail (for log lines), or "" when it has none."""
+    head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    match = _MESSAGE_ID_RE.search(head)
+    if match is None:
+        return ""
+    return " ".join(match.group(1).decode("ascii", "replace").split())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist), write `data` and fsync it; no file is left on error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def write_durably(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
+    """Write `data` to `path` so that it survives a crash: tmp file, fsync, rename, fsync dir."""
+    tmp = tmp or path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    _write_synced(tmp, data)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _parse_name(name: str) -> tuple[str, int] | None:
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    return match.group("id"), int(match.group("n") or 0)
+
+
+def _name(spool_id: str, attempts: int) -> str:
+    return spool_id if attempts == 0 else f"{spool_id}:1,{attempts}"
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _last_line(text: str) -> str:
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+@dataclass(frozen=True)
+class _Queue:
+    """One Maildir (tmp/new/cur) with its failed directory and, maybe, its done directory."""
+
+    dir: Path
+    failed: Path
+    done: Path | None  # None: done() deletes the mail
+
+    @property
+    def tmp(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
+    def new(self) -> Path:
+        return self.dir / "new"
+
+    @property
+    def cur(self) -> Path:
+        return self.dir / "cur"
+
+    def dirs(self) -> list[Path]:
+        return [self.dir, self.tmp, self.new, self.cur, self.failed] + (
+            [self.done] if self.done else []
+        )
+
+
+class Spool:
+    """The incoming queue, the outbox, and their failed and processed directories under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._incoming = _Queue(
+            self.root / "incoming", self.root / "failed", self.root / "processed"
+        )
+        self._outbox = _Queue(self.root / "outbox", self.root / "outbox-failed", None)
+        self._envelopes = self._outbox.dir / "env"
+        self._counter = itertools.count()
+        host = socket.gethostname() or "localhost"
+        self._host = re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64]
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for path in [*self._incoming.dirs(), *self._outbox.dirs(), self._envelopes]:
+            path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    # --- incoming -----------------------------------------------------------------------------
+
+    def accept(self, raw: bytes, *, source: str = "") -> str:
+        """Keep `raw` (exactly these bytes) durably; return its spool id. OSError: not kept."""
+        spool_id = self._deliver(self._incoming, raw)
+        log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", message_id(raw))
+        return spool_id
+
+    def claim(self) -> Claim | None:
+        """Take the oldest waiting mail (not one delayed by retry_later), or None."""
+        return self._claim(self._incoming)
+
+    def claims(self) -> Iterator[Claim]:
+        """Claim mail after mail until none is waiting; finish each before asking for the next."""
+        while (claim := self.claim()) is not None:
+            yield claim
+
+    def claim_id(self, spool_id: str) -> Claim | None:
+        """Take this mail (`mailtrack deliver` processes the one it kept), or None if someone has it."""
+        if ID_RE.match(spool_id) is None:
+            return None
+        queue = self._incoming
+        source, target = queue.new / spool_id, queue.cur / spool_id
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        return Claim(id=spool_id, path=target, attempts=0)
+
+    def recent(self, n: int) -> list[tuple[str, str]]:
+        """(id, Message-ID) of the last `n` mails processed, newest first."""
+        assert self._incoming.done is not None
+        paths = sorted((p for p in self._incoming.done.iterdir() if ID_RE.match(p.name)), key=lambda p: p.name, reverse=True)
+        out = []
+        for p in paths[:n]:
+            with contextlib.suppress(OSError):
+                out.append((p.name, message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
+        return out
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(id, first line of the reason) of every mail in failed/, oldest first."""
+        return self._failures(self._incoming)
+
+    def prune(self, older_than: timedelta) -> int:
+        """Delete processed mail finished more than `older_than` ago; return how many."""
+        assert self._incoming.done is not None
+        limit = time.time() - older_than.total_seconds()
+        pruned = 0
+        for path in self._incoming.done.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    pruned += 1
+        return pruned
+
+    # --- outbox -------------------------------------------------------------------------------
+
+    def queue_out(self, raw: bytes, *, sender: str, recipients: list[str]) -> str:
+        """Keep an outgoing mail and its envelope durably; return its spool id."""
+        if not recipients:
+            raise ValueError("an outgoing mail needs at least one recipient")
+        spool_id = self._new_id()
+        envelope = json.dumps({"sender": sender, "recipients": list(recipients)}).encode()
+        write_durably(self._envelopes / f"{spool_id}.json", envelope)
+        try:
+            self._deliver(self._outbox, raw, spool_id=spool_id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (self._envelopes / f"{spool_id}.json").unlink()
+            raise
+        log.info("queued %s to %s, Message-ID %s", spool_id, ", ".join(recipients), message_id(raw))
+        return spool_id
+
+    def claim_out(self) -> Claim | None:
+        """Take the oldest outgoing mail waiting to be sent, or None."""
+        return self._claim(self._outbox)
+
+    def claims_out(self) -> Iterator[Claim]:
+        while (claim := self.claim_out()) is not None:
+            yield claim
+
+    def envelope(self, claim: Claim) -> Envelope:
+        """The envelope queue_out() kept for an outgoing mail."""
+        data = json.loads((self._envelopes / f"{claim.id}.json").read_text())
+        return Envelope(sender=str(data["sender"]), recipients=[str(r) for r in data["recipients"]])
+
+    def failures_out(self) -> list[tuple[str, str]]:
+        return self._failures(self._outbox)
+
+    # --- both queues --------------------------------------------------------------------------
+
+    def done(self, claim: Claim) -> None:
+        """The mail's effect is committed: incoming -> processed/, outbox -> deleted."""
+        queue = self._queue_of(claim)
+        if queue.done is None:
+            claim.path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self._envelopes / f"{claim.id}.json").unlink()
+            return
+        target = queue.done / claim.id
+        os.rename(claim.path, target)
+        os.utime(target)  # prune() counts the retention from now, not from arrival
+
+    def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
+        """Count a failed attempt; back to new/ (claimable after `delay`), or to failed/ at MAX."""
+        queue = self._queue_of(claim)
+        attempts = claim.attempts + 1
+        if attempts >= MAX_ATTEMPTS:
+            summary = f"failed {attempts} times, last error: {_last_line(error)}"
+            self._to_failed(queue, claim, f"{summary}\n\n{error}")
+            return
+        log.warning(
+            "%s failed (attempt %d of %d): %s", claim.id, attempts, MAX_ATTEMPTS, _last_line(error)
+        )
+        target = queue.new / _name(claim.id, attempts)
+        os.rename(claim.path, target)
+        if delay > timedelta(0):
+            not_before = time.time() + delay.total_seconds()
+            os.utime(target, (not_before, not_before))
+
+    def fail(self, claim: Claim, reason: str) -> None:
+        """Straight to the failed directory with `reason` (a decision, e.g. quarantine)."""
+        self._to_failed(self._queue_of(claim), claim, reason)
+
+    def requeue(self, spool_id: str) -> None:
+        """Move a failed mail (incoming or outgoing) back to its queue, attempts reset."""
+        if ID_RE.match(spool_id):
+            for queue in (self._incoming, self._outbox):
+                try:
+                    os.rename(queue.failed / spool_id, queue.new / spool_id)
+                except FileNotFoundError:
+                    continue
+                _fsync_dir(queue.new)
+                with contextlib.suppress(FileNotFoundError):
+                    (queue.failed / f"{spool_id}{_REASON}").unlink()
+                log.info("requeued %s", spool_id)
+                return
+        raise KeyError(f"no failed mail with id {spool_id!r}")
+
+    def recover(self) -> int:
+        """On start: put claimed-but-unfinished mail back (counting an attempt); tidy up.
+
+        Counting the interrupted attempt means a mail that crashes the process ends in failed/
+        after MAX_ATTEMPTS starts instead of crashing it forever. Returns how many came back.
+        """
+        recovered = 0
+        stale = time.time() - STALE_TMP.total_seconds()
+        for queue in (self._incoming, self._outbox):
+            for path in sorted(queue.cur.iterdir()):
+                parsed = _parse_name(path.name)
+                if parsed is None:
+                    continue
+                claim = Claim(id=parsed[0], path=path, attempts=parsed[1])
+                self.retry_later(claim, "interrupted while being processed (crash or kill?)")
+                recovered += 1
+            for path in queue.tmp.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < stale:
+                        path.unlink()
+            for path in queue.failed.glob(f"*{_REASON}"):  # a crash between reason and mail
+                if not path.with_name(path.name[: -len(_REASON)]).exists():
+                    path.unlink()
+        kept = {
+            parsed[0]
+            for directory in (self._outbox.new, self._outbox.cur, self._outbox.failed)
+            for name in os.listdir(directory)
+            if (parsed := _parse_name(name)) is not None
+        }
+        for path in self._envelopes.glob("*.json"):  # mail sent, or queue_out() interrupted
+            if path.name[: -len(".json")] not in kept and path.stat().st_mtime < stale:
+                path.unlink()
+        if recovered:
+            log.warning("recovered %d mail(s) left claimed by an earlier run", recovered)
+        return recovered
+
+    def counts(self) -> dict[str, int]:
+        """How many mails sit in each queue directory."""
+
+        def count(path: Path) -> int:
+            return sum(1 for p in path.iterdir() if _parse_name(p.name) is not None)
+
+        incoming, outbox = self._incoming, self._outbox
+        assert incoming.done is not None
+        return {
+            "incoming/new": count(incoming.new),
+            "incoming/cur": count(incoming.cur),
+            "failed": count(incoming.failed),
+            "processed": count(incoming.done),
+            "outbox/new": count(outbox.new),
+            "outbox/cur": count(outbox.cur),
+            "outbox-failed": count(outbox.failed),
+        }
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{time.time_ns():020d}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
+
+    def _deliver(self, queue: _Queue, raw: bytes, *, spool_id: str = "") -> str:
+        spool_id = spool_id or self._new_id()
+        write_durably(queue.new / spool_id, raw, tmp=queue.tmp / spool_id)
+        return spool_id
+
+    def _claim(self, queue: _Queue) -> Claim | None:
+        now = time.time()
+        for name in sorted(os.listdir(queue.new)):
+            parsed = _parse_name(name)
+            if parsed is None:
+                continue
+            source, target = queue.new / name, queue.cur / name
+            try:
+                if os.stat(source).st_mtime > now:  # delayed by retry_later
+                    continue
+                os.rename(source, target)
+            except FileNotFoundError:  # someone else claimed it first
+                continue
+            return Claim(id=parsed[0], path=target, attempts=parsed[1])
+        return None
+
+    def _queue_of(self, claim: Claim) -> _Queue:
+        for queue in (self._incoming, self._outbox):
+            if claim.path.parent == queue.cur:
+                return queue
+        raise ValueError(f"{claim.path} is not a claimed mail of this spool")
+
+    def _to_failed(self, queue: _Queue, claim: Claim, reason: str) -> None:
+        write_durably(queue.failed / f"{claim.id}{_REASON}", reason.encode("utf-8", "replace"))
+        os.rename(claim.path, queue.failed / claim.id)
+        _fsync_dir(queue.failed)
+        log.error("%s moved to %s: %s", claim.id, queue.failed.name, _first_line(reason))
+
+    def _failures(self, queue: _Queue) -> list[tuple[str, str]]:
+        result = []
+        for name in sorted(os.listdir(queue.failed)):
+            if ID_RE.match(name) is None:
+                continue
+            try:
+                reason = (queue.failed / f"{name}{_REASON}").read_text("utf-8", "replace")
+            except FileNotFoundError:
+                reason = "(no reason recorded)"
+            result.append((name, _first_line(reason)))
+        return result
