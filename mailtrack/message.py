@@ -1,0 +1,597 @@
+"""Bytes -> parsed mail: headers, readable body text, the reply's own text, attachments.
+
+Pure parsing, no I/O. Two helpers were split off to keep this file readable: `decode` (bytes and
+raw header values to text) and `quotes` (reply trimming, format=flowed, pseudo-headers); they
+import nothing from mailtrack either. `parse` never raises: malformed MIME, bad base64, broken
+headers, unknown or mislabelled charsets and binary garbage all give a `ParsedMail` holding
+whatever could be read.
+
+Header values are taken from the parser's raw header list and decoded by `decode`, and MIME
+parameters are read with the legacy (compat32) parameter code: the `email.headerregistry`
+parsers of `policy.default` can raise on hostile input and turn 8-bit names into U+FFFD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+
+from mailtrack.decode import (
+    CONTROL_RE,
+    clean_text,
+    decode_base64,
+    decode_text,
+    decode_words,
+    header_text,
+    unfold_raw,
+)
+from mailtrack.quotes import split_pseudo_headers, trim_reply, unflow
+
+__all__ = [
+    "Attachment", "ParsedMail", "clean_subject", "parse", "safe_filename", "split_pseudo_headers",
+    "strip_subject_tag", "subject_tag", "unique_filename",
+]  # fmt: skip
+
+MAX_NAME_LENGTH = 100  # characters of an attachment's file name, extension included
+MAX_NAME_BYTES = 200  # and its UTF-8 bytes: file systems allow 255
+MAX_DEPTH = 30  # MIME nesting we follow; deeper parts are skipped with a note
+MAX_PARTS = 1000  # MIME parts we read; the rest are skipped with a note
+RESERVED_NAME_RE = re.compile(r"^(issue\.xml|project\.xml|comment_.*\.xml)$", re.IGNORECASE)
+SIGNATURE_TYPES = frozenset({
+    "application/pgp-signature", "application/pkcs7-signature",
+    "application/x-pkcs7-signature", "application/pgp-encrypted",
+})  # fmt: skip
+EXTENSIONS = {
+    "text/plain": ".txt", "text/html": ".html", "text/calendar": ".ics", "text/csv": ".csv",
+    "text/x-diff": ".diff", "text/x-patch": ".patch", "text/rfc822-headers": ".txt",
+    "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
+    "image/svg+xml": ".svg", "application/pdf": ".pdf", "application/zip": ".zip",
+    "application/gzip": ".gz", "application/json": ".json", "application/ms-tnef": ".dat",
+    "message/rfc822": ".eml", "message/global": ".eml",
+    "message/delivery-status": ".txt", "message/disposition-notification": ".txt",
+}  # fmt: skip
+FALLBACK_NAMES = {
+    "text/rfc822-headers": "rfc822-headers.txt", "application/ms-tnef": "winmail.dat",
+    "text/calendar": "invite.ics",
+}  # fmt: skip
+# Outlook, Notes, Exchange and friends in several languages; matched at the start of a subject.
+OOO_RE = re.compile(
+    r"^\s*(automatic reply|auto[- ]?reply|auto[- ]?response|out of (the )?office( autoreply)?"
+    r"|ooo|auto|abwesenheitsnotiz|automatische antwort|abwesend|réponse automatique"
+    r"|absen(ce|t)( du bureau)?|respuesta automática|fuera de la oficina|afwezig"
+    r"|automatisch antwoord|afwezigheidsbericht|risposta automatica|fuori sede|autosvar|frånvaro"
+    r"|automaattinen vastaus|resposta automática|odpowiedź automatyczna|自动回复|自動回覆|自動返信)"
+    r"\s*([:：]|$)",
+    re.IGNORECASE,
+)
+REPLY_PREFIX_RE = re.compile(
+    r"^\s*(re|aw|sv|vs|antw|antwort|wg|fwd?|tr|rif|r|i|réf|ref|rép|rv|enc|res|odp|pd|ynt|vl"
+    r"|vb|atb|bls|回复|回覆|答复|转发|轉寄|返信|転送)\.?\s*([\[(]\d+[\])]|\^\d+)?\s*[:：]\s*",
+    re.IGNORECASE,
+)
+LIST_PREFIX_RE = re.compile(r"^\s*\[[^\[\]#=]*\]\s*")  # "[dev-list] ": no '#' (tag), no '=' (cmd)
+ADDR_RE = re.compile(r"[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
+CONTENT_TYPE_RE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+MSG_ID_RE = re.compile(r"<([^<>\s]+)>")
+MACHINE_KINDS = ("loop", "bounce", "report", "auto-reply", "bulk", "list")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str  # safe and unique within the mail (see `safe_filename`)
+    content_type: str  # bare "type/subtype", lowercase
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    raw: bytes
+    message_id: str  # with angle brackets, made from a hash of `raw` when the mail has none
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    subject: str
+    from_name: str
+    from_addr: str  # lowercase, "" if none
+    reply_to: tuple[tuple[str, str], ...]  # informational only, never an identity
+    to: tuple[tuple[str, str], ...]  # (name, lowercase address)
+    cc: tuple[tuple[str, str], ...]
+    delivered_to: tuple[str, ...]
+    return_path: str | None  # None: no header; "": the null path "<>"
+    date: datetime | None  # aware, UTC
+    body: str
+    reply_text: str
+    attachments: tuple[Attachment, ...]
+    skipped: tuple[str, ...]
+    machine: str | None  # why this is machine mail that must never get a reply
+    auth_results: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...] = ()  # every header, decoded and unfolded, in order
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name, decoded and unfolded; None if there is none."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    def header_all(self, name: str) -> tuple[str, ...]:
+        wanted = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == wanted)
+
+
+def parse(
+    raw: bytes,
+    *,
+    max_attachment_size: int = 10 * 1024 * 1024,
+    loop_header: str = "X-Mailtrack-Loop",
+    own_addresses: Iterable[str] = (),
+) -> ParsedMail:
+    """Parse one mail. Never raises on any input bytes."""
+    raw = bytes(raw)
+    msg = _parse_bytes(raw)
+    raw_headers = _raw_items(msg) if msg is not None else []
+    headers = tuple((name, header_text(value)) for name, value in raw_headers)
+
+    def first(name: str) -> str | None:
+        return next((value for key, value in headers if key.lower() == name), None)
+
+    froms = _addresses(raw_headers, "from")
+    from_name, from_addr = froms[0] if froms else ("", "")
+    return_path = None
+    if (value := first("return-path")) is not None:
+        found = ADDR_RE.search(value)
+        return_path = found.group(0).lower() if found else ""
+    parts = _Parts(max_attachment_size)
+    if msg is not None:
+        parts.walk(msg, 0, want_body=True)
+    else:
+        parts.texts.append(clean_text(decode_text(raw, None)))
+    body = "\n\n".join(t.strip("\n") for t in parts.texts if t.strip()).rstrip()
+    subject = " ".join((first("subject") or "").split())
+    mail = ParsedMail(
+        raw=raw,
+        message_id=_message_id(first("message-id"), raw),
+        in_reply_to=next(iter(_msg_ids(first("in-reply-to"))), None),
+        references=tuple(dict.fromkeys(_msg_ids(" ".join(_all(headers, "references"))))),
+        subject=subject,
+        from_name=from_name,
+        from_addr=from_addr,
+        reply_to=tuple(_addresses(raw_headers, "reply-to")),
+        to=tuple(_addresses(raw_headers, "to")),
+        cc=tuple(_addresses(raw_headers, "cc")),
+        delivered_to=tuple(
+            m.group(0).lower() for v in _all(headers, "delivered-to") if (m := ADDR_RE.search(v))
+        ),
+        return_path=return_path,
+        date=_date(first("date")),
+        body=body,
+        reply_text=trim_reply(body),
+        attachments=tuple(parts.attachments()),
+        skipped=tuple(dict.fromkeys(parts.skipped)),
+        machine=None,
+        auth_results=_all(headers, "authentication-results"),
+        headers=headers,
+    )
+    reason = _machine_reason(mail, msg, loop_header=loop_header, own_addresses=own_addresses)
+    return replace(mail, machine=reason)
+
+
+def _machine_reason(
+    mail: ParsedMail,
+    msg: Message | None = None,
+    *,
+    loop_header: str = "X-Mailtrack-Loop",
+    own_addresses: Iterable[str] = (),
+) -> str | None:
+    """Why this mail was sent by a machine and must never get a reply, or None.
+
+    The reason starts with its kind, one of MACHINE_KINDS, then ": " and the evidence:
+    "bounce: null return path (Return-Path: <>)". Precedence: list is kind "list" (a person's
+    mail may come through a list: never reply to it, but the router may still take it).
+    """
+    if mail.header(loop_header) is not None:
+        return f"loop: our own {loop_header} header"
+    if mail.from_addr and mail.from_addr in {a.strip().lower() for a in own_addresses}:
+        return f"loop: from our own address {mail.from_addr}"
+    if mail.return_path == "":
+        return "bounce: null return path (Return-Path: <>)"
+    if msg is not None and _content_type(msg) == "multipart/report":
+        kind = _param(msg, "content-type", "report-type") or "unknown"
+        return f"report: multipart/report (report-type={kind})"
+    if mail.from_addr.split("@")[0] in ("mailer-daemon", "postmaster"):
+        return f"bounce: from {mail.from_addr}"
+    if mail.header("x-failed-recipients") is not None:
+        return "bounce: X-Failed-Recipients header"
+    auto = (mail.header("auto-submitted") or "").strip()
+    if auto and auto.split(";")[0].strip().lower() != "no":
+        return f"auto-reply: Auto-Submitted: {auto}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Autogenerated"):
+        if mail.header(name) is not None:
+            return f"auto-reply: {name} header"
+    precedence = (mail.header("precedence") or "").strip().lower()
+    if precedence in ("bulk", "junk", "list"):
+        return f"{'list' if precedence == 'list' else 'bulk'}: Precedence: {precedence}"
+    if precedence == "auto_reply":
+        return "auto-reply: Precedence: auto_reply"
+    if OOO_RE.match(mail.subject):
+        return f"auto-reply: out-of-office subject {mail.subject[:80]!r}"
+    return None
+
+
+# --- subjects ---------------------------------------------------------------------------------
+
+
+def clean_subject(subject: str) -> str:
+    """Strip reply/forward prefixes ("Re:", "AW:", "Re[2]:", ...) and "[list]" prefixes.
+
+    An issue tag ("[proj #abc1234]") and command brackets ("[status=closed]") are kept.
+    """
+    text = " ".join(subject.split())
+    while True:
+        shorter = LIST_PREFIX_RE.sub("", REPLY_PREFIX_RE.sub("", text, count=1), count=1)
+        if shorter == text:
+            break
+        text = shorter
+    return re.sub(r"\s*\(fwd\)\s*$", "", text, flags=re.IGNORECASE).strip()
+
+
+def _tag_re(project: str) -> re.Pattern[str]:
+    return re.compile(r"\[\s*" + re.escape(project) + r"\s*#\s*([0-9a-f]{4,40})\s*\]", re.I)
+
+
+COMMAND_RE = re.compile(r"\[([^\[\]]*=[^\[\]]*)\]")
+
+
+def subject_tag(subject: str, project: str) -> tuple[str, list[str]] | None:
+    """The issue id of the first "[<project> #<id>]" tag, lowercase, and the commands after it.
+
+    Commands are the Roundup-style brackets after the tag: "[status=closed;priority=high]"
+    gives ["status=closed", "priority=high"]. None if there is no tag.
+    """
+    text = " ".join(subject.split())
+    match = _tag_re(project).search(text)
+    if match is None:
+        return None
+    commands = []
+    for bracket in COMMAND_RE.finditer(text, match.end()):
+        for item in bracket.group(1).split(";"):
+            key, _, value = item.partition("=")
+            if key.strip():
+                commands.append(f"{key.strip()}={value.strip()}")
+    return match.group(1).lower(), commands
+
+
+def strip_subject_tag(subject: str, project: str) -> str:
+    """The subject as a title: no prefixes, no issue tag, no command brackets after it."""
+    text = clean_subject(subject)
+    match = _tag_re(project).search(text)
+    if match is not None:
+        rest = COMMAND_RE.sub(" ", text[match.end() :])
+        text = clean_subject(text[: match.start()] + " " + rest)
+    return " ".join(text.split())
+
+
+def _parse_bytes(raw: bytes) -> Message | None:
+    """The MIME tree; failing that (parser bugs, absurd nesting) the headers and a flat body."""
+    attempts = ((policy.default, False), (policy.compat32, False), (policy.compat32, True))
+    for pol, headers_only in attempts:
+        try:
+            return BytesParser(policy=pol).parsebytes(raw, headersonly=headers_only)
+        except Exception:  # the parser's own bugs and RecursionError: try a simpler parse
+            continue
+    return None
+
+
+def _raw_items(msg: Message) -> list[tuple[str, str]]:
+    return [(str(name), str(value)) for name, value in msg.raw_items()]
+
+
+def _all(headers: tuple[tuple[str, str], ...], name: str) -> tuple[str, ...]:
+    return tuple(v for k, v in headers if k.lower() == name)
+
+
+def _addresses(raw_headers: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """(display name, lowercase address) pairs; names decoded after the list is split."""
+    values = [unfold_raw(v) for k, v in raw_headers if k.lower() == name]
+    try:
+        pairs = getaddresses(values)
+    except Exception:  # a malformed list gives no addresses, not a crash
+        return []
+    result = []
+    for pair_name, addr in pairs:
+        found = ADDR_RE.search(addr)  # getaddresses lets through "quote <x@y" from broken lists
+        if found:
+            addr = found.group(0).lower()
+            display = " ".join(decode_words(CONTROL_RE.sub(" ", pair_name)).split()).strip("'\"")
+            result.append(("" if display.lower() == addr else display, addr))
+    return result
+
+
+def _msg_ids(value: str | None) -> list[str]:
+    return [f"<{m}>" for m in MSG_ID_RE.findall(value or "")]
+
+
+def _message_id(value: str | None, raw: bytes) -> str:
+    ids = _msg_ids(value)
+    if ids:
+        return ids[0]
+    bare = (value or "").strip()
+    if bare and re.fullmatch(r"[^<>\s]+", bare):
+        return f"<{bare}>"
+    return "<" + hashlib.sha1(raw).hexdigest() + "@mailtrack.invalid>"
+
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        date = parsedate_to_datetime(value)
+        if date.tzinfo is None:
+            date = date.replace(tzinfo=UTC)
+        return date.astimezone(UTC)
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+
+
+# --- MIME parts -------------------------------------------------------------------------------
+
+
+def _mime_headers(part: Message) -> Message:
+    """The part's MIME headers on a plain (compat32) message, decoded to text.
+
+    The legacy parameter parsing (RFC 2231 continuations included) does not raise on hostile
+    input, and 8-bit file names come out as UTF-8 or cp1252 instead of replacement characters.
+    """
+    view = Message()
+    view.set_default_type(part.get_default_type())
+    for name, value in _raw_items(part):
+        if name.lower() in ("content-type", "content-disposition") and name.lower() not in view:
+            view[name] = unfold_raw(value)
+    return view
+
+
+def _content_type(part: Message) -> str:
+    """The lowercase "type/subtype"; application/octet-stream when the header makes no sense."""
+    ctype = re.sub(r"[^a-z0-9!#$&^_.+/-]", "", _mime_headers(part).get_content_type())
+    return ctype if CONTENT_TYPE_RE.fullmatch(ctype) else "application/octet-stream"
+
+
+def _param(part: Message, header: str, name: str) -> str | None:
+    value = _mime_headers(part).get_param(name, None, header)
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
+        return decode_text(value[2].encode("latin-1", "replace"), value[0])
+    return value
+
+
+def _filename(part: Message) -> str | None:
+    view = _mime_headers(part)
+    try:
+        name = view.get_filename() or view.get_param("name", None)
+    except Exception:  # a broken parameter is no file name
+        return None
+    if isinstance(name, tuple):
+        name = decode_text(name[2].encode("latin-1", "replace"), name[0])
+    return decode_words(name) if name else None
+
+
+def _payload(part: Message) -> bytes:
+    try:
+        payload = part.get_payload()
+    except Exception:  # it decodes 8-bit text by a charset that may be garbage
+        payload = getattr(part, "_payload", "")  # the raw text, as the parser stored it
+    encodings = [v for k, v in _raw_items(part) if k.lower() == "content-transfer-encoding"]
+    if isinstance(payload, str) and encodings and header_text(encodings[0]).lower() == "base64":
+        return decode_base64(payload)
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # undecodable payload: take it as it stands
+        data = None
+    if isinstance(data, bytes):
+        return data
+    return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+
+
+def _serialize(msg: Message) -> bytes | None:
+    """A (forwarded) message as bytes, headers as received."""
+    try:
+        return msg.as_bytes(policy=policy.default.clone(refold_source="none"))
+    except Exception:  # a part we cannot re-serialize is skipped with a note
+        return None
+
+
+def html_to_text(html: str) -> str:
+    """Readable text (Markdown-ish) from HTML; blockquotes become "> " lines."""
+    try:
+        import html2text
+
+        converter = html2text.HTML2Text()
+        converter.body_width = 0
+        converter.ignore_images = True
+        converter.ignore_mailto_links = True
+        converter.unicode_snob = True
+        text = converter.handle(html)
+    except Exception:  # html2text chokes: strip the tags ourselves
+        import html as html_module
+
+        text = html_module.unescape(re.sub(r"(?s)<(style|script)\b.*?</\1>|<[^>]*>", " ", html))
+    text = "\n".join(line.replace("\xa0", " ").rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+def _size(n: int) -> str:
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} kB" if n >= 1024 else f"{n} bytes"
+    return f"{n / 1024 / 1024:.1f}".removesuffix(".0") + " MB"
+
+
+class _Parts:
+    """Walks the MIME tree, collecting body texts, attachments and notes of skipped parts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.texts: list[str] = []
+        self.files: list[tuple[str | None, str, str, bytes]] = []  # name, fallback, type, data
+        self.skipped: list[str] = []
+        self.count = 0
+
+    def walk(self, part: Message, depth: int, want_body: bool) -> None:
+        self.count += 1
+        if depth > MAX_DEPTH:
+            self.skipped.append(f"parts nested deeper than {MAX_DEPTH} levels")
+            return
+        if self.count > MAX_PARTS:
+            self.skipped.append(f"parts after the first {MAX_PARTS}")
+            return
+        ctype = _content_type(part)
+        children = part.get_payload() if part.is_multipart() else None
+        if isinstance(children, list) and not ctype.startswith("multipart/"):  # message/*
+            self.message(part, ctype, children)
+        elif isinstance(children, list):
+            subparts = [c for c in children if isinstance(c, Message)]
+            if ctype == "multipart/alternative" and want_body:
+                chosen = _choose_alternative(subparts)
+                for child in subparts:
+                    self.walk(child, depth + 1, want_body=child is chosen)
+            else:
+                for child in subparts:
+                    self.walk(child, depth + 1, want_body)
+        else:
+            self.leaf(part, ctype, want_body)
+
+    def leaf(self, part: Message, ctype: str, want_body: bool) -> None:
+        if ctype in SIGNATURE_TYPES:
+            return
+        filename = _filename(part)
+        data = _payload(part)
+        inline = filename is None and _mime_headers(part).get_content_disposition() != "attachment"
+        if inline and (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")):
+            if not want_body:
+                return  # the other rendering of a multipart/alternative
+            text = clean_text(decode_text(data, _param(part, "content-type", "charset")))
+            if ctype == "text/html":
+                self.texts.append(html_to_text(text))
+                self.add(None, "message.html", ctype, data)
+                return
+            if (_param(part, "content-type", "format") or "").lower() == "flowed":
+                delsp = (_param(part, "content-type", "delsp") or "").lower() == "yes"
+                text = unflow(text, delsp)
+            self.texts.append(text)
+            return
+        if not want_body and inline and ctype.startswith("text/"):
+            return
+        fallback = FALLBACK_NAMES.get(ctype) or (
+            ("image" if ctype.startswith("image/") else "attachment") + _extension(ctype)
+        )
+        self.add(filename, fallback, ctype, data)
+
+    def message(self, part: Message, ctype: str, children: Sequence[object]) -> None:
+        inner = [c for c in children if isinstance(c, Message)]
+        serialized = [_serialize(m) for m in inner]
+        filename = _filename(part)
+        if ctype in ("message/rfc822", "message/global"):
+            subject = ""
+            if inner:
+                subjects = [v for k, v in _raw_items(inner[0]) if k.lower() == "subject"]
+                subject = header_text(subjects[0]) if subjects else ""
+            fallback = (subject[:80] + ".eml") if subject.strip() else "forwarded.eml"
+        else:
+            fallback = ctype.split("/")[1] + ".txt"
+        if any(s is None for s in serialized):
+            self.skipped.append(f"{filename or fallback} (could not be read)")
+            return
+        self.add(filename, fallback, ctype, b"\n".join(s for s in serialized if s is not None))
+
+    def add(self, filename: str | None, fallback: str, ctype: str, data: bytes) -> None:
+        if len(data) > self.limit:
+            name = safe_filename(filename, fallback)
+            self.skipped.append(f"{name} ({_size(len(data))}) over the {_size(self.limit)} limit")
+            return
+        self.files.append((filename, fallback, ctype, data))
+
+    def attachments(self) -> list[Attachment]:
+        taken: set[str] = set()
+        result = []
+        for filename, fallback, ctype, data in self.files:
+            name = unique_filename(safe_filename(filename, fallback), taken)
+            taken.add(name.casefold())
+            result.append(Attachment(name, ctype, data))
+        return result
+
+
+def _choose_alternative(parts: list[Message]) -> Message | None:
+    """text/plain with some text in it, else the richest (last) HTML or multipart rendering."""
+    for part in parts:
+        plain = _content_type(part) == "text/plain" and _filename(part) is None
+        if plain and _payload(part).strip():
+            return part
+    for part in reversed(parts):
+        if _content_type(part) == "text/html" or part.is_multipart():
+            return part
+    return parts[-1] if parts else None
+
+
+def _extension(ctype: str) -> str:
+    if ctype in EXTENSIONS:
+        return EXTENSIONS[ctype]
+    import mimetypes
+
+    return mimetypes.guess_extension(ctype, strict=False) or ".bin"
+
+
+# --- file names -------------------------------------------------------------------------------
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and 0 < len(ext) <= 10 and ext.isalnum():
+        return stem, "." + ext
+    return name, ""
+
+
+def _fit(stem: str, ext: str, suffix: str = "") -> str:
+    """stem + suffix + ext, the stem cut so the whole stays within the length limits."""
+    while stem and (
+        len(stem + suffix + ext) > MAX_NAME_LENGTH
+        or len((stem + suffix + ext).encode("utf-8")) > MAX_NAME_BYTES
+    ):
+        stem = stem[:-1]
+    return stem.rstrip(" .") + suffix + ext
+
+
+def safe_filename(name: str | None, fallback: str = "attachment.bin") -> str:
+    """A name that is safe as a file in an issue directory of the branch.
+
+    No path parts, no leading dots, no control or format characters, none of `<>:"|?*`, not
+    one of the format's reserved names, at most MAX_NAME_LENGTH characters, extension kept.
+    The fallback (made safe the same way) stands in for a name that leaves nothing.
+    """
+    return _safe_name(name or "") or _safe_name(fallback) or "attachment.bin"
+
+
+def _safe_name(name: str) -> str:
+    text = unicodedata.normalize("NFC", name)
+    text = re.split(r"[/\\]", text)[-1]
+    text = "".join(
+        " " if c in "\t\n\r" else "_" if c in '<>:"|?*' else c
+        for c in text
+        if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn") or c in "\t\n\r"
+    )
+    text = " ".join(text.split()).lstrip(". -").rstrip(" .")
+    if RESERVED_NAME_RE.match(text):
+        text = "attachment-" + text
+    return _fit(*_split_extension(text)) if text else ""
+
+
+def unique_filename(name: str, taken: set[str]) -> str:
+    """name, or "stem-1.ext", "stem-2.ext", ... whichever is not in taken (casefolded)."""
+    stem, ext = _split_extension(name)
+    candidate, n = name, 0
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = _fit(stem, ext, f"-{n}")
+    return candidate
