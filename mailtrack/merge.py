@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from dulwich.diff_tree import tree_changes
+from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.graph import find_merge_base
 
 from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Issue, Person, Project
@@ -89,16 +89,22 @@ def _blob(store: Store, sha: bytes | None) -> bytes | None:
     return store.repo.object_store[sha].as_raw_string() if sha else None
 
 
+def _path(change: TreeChange) -> bytes:
+    entry = change.new if change.new is not None else change.old
+    assert entry is not None and entry.path is not None
+    return entry.path
+
+
 def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) -> tuple[dict[str, bytes | None], list[str]]:
     """The files to write over `ours` so that it also holds what `theirs` did since `base`."""
     objects = store.repo.object_store
-    mine = {(c.new.path or c.old.path): c.new.sha for c in tree_changes(objects, base, ours)}
+    mine = {_path(c): c.new.sha if c.new else None for c in tree_changes(objects, base, ours)}
     files: dict[str, bytes | None] = {}
     notes: list[str] = []
     for c in tree_changes(objects, base, theirs):
-        path_b = c.new.path or c.old.path
+        path_b = _path(c)
         path = path_b.decode("utf-8", "replace")
-        their_sha = c.new.sha
+        their_sha = c.new.sha if c.new else None
         if path_b not in mine:
             files[path] = _blob(store, their_sha)
             continue
@@ -108,7 +114,7 @@ def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) ->
         if our_sha is None or their_sha is None:  # deleted on one side, changed on the other: keep it
             files[path] = _blob(store, our_sha or their_sha)
             continue
-        base_data = _blob(store, c.old.sha)
+        base_data = _blob(store, c.old.sha if c.old else None)
         if path.endswith("/issue.xml"):
             name = path.replace("/", "")[: -len("issue.xml")]
             merged, n = merge_issue(
@@ -131,17 +137,32 @@ def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) ->
     return files, notes
 
 
+def is_ancestor(store: Store, ancestor: bytes, commit: bytes) -> bool:
+    """Whether `ancestor` is `commit` or in its history (exact: no commit-time heuristics)."""
+    objects = store.repo.object_store
+    seen, todo = set(), [commit]
+    while todo:
+        c = todo.pop()
+        if c == ancestor:
+            return True
+        if c in seen or c not in objects:
+            continue
+        seen.add(c)
+        todo.extend(objects[c].parents)  # type: ignore[attr-defined]
+    return False
+
+
 def merge_commits(store: Store, ours: bytes | None, theirs: bytes, author: Person, what: str) -> tuple[bytes, str]:
     """A commit holding both histories: `theirs` itself when ours is behind (fast-forward), `ours`
     when theirs is already in it, else a two-parent merge commit. Returns (commit, how).
     """
     if ours is None or ours == theirs:
         return theirs, "fast-forward" if ours is None else "up to date"
-    bases = find_merge_base(store.repo, [ours, theirs])
-    if theirs in bases:
+    if is_ancestor(store, theirs, ours):
         return ours, "up to date"
-    if ours in bases:
+    if is_ancestor(store, ours, theirs):
         return theirs, "fast-forward"
+    bases = find_merge_base(store.repo, [ours, theirs])
     repo = store.repo
     base_tree = repo[bases[0]].tree if bases else None  # type: ignore[attr-defined]
     files, notes = merge_trees(store, base_tree, repo[ours].tree, repo[theirs].tree)  # type: ignore[attr-defined]

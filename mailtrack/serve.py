@@ -1,11 +1,220 @@
-"""`mailtrack`: the gateway's front door."""
+"""`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, serve).
+
+Exit codes follow sysexits.h, which is what MTAs read: `deliver` exits 0 once the mail is kept,
+whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) only when it could not be kept.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+log = logging.getLogger("mailtrack")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"mailtrack: error: {message}", file=sys.stderr)
+        raise SystemExit(EX_USAGE)
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _open(args: argparse.Namespace, durable: bool = True):  # type: ignore[no-untyped-def]
+    """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
+    from mailtrack.config import ConfigError, load
+    from mailtrack.gateway import default_spool
+    from mailtrack.spool import Spool
+    from mailtrack.store import Store, StoreError
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+    try:
+        store = Store.open(args.repo or config.gateway.repo or None, durable=durable)
+    except StoreError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+    spool_dir = Path(config.gateway.spool) if config.gateway.spool else default_spool(store)
+    try:
+        spool = Spool(spool_dir)
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot use the spool {spool_dir}: {e.strerror}") from None
+    return config, store, spool
+
+
+def _gateway(config, store, spool):  # type: ignore[no-untyped-def]
+    from mailtrack.gateway import Gateway
+
+    return Gateway(config, store, spool)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        raise Exit(EX_DATAERR, "no message on standard input")
+    if args.dry_run:
+        config, store, spool = _open(args, durable=False)
+        return _dry_run(_gateway(config, store, spool), raw)
+    config, store, spool = _open(args)
+    try:
+        spool_id = spool.accept(raw, source="deliver")
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+    # Kept: from here on the answer to the MTA is 0, whatever happens to the processing.
+    try:
+        gateway = _gateway(config, store, spool)
+        claim = spool.claim_id(spool_id)
+        if claim is not None:  # else a running `mailtrack serve` took it first
+            out = gateway.work(claim)
+            if out is not None and args.verbose:
+                print(out.line(), file=sys.stderr)
+    except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
+        log.error("%s: processing deferred: %s", spool_id, e)
+    return EX_OK
+
+
+def _dry_run(gateway, raw: bytes) -> int:  # type: ignore[no-untyped-def]
+    from mailtrack.model import Person
+
+    mail = gateway.parse(raw)
+    out = gateway.handle(raw, dry_run=True)
+    r = out.route
+    lines = [
+        f"Message-ID: {mail.message_id}",
+        f"From:       {Person(mail.from_name, mail.from_addr).mailbox or '(none)'}",
+        f"Subject:    {mail.subject}",
+        f"Machine:    {mail.machine or 'no'}",
+        f"Body:       {len(mail.body)} characters, reply text {len(mail.reply_text)}",
+        f"Attachments: {', '.join(f'{a.filename} ({len(a.data)} bytes)' for a in mail.attachments) or 'none'}",
+    ]
+    if mail.skipped:
+        lines.append(f"Skipped:    {'; '.join(mail.skipped)}")
+    lines.append(f"Route:      {r.kind if r else '?'}{' ' + out.short if out.short else ''} ({r.reason if r else ''})")
+    lines.append(f"Would:      {out.action}" + (f": {out.message}" if out.message else ""))
+    lines += [f"  write {f}" for f in out.files]
+    lines += [f"  reply {t} to {to}" for t, to in out.replies]
+    print("\n".join(lines))
+    return EX_OK
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    config, store, spool = _open(args)
+    spool.recover()
+    gateway = _gateway(config, store, spool)
+    n = gateway.drain()
+    print(f"processed {n} mail(s)", file=sys.stderr)
+    return EX_OK
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    _, _, spool = _open(args)
+    for spool_id in args.ids:
+        try:
+            spool.requeue(spool_id)
+        except KeyError as e:
+            raise Exit(EX_USAGE, str(e.args[0])) from None
+        print(f"requeued {spool_id}")
+    return EX_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, store, spool = _open(args, durable=False)
+    counts = spool.counts()
+    print(f"spool {spool.root}")
+    for queue, n in counts.items():
+        print(f"  {queue:<14} {n}")
+    if counts["outbox/new"] and not config.relay.host:
+        print(f"  (no relay is configured: the {counts['outbox/new']} outgoing mail(s) wait in the outbox)")
+    failures = spool.failures()
+    if failures:
+        print("failed:")
+        for spool_id, reason in failures:
+            print(f"  {spool_id}  {reason}")
+    out_failures = spool.failures_out()
+    if out_failures:
+        print("outbox failed:")
+        for spool_id, reason in out_failures:
+            print(f"  {spool_id}  {reason}")
+    recent = spool.recent(5)
+    if recent:
+        print("last processed:")
+        for spool_id, mid in recent:
+            print(f"  {spool_id}  {mid}")
+    return EX_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mailtrack.mailimport import import_path
+
+    config, store, spool = _open(args)
+    gateway = _gateway(config, store, spool)
+    try:
+        counts = import_path(gateway, Path(args.path), progress=sys.stderr)
+    except FileNotFoundError:
+        raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
+    print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="mailtrack", description="The mail gateway of an issues branch.")
+    common = argparse.ArgumentParser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
+    for parser, default in ((p, None), (common, argparse.SUPPRESS)):
+        parser.add_argument("--config", metavar="FILE", default=default, help="a TOML configuration (default: the embedded one)")
+        parser.add_argument("--repo", metavar="PATH", default=default, help="the git repository (default: the one around the current directory)")
+        parser.add_argument("-v", "--verbose", action="store_true", default=default or False, help="log what happens to each mail")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    sp = sub.add_parser("deliver", parents=[common], help="take one mail on stdin (for an MTA pipe), keep it, process it")
+    sp.add_argument("--dry-run", action="store_true", help="print what would happen; write nothing")
+    sp.set_defaults(func=cmd_deliver)
+    sp = sub.add_parser("process", parents=[common], help="process every mail waiting in the spool")
+    sp.set_defaults(func=cmd_process)
+    sp = sub.add_parser("import", parents=[common], help="run every mail of an mbox or a Maildir through the gateway")
+    sp.add_argument("path")
+    sp.set_defaults(func=cmd_import)
+    sp = sub.add_parser("requeue", parents=[common], help="put failed mail back in its queue")
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_requeue)
+    sp = sub.add_parser("status", parents=[common], help="what the spool and the outbox hold")
+    sp.set_defaults(func=cmd_status)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("mailtrack: the gateway is not built yet", file=sys.stderr)
-    return 1
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except Exit as e:
+        print(f"mailtrack: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

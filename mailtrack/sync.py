@@ -67,9 +67,9 @@ def push(store: Store, remote: str | None) -> str:
     if theirs == ours:
         return "Everything up-to-date"
     if theirs is not None:
-        from dulwich.graph import can_fast_forward
+        from mailtrack.merge import is_ancestor
 
-        if theirs not in store.repo.object_store or not can_fast_forward(store.repo, theirs, ours):
+        if not is_ancestor(store, theirs, ours):
             raise StoreError(f"{name} has issues this clone lacks; run 'git issues pull{' ' + remote if remote else ''}' first")
     spec = store.ref + b":" + store.ref
     try:

@@ -1,0 +1,302 @@
+"""Commands by mail: pseudo-headers at the top of a mail, and batches sent to the control address.
+
+Parsing gives `Line`s; `apply` checks each line against project.xml and the sender's rights on
+a snapshot and returns the edits per issue plus a transcript. A mail's commands are applied all
+or none: one illegal value or unknown issue and nothing changes; a command the sender may not
+give is refused, and the rest of the mail (its comment) still lands.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from mailtrack.config import AccessConfig
+from mailtrack.edits import Edit, apply_edits, changed_fields, close_edits, reopen_edits
+from mailtrack.model import Issue, Person
+from mailtrack.store import Snapshot, StoreError
+
+# Pseudo-header name -> issue field
+PSEUDO_FIELDS = {
+    "status": "status", "resolution": "resolution", "type": "type", "severity": "severity",
+    "priority": "priority", "component": "components", "components": "components", "version": "version",
+    "milestone": "milestone", "assigned": "assigned", "assign": "assigned", "assignee": "assigned",
+    "title": "title", "subject": "title", "cc": "carbons", "tags": "tags", "tag": "tags",
+}  # fmt: skip
+ADD_REMOVE = {"carbons", "tags"}  # bare values add; +x adds, -x removes
+
+# control command -> (issue field or action, how many words after the ID: 0, 1 or "rest")
+CONTROL = {
+    "close": ("close", "optional"), "reopen": ("reopen", 0), "status": ("status", 1),
+    "severity": ("severity", 1), "priority": ("priority", 1), "assign": ("assigned", "rest"),
+    "retitle": ("title", "rest"), "component": ("components", "rest"), "milestone": ("milestone", 1),
+    "version": ("version", 1), "tag": ("tags", "rest"), "tags": ("tags", "rest"), "cc": ("carbons", "rest"),
+    "subscribe": ("subscribe", 0), "unsubscribe": ("unsubscribe", 0), "show": ("show", 0),
+    "type": ("type", 1), "resolution": ("resolution", 1),
+}  # fmt: skip
+STOP_WORDS = ("thanks", "thank you", "thankyou", "thx", "--", "quit", "stop")
+MAX_UNKNOWN = 5
+
+
+@dataclass
+class Line:
+    """One command as the sender wrote it, and what became of it."""
+
+    text: str
+    action: str = "edit"  # edit | close | reopen | subscribe | unsubscribe | show | help | note
+    ident: str = ""  # the issue as written ("" = the mail's issue)
+    field: str = ""
+    value: str = ""
+    issue: str = ""  # the full name, once resolved
+    error: str = ""
+    refused: str = ""  # not allowed to this sender
+    result: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"error: {self.error}"
+        if self.refused:
+            return f"refused: {self.refused}"
+        return self.result or "ok"
+
+
+@dataclass
+class Applied:
+    """The outcome of a mail's commands."""
+
+    lines: list[Line]
+    edits: dict[str, list[Edit]] = field(default_factory=dict)  # issue -> edits, when all is well
+    shows: list[str] = field(default_factory=list)  # issues to send to the sender
+    help: bool = False
+
+    @property
+    def errors(self) -> list[Line]:
+        return [ln for ln in self.lines if ln.error]
+
+    @property
+    def refused(self) -> list[Line]:
+        return [ln for ln in self.lines if ln.refused]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def pseudo_lines(pairs: list[tuple[str, str]]) -> list[Line]:
+    """`Field: value` pairs from the top of a mail as command lines; None of them known: []."""
+    if not any(k.strip().lower() in PSEUDO_FIELDS for k, _ in pairs):
+        return []
+    lines = []
+    for key, value in pairs:
+        f = PSEUDO_FIELDS.get(key.strip().lower())
+        text = f"{key}: {value}"
+        if f is None:
+            lines.append(Line(text, error=f"unknown field '{key}'; fields are: {', '.join(sorted(set(PSEUDO_FIELDS)))}"))
+        else:
+            lines.append(Line(text, field=f, value=value.strip()))
+    return lines
+
+
+def subject_lines(commands: list[str]) -> list[Line]:
+    """Roundup-style `[field=value]` commands from a subject tag or a recipient address."""
+    lines = []
+    for c in commands:
+        key, _, value = c.partition("=")
+        lines += pseudo_lines([(key, value)]) or [Line(f"[{c}]", error=f"unknown field '{key}'")]
+    return lines
+
+
+def control_lines(text: str) -> list[Line]:
+    """The command lines of a mail to the control address, up to `thanks`, `--` or five unknown lines."""
+    lines: list[Line] = []
+    unknown = 0
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        if stripped.lower().rstrip(".!,") in STOP_WORDS or stripped.startswith("-- ") or stripped == "--":
+            break
+        if stripped.startswith("#"):
+            continue
+        if stripped.startswith(">"):
+            continue
+        words = stripped.split()
+        verb = words[0].lower()
+        if verb == "help":
+            lines.append(Line(stripped, action="help"))
+            continue
+        spec = CONTROL.get(verb)
+        if spec is None:
+            unknown += 1
+            lines.append(Line(stripped, action="note", result=f"ignored: unknown command '{words[0]}'; send 'help' for the list"))
+            if unknown >= MAX_UNKNOWN:
+                lines.append(Line("(stopped after five unknown lines)", action="note"))
+                break
+            continue
+        target, arity = spec
+        if len(words) < 2:
+            lines.append(Line(stripped, action="note", error=f"'{verb}' needs an issue ID"))
+            continue
+        rest = stripped.split(None, 2)[2] if len(words) > 2 else ""
+        if arity == 0 and rest or arity == 1 and len(words) != 3 or arity == "rest" and not rest:
+            form = {0: f"{verb} ID", 1: f"{verb} ID VALUE", "rest": f"{verb} ID VALUE...", "optional": f"{verb} ID [RESOLUTION]"}[arity]  # type: ignore[index]
+            lines.append(Line(stripped, action="note", error=f"usage: {form}"))
+            continue
+        action = target if target in ("close", "reopen", "subscribe", "unsubscribe", "show") else "edit"
+        lines.append(Line(stripped, action=action, ident=words[1], field="" if action != "edit" else target, value=rest))
+    return lines
+
+
+# --- rights -----------------------------------------------------------------------------------
+
+
+def matches(who: str, rule: str, issue: Issue | None, snap: Snapshot, access: AccessConfig, known: bool) -> bool:
+    """Whether the address `who` fits one entry of an access list."""
+    who = who.lower()
+    rule = rule.strip().lower()
+    people = lambda values: {Person.parse(v).email.lower() or v.lower() for v in values}  # noqa: E731
+    if rule == "anyone":
+        return True
+    if rule == "known":
+        return known or who in people(access.maintainers)
+    if rule == "maintainer":
+        return who in people(access.maintainers)
+    if rule.startswith("@"):
+        return who.endswith(rule)
+    if "@" in rule:
+        return who == rule
+    if issue is None:
+        return False
+    if rule == "reporter":
+        return who in people(issue.reporters) or who == issue.author.email.lower()
+    if rule == "assignee":
+        return who in people(issue.assigned)
+    if rule == "owner":
+        return who in people(issue.owners) or who in people(snap.project().component_owners(issue.components))
+    return False
+
+
+def allowed(who: str, rules: list[str], issue: Issue | None, snap: Snapshot, access: AccessConfig, known: bool) -> bool:
+    return any(matches(who, r, issue, snap, access, known) for r in rules)
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+def _edits_for(line: Line, snap: Snapshot, sender: str) -> list[Edit]:
+    if line.action == "close":
+        return close_edits(snap, line.value)
+    if line.action == "reopen":
+        return reopen_edits(snap)
+    if line.action == "subscribe":
+        return [Edit("carbons", "+", sender)]
+    if line.action == "unsubscribe":
+        return [Edit("carbons", "-", sender)]
+    if line.field in ADD_REMOVE or (line.field in ("components", "assigned") and re.match(r"^[+-]", line.value)):
+        edits = []
+        for token in line.value.replace(",", " ").split():
+            op, value = (token[0], token[1:]) if token[0] in "+-" and len(token) > 1 else ("+", token)
+            edits.append(Edit(line.field, op, value))
+        return edits
+    if line.field in ("components", "assigned"):
+        return [Edit(line.field, "=", ",".join(line.value.replace(",", " ").split()) if line.field == "components" else line.value)]
+    return [Edit(line.field, "=", line.value)]
+
+
+def apply(
+    lines: list[Line], snap: Snapshot, sender: str, default_issue: str, access: AccessConfig, known: bool,
+    verified: bool = True,
+) -> Applied:
+    """Check every line on the snapshot; fill in results, errors and refusals; collect the edits."""
+    result = Applied(lines)
+    states: dict[str, Issue] = {}
+    originals: dict[str, Issue] = {}
+    project = snap.project()
+    tags = None
+    for line in lines:
+        if line.error or line.action == "note":
+            continue
+        if line.action == "help":
+            result.help = True
+            line.result = "the command reference is on its way"
+            continue
+        try:
+            name = snap.resolve(line.ident) if line.ident else default_issue
+        except StoreError as e:
+            line.error = str(e)
+            continue
+        if not name:
+            line.error = "no issue: name one (the command needs an ID)"
+            continue
+        line.issue = name
+        if name not in states:
+            originals[name] = states[name] = snap.issue(name)
+        if line.action == "show":
+            result.shows.append(name)
+            line.result = "the issue is on its way"
+            continue
+        rules = access.comment if line.action in ("subscribe", "unsubscribe") else access.change
+        if not verified:
+            line.refused = "commands need a sender address the receiving server vouches for (DKIM or DMARC)"
+            continue
+        if not allowed(sender, rules, originals[name], snap, access, known):
+            line.refused = f"{sender} may not change issue {snap.short(name)} (allowed: {', '.join(rules)})"
+            continue
+        try:
+            before = states[name]
+            edits = _edits_for(line, snap, sender)
+            after = apply_edits(before, edits)
+            if after.status in project.closed and not after.resolution and before.status not in project.closed:
+                edits.append(Edit("resolution", "=", project.default("resolution")))  # `Status: closed` alone
+                after = apply_edits(before, edits)
+            if after.version and tags is None:
+                tags = snap.tags()
+            new_errors = [e for e in project.validate(after, tags) if e not in project.validate(before, tags)]
+        except StoreError as e:
+            line.error = str(e)
+            continue
+        if new_errors:
+            line.error = "; ".join(new_errors)
+            continue
+        changes = changed_fields(before, after)
+        line.result = ", ".join(f"{f}: {_show(getattr(before, f))} -> {_show(getattr(after, f))}" for f in changes) or "no change"
+        states[name] = after
+        result.edits.setdefault(name, []).extend(edits)
+    if result.errors:
+        result.edits = {}
+    return result
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) if value else "(none)"
+    return str(value) if value else "(none)"
+
+
+HELP = """\
+Commands go at the very top of a mail to an issue (before the first blank line), one per line:
+
+    Status: closed            Resolution: fixed        Type: defect
+    Severity: minor           Priority: high           Component: core
+    Version: v1.2             Milestone: 1.0           Assigned: bob@example.org
+    Title: A better title     Cc: +me@example.org -old@example.org
+    Tags: +ui -crash
+
+or in the subject after the issue's tag: [project #1234abc] [status=closed;severity=minor]
+
+To the control address, one command a line (ID: the issue's short name):
+
+    close ID [RESOLUTION]     reopen ID                 status ID STATUS
+    severity ID SEVERITY      priority ID PRIORITY      assign ID WHO
+    retitle ID TITLE          component ID COMPONENT    milestone ID MILESTONE
+    version ID VERSION        tag ID +a -b              cc ID +addr -addr
+    subscribe ID              unsubscribe ID            show ID
+    help
+
+'#' starts a comment; 'thanks' or '--' ends the commands; five unknown lines stop them too.
+All the commands of a mail are applied together or not at all.
+"""

@@ -1,0 +1,371 @@
+"""From a kept mail to one commit on the branch (or a kept, explained rejection), and the replies.
+
+`Gateway.handle(raw)` parses, routes and applies one mail and returns an `Outcome` (a value,
+never an exception for a decision about the mail); `Gateway.work(claim)` is the runner around it:
+it never dies on one mail, it retries and finally quarantines in the spool's failed queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mailtrack import commands
+from mailtrack.config import Config
+from mailtrack.edits import Edit, comment_change, edit_issue, new_issue
+from mailtrack.index import Index
+from mailtrack.message import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
+from mailtrack.model import Person, now
+from mailtrack.router import Addressing, Route, route
+from mailtrack.spool import Claim, Spool
+from mailtrack.store import Change, Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+LOOP_HEADER = "X-Mailtrack-Loop"
+
+
+@dataclass
+class Outcome:
+    """What became of one mail."""
+
+    action: str  # created | commented | changed | duplicate | dropped | held | rejected | nothing
+    reason: str = ""
+    message_id: str = ""
+    issue: str = ""
+    short: str = ""
+    commit: str = ""
+    route: Route | None = None
+    message: str = ""  # the commit message
+    files: list[str] = field(default_factory=list)
+    replies: list[tuple[str, str]] = field(default_factory=list)  # (template, recipient)
+    commands: commands.Applied | None = None
+    verified: str = ""  # who vouched for the sender (Authentication-Results)
+
+    def line(self) -> str:
+        """One log line: the Message-ID, then what happened."""
+        where = f" {self.short}" if self.short else ""
+        return f"{self.message_id}: {self.action}{where}" + (f" ({self.reason})" if self.reason else "")
+
+
+def default_spool(store: Store) -> Path:
+    return Path(store.repo.controldir()) / "mailtrack" / "spool"
+
+
+def project_name(config: Config, store: Store) -> str:
+    if config.gateway.project:
+        return config.gateway.project
+    path = Path(store.repo.path).resolve()
+    name = path.name
+    if name == ".git":
+        name = path.parent.name
+    return name.removesuffix(".git") or "issues"
+
+
+def verified_by(mail: ParsedMail, trusted: list[str]) -> str:
+    """`authserv-id dkim=pass` when a trusted receiving server vouches for the sender, else ""."""
+    domain = mail.from_addr.rpartition("@")[2]
+    for value in mail.auth_results:
+        authserv, _, rest = value.partition(";")
+        authserv = authserv.strip().split()[0].lower() if authserv.strip() else ""
+        if authserv not in {t.lower() for t in trusted}:
+            continue
+        for method in rest.split(";"):
+            words = method.strip().lower().split()
+            if not words:
+                continue
+            if words[0] == "dmarc=pass" and f"header.from={domain}" in words:
+                return f"{authserv} dmarc=pass"
+            if words[0] == "dkim=pass" and any(w in (f"header.d={domain}", f"header.i=@{domain}") for w in words):
+                return f"{authserv} dkim=pass"
+    return ""
+
+
+class Gateway:
+    def __init__(self, config: Config, store: Store, spool: Spool) -> None:
+        self.config = config
+        self.store = store
+        self.spool = spool
+        gw = config.gateway
+        self.project = project_name(config, store)
+        self.addressing = Addressing(gw.address, gw.control_address, self.project)
+        self.identity = Person(gw.name or self.project, gw.address)
+        self.index = Index.for_snapshot(store.snapshot())
+        self._renderer: Any = None
+        self._limiter: Any = None
+
+    def close(self) -> None:
+        self.index.close()
+        if self._limiter is not None:
+            self._limiter.close()
+
+    # --- one mail -----------------------------------------------------------------------------
+
+    def parse(self, raw: bytes) -> ParsedMail:
+        gw = self.config.gateway
+        own = (gw.address, gw.control_address, *gw.own_addresses)
+        return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, own_addresses=own)
+
+    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None) -> Outcome:
+        """Apply one mail to the branch and queue the replies it calls for."""
+        mail = self.parse(raw)
+        out = Outcome("nothing", message_id=mail.message_id)
+        out.verified = verified_by(mail, self.config.access.trusted_authserv_ids)
+        author = Person(mail.from_name, mail.from_addr)
+        when = received or now()
+
+        def change(snap: Snapshot) -> Change | None:
+            out.action, out.reason, out.commands = "nothing", "", None
+            r = route(mail, snap, self.index, self.addressing)
+            out.route, out.issue = r, r.issue
+            out.short = snap.short(r.issue) if r.issue else ""
+            if r.kind in ("duplicate", "machine", "unknown-issue"):
+                out.action = {"duplicate": "duplicate", "unknown-issue": "rejected"}.get(r.kind, self._machine_action())
+                out.reason = r.reason if r.kind != "machine" else f"machine mail: {r.reason}"
+                return None
+            if not mail.from_addr:
+                out.action, out.reason = "held", "the mail has no sender address (From)"
+                return None
+            refusal = self._admission(snap, mail, r)
+            if refusal:
+                out.action, out.reason = refusal
+                return None
+            if r.kind == "control":
+                ch = self._control(snap, mail, author, when, out)
+            else:
+                ch = self._issue_mail(snap, mail, author, r, when, out)
+            if ch is not None and out.verified:
+                ch.message += f"\n\nVerified-By: {out.verified}"
+            return ch
+
+        if dry_run:
+            result = change(self.store.snapshot())
+            commit = None
+        else:
+            commit, result = self.store.update(change, author, self.identity)
+        if result is not None and result.files:
+            out.message, out.files = result.message, sorted(result.files)
+            out.commit = commit.decode() if commit else ""
+        self._replies(mail, out, dry_run)
+        log.info("%s", out.line())
+        return out
+
+    def _machine_action(self) -> str:
+        return "held" if self.config.gateway.machine_mail == "keep" else "dropped"
+
+    def _admission(self, snap: Snapshot, mail: ParsedMail, r: Route) -> tuple[str, str] | None:
+        """(held or rejected, why) when this sender may not do what the mail does; else None."""
+        access = self.config.access
+        sender = mail.from_addr
+        issue = snap.issue(r.issue) if r.issue else None
+        known = commands.allowed(sender, ["known"], issue, snap, access, self.index.known(snap, sender))
+        if not known and access.unknown_senders != "accept":
+            return ("held" if access.unknown_senders == "hold" else "rejected"), f"{sender} is not known to {self.project}"
+        rules = {"new": access.open, "comment": access.comment, "control": access.comment}[r.kind]
+        if not commands.allowed(sender, rules, issue, snap, access, known):
+            what = {"new": "open issues", "comment": "comment on issues", "control": "send commands"}[r.kind]
+            return "rejected", f"{sender} may not {what} in {self.project}"
+        return None
+
+    def _issue_mail(self, snap: Snapshot, mail: ParsedMail, author: Person, r: Route, when: datetime, out: Outcome) -> Change | None:
+        """A new issue or a comment, with the commands at the top of the mail and in the subject."""
+        text = mail.body if r.kind == "new" else mail.reply_text
+        pairs, rest = split_pseudo_headers(text)
+        lines = commands.pseudo_lines(pairs) + commands.subject_lines(r.commands)
+        if not commands.pseudo_lines(pairs):
+            rest = text
+        text = _with_skipped(rest.lstrip("\n") if lines else rest, mail.skipped)
+        attachments = [(a.filename, a.data) for a in mail.attachments]
+        if r.kind == "new":
+            edits = self._cc_edits(mail)
+            # the commands are checked against the new issue, with its reporter's rights
+            issue, ch = new_issue(snap, author, self._title(mail), text, edits, created=when, message_id=mail.message_id)
+            out.issue, out.short = issue.name, issue.name[:7]
+            if lines:
+                applied = commands.apply(lines, _WithIssue(snap, issue), mail.from_addr, issue.name,
+                                         self.config.access, True, self._verified_for_commands(mail))
+                out.commands = applied
+                if not applied.ok:
+                    out.action, out.reason = "rejected", f"{len(applied.errors)} command error(s)"
+                    return None
+                edits += applied.edits.get(issue.name, [])
+                issue, ch = new_issue(snap, author, self._title(mail), text, edits, created=when, message_id=mail.message_id)
+            if attachments:  # attachments belong to the comment that brought them
+                _, files = comment_change(snap, issue.name, author, "Attachments sent with the report.", attachments, when)
+                ch.files.update(files)
+            out.action, out.reason = "created", r.reason
+            return ch
+        applied = commands.apply(lines, snap, mail.from_addr, r.issue, self.config.access,
+                                 self.index.known(snap, mail.from_addr), self._verified_for_commands(mail)) if lines else None
+        out.commands = applied
+        if applied is not None and not applied.ok:
+            out.action, out.reason = "rejected", f"{len(applied.errors)} command error(s)"
+            return None
+        edits = applied.edits.get(r.issue, []) if applied else []
+        _, ch = edit_issue(snap, r.issue, author, edits, comment=text, attachments=attachments, when=when,
+                           message_id=mail.message_id, in_reply_to=mail.in_reply_to or "")
+        out.action, out.reason = ("changed" if edits else "commented"), r.reason
+        return ch
+
+    def _control(self, snap: Snapshot, mail: ParsedMail, author: Person, when: datetime, out: Outcome) -> Change | None:
+        """A batch of commands over several issues: one commit for all of them, or none."""
+        applied = commands.apply(commands.control_lines(mail.reply_text or mail.body), snap, mail.from_addr, "",
+                                 self.config.access, self.index.known(snap, mail.from_addr), self._verified_for_commands(mail))
+        out.commands = applied
+        if not applied.ok:
+            out.action, out.reason = "rejected", f"{len(applied.errors)} command error(s)"
+            return None
+        files: dict[str, bytes | None] = {}
+        messages = []
+        for name, edits in applied.edits.items():
+            _, ch = edit_issue(snap, name, author, edits, when=when)
+            files.update(ch.files)
+            if ch.files:
+                messages.append(ch.message)
+        out.action = "changed" if files else "nothing"
+        out.reason = "control mail"
+        return Change("; ".join(messages) or "control", files) if files else None
+
+    def _verified_for_commands(self, mail: ParsedMail) -> bool:
+        access = self.config.access
+        return not access.require_auth_for_commands or bool(verified_by(mail, access.trusted_authserv_ids))
+
+    def _title(self, mail: ParsedMail) -> str:
+        return strip_subject_tag(mail.subject, self.project).strip() or "(no subject)"
+
+    def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
+        gw = self.config.gateway
+        if not gw.carbons_from_cc:
+            return []
+        ours = {a.lower() for a in (gw.address, gw.control_address, *gw.own_addresses, mail.from_addr)}
+        return [Edit("carbons", "+", f"{name} <{addr}>" if name else addr) for name, addr in mail.cc
+                if addr and addr.lower() not in ours and self.addressing.detail(addr) is None]
+
+    # --- replies ------------------------------------------------------------------------------
+
+    def _replies(self, mail: ParsedMail, out: Outcome, dry_run: bool) -> None:
+        r = out.route
+        gw = self.config.gateway
+        if out.action == "rejected" and r is not None and r.kind == "unknown-issue":
+            self._reply(mail, "reply-error.txt", out, dry_run,
+                        error=f"Your mail names issue {r.ident}, and {self.project} has no such issue ({r.reason}).",
+                        hint=f"To open a new issue, write to <{gw.address}> with a subject that names no issue.")
+        elif out.action == "rejected" and out.commands is None:
+            self._reply(mail, "reply-error.txt", out, dry_run, error=out.reason + ".",
+                        hint=f"Ask the maintainers of {self.project} to let you in.")
+        if out.commands is not None and out.commands.lines:
+            self._reply(mail, "reply-transcript.txt", out, dry_run, applied=out.commands)
+            if out.commands.help:
+                self._reply(mail, "reply-help.txt", out, dry_run, help=commands.HELP)
+            for name in out.commands.shows:
+                self._reply(mail, "reply-show.txt", out, dry_run, shown=self._show(name))
+        if out.action == "created":
+            self._reply(mail, "reply-ack.txt", out, dry_run)
+
+    def _show(self, name: str) -> dict[str, Any]:
+        snap = self.store.snapshot()
+        issue = snap.issue(name)
+        return {"short": snap.short(name), "issue": issue, "comments": snap.comments(name)}
+
+    @property
+    def renderer(self) -> Any:
+        if self._renderer is None:
+            from mailtrack.render import Renderer
+
+            self._renderer = Renderer(self.config.gateway.templates)
+        return self._renderer
+
+    def _reply(self, mail: ParsedMail, template: str, out: Outcome, dry_run: bool, **extra: Any) -> None:
+        """Queue a reply to a human sender, threaded under their mail, within the rate limit."""
+        if mail.machine or not mail.from_addr:
+            return
+        gw = self.config.gateway
+        if not dry_run:
+            if self._limiter is None:
+                from mailtrack.ratelimit import RateLimiter
+
+                self._limiter = RateLimiter(self.spool.root / "replies.sqlite")
+            if not self._limiter.allow(mail.from_addr, gw.reply_rate_limit, gw.reply_rate_window):
+                log.warning("%s: no %s to %s: over the reply rate limit", mail.message_id, template, mail.from_addr)
+                return
+        out.replies.append((template, mail.from_addr))
+        if dry_run:
+            return
+        from mailtrack.render import build_mail
+
+        local, _, domain = gw.address.partition("@")
+        applied = out.commands
+        context = {
+            "project": self.project, "address": gw.address, "control_address": gw.control_address,
+            "subject": mail.subject or "(no subject)", "short": out.short, "issue": out.issue,
+            "issue_address": f"{local}+{out.short}@{domain}" if out.short else "",
+            "title": self._title(mail), "skipped": list(mail.skipped), "sender": mail.from_addr,
+            "errors": len(applied.errors) if applied else 0, "applied": applied, **extra,
+        }  # fmt: skip
+        headers, body = self.renderer.render(template, **context)
+        with_original = template == "reply-error.txt" or (template == "reply-transcript.txt" and applied and not applied.ok)
+        msg = build_mail(
+            (self.identity.name, gw.address), [mail.from_addr], headers.pop("Subject", ""), body,
+            headers={
+                "In-Reply-To": mail.message_id, "References": " ".join([*mail.references, mail.message_id][-10:]),
+                "Auto-Submitted": "auto-replied", "X-Auto-Response-Suppress": "All", LOOP_HEADER: gw.address, **headers,
+            },  # fmt: skip
+            domain=domain or "localhost",
+            attachments=[(mail.raw, "message/rfc822", "original.eml")] if with_original else None,
+        )
+        self.spool.queue_out(bytes(msg), sender=gw.address, recipients=[mail.from_addr])
+
+    # --- the runner ---------------------------------------------------------------------------
+
+    def work(self, claim: Claim) -> Outcome | None:
+        """Process one claimed mail; never raises for a problem with the mail or with us."""
+        try:
+            out = self.handle(claim.read())
+        except Exception:
+            error = traceback.format_exc()
+            log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
+            self.spool.retry_later(claim, error)
+            return None
+        if out.action == "held":
+            self.spool.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}")
+        else:
+            self.spool.done(claim)
+        return out
+
+    def drain(self) -> int:
+        """Process every waiting mail; return how many were taken."""
+        n = 0
+        for claim in self.spool.claims():
+            self.work(claim)
+            n += 1
+        return n
+
+
+class _WithIssue(Snapshot):
+    """A snapshot that also holds one issue not yet written: commands on a new issue check against it."""
+
+    def __init__(self, snap: Snapshot, issue: Any) -> None:
+        self.__dict__.update(snap.__dict__)
+        self._extra = issue
+
+    def resolve(self, ident: str) -> str:
+        if self._extra.name.startswith(ident.lower().lstrip("#")) and len(ident.lstrip("#")) >= 4:
+            return str(self._extra.name)
+        return super().resolve(ident)
+
+    def issue(self, name: str) -> Any:
+        return self._extra if name == self._extra.name else super().issue(name)
+
+    def short(self, name: str) -> str:
+        return name[:7] if name == self._extra.name else super().short(name)
+
+
+def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:
+    if not skipped:
+        return text
+    return text.rstrip("\n") + "\n\n[Not kept from the mail: " + "; ".join(skipped) + "]\n"
+

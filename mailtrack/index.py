@@ -1,0 +1,150 @@
+"""An index derived from the issues branch: Message-IDs and issue summaries, in SQLite.
+
+Never the truth, always rebuildable: it records which tree it describes and is brought up to
+date by diffing that tree against the tree asked for, so a mail costs a look at the paths that
+changed since the last one, never a walk over the whole branch. Delete the file and it is built
+again from the branch on next use.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from dulwich.diff_tree import tree_changes
+
+from mailtrack.model import NAME_RE, Comment, Issue, Person, is_comment_filename
+from mailtrack.store import Snapshot
+from mailtrack.xmlformat import FormatError
+
+SCHEMA_VERSION = "2"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
+                                  PRIMARY KEY (message_id, path));
+CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
+CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
+CREATE INDEX IF NOT EXISTS people_path ON people (path);
+"""
+
+
+def default_path(snap: Snapshot) -> Path:
+    return Path(snap.repo.controldir()) / "mailtrack" / "index.sqlite"
+
+
+def normalize_msgid(message_id: str) -> str:
+    """Message-IDs compare with their brackets, case-sensitive left part, case-insensitive domain."""
+    mid = message_id.strip()
+    if not mid:
+        return ""
+    if not mid.startswith("<"):
+        mid = f"<{mid}>"
+    left, at, right = mid.rpartition("@")
+    return f"{left}@{right.lower()}" if at else mid
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
+        self.db.executescript(SCHEMA)
+        if self._meta("version") != SCHEMA_VERSION:
+            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM meta;")
+            self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+
+    @classmethod
+    def for_snapshot(cls, snap: Snapshot) -> Index:
+        return cls(default_path(snap))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def sync(self, snap: Snapshot) -> None:
+        """Make the index describe the snapshot's tree."""
+        target = (snap.tree or b"").decode()
+        if self._meta("tree") == target:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._meta("tree") or None
+            if current != target:
+                self._apply(snap, current.encode() if current else None, snap.tree)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tree', ?)", (target,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, snap: Snapshot, old: bytes | None, new: bytes | None) -> None:
+        store = snap.repo.object_store
+        if old is not None and old not in store:
+            old = None  # the tree we described is gone (a rewritten branch): start over
+            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people;")
+        for change in tree_changes(store, old, new):
+            if change.old is not None and change.old.path is not None:
+                self._forget(change.old.path.decode("utf-8", "replace"))
+            if change.new is not None and change.new.path is not None and change.new.sha is not None:
+                self._learn(change.new.path.decode("utf-8", "replace"), store[change.new.sha].as_raw_string())
+
+    def _forget(self, path: str) -> None:
+        self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
+        self.db.execute("DELETE FROM people WHERE path = ?", (path,))
+        if path.endswith("/issue.xml"):
+            self.db.execute("DELETE FROM issues WHERE name = ?", (path[:-len("/issue.xml")].replace("/", ""),))
+
+    def _learn(self, path: str, data: bytes) -> None:
+        parts = path.split("/")
+        if len(parts) != 3 or not NAME_RE.match(parts[0] + parts[1]):
+            return
+        name, filename = parts[0] + parts[1], parts[2]
+        try:
+            if filename == "issue.xml":
+                issue = Issue.from_bytes(data, name)
+                mid = issue.message_id
+                record = {f: issue.get(f) for f in ("created", "modified", "title", "status", "severity", "priority",
+                                                    "type", "components", "assigned", "reporters", "owners", "carbons",
+                                                    "tags", "milestone", "version", "resolution")}  # fmt: skip
+                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?)", (name, json.dumps(record)))
+                people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
+            elif is_comment_filename(filename):
+                comment = Comment.from_bytes(data, filename)
+                mid, people = comment.message_id, [comment.author.email]
+            else:
+                return
+        except FormatError:
+            return  # an unreadable file names no Message-ID; the reader that needs it reports it
+        if mid:
+            self.db.execute("INSERT OR REPLACE INTO msgid VALUES (?, ?, ?)", (normalize_msgid(mid), path, name))
+        for email in {(Person.parse(p).email or p).lower() for p in people if p}:
+            self.db.execute("INSERT OR IGNORE INTO people VALUES (?, ?)", (email, path))
+
+    def lookup(self, snap: Snapshot, message_id: str) -> str | None:
+        """The issue whose record carries this Message-ID, as of the snapshot; None when none does."""
+        self.sync(snap)
+        row = self.db.execute("SELECT issue FROM msgid WHERE message_id = ?", (normalize_msgid(message_id),)).fetchone()
+        return row[0] if row else None
+
+    def known(self, snap: Snapshot, email: str) -> bool:
+        """Whether this address appears on the branch: a reporter, assignee, owner, Cc or commenter."""
+        self.sync(snap)
+        return self.db.execute("SELECT 1 FROM people WHERE email = ? LIMIT 1", (email.lower(),)).fetchone() is not None
+
+    def records(self, snap: Snapshot) -> list[tuple[str, dict[str, object]]]:
+        """(name, summary fields) of every issue, as of the snapshot."""
+        self.sync(snap)
+        return [(n, json.loads(r)) for n, r in self.db.execute("SELECT name, record FROM issues")]

@@ -1,0 +1,37 @@
+"""How many replies one address got lately: a flood of bad mail gets a bounded number of answers."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+
+class RateLimiter:
+    """A sliding window per address, kept in SQLite beside the spool (shared by every process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS sent (address TEXT NOT NULL, at REAL NOT NULL)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS sent_address ON sent (address, at)")
+
+    def allow(self, address: str, limit: int, window: float, now: float | None = None) -> bool:
+        """Record a reply to `address` and say yes, unless it had `limit` replies within `window` seconds."""
+        now = time.time() if now is None else now
+        address = address.lower()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM sent WHERE at < ?", (now - window,))
+            (count,) = self.db.execute("SELECT COUNT(*) FROM sent WHERE address = ?", (address,)).fetchone()
+            ok = count < limit
+            if ok:
+                self.db.execute("INSERT INTO sent VALUES (?, ?)", (address, now))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return bool(ok)
+
+    def close(self) -> None:
+        self.db.close()

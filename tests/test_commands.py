@@ -1,0 +1,270 @@
+"""Commands by mail: pseudo-headers, the control address, rights, and what the sender is told."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import git, read_comments, read_issue, read_names, run_cli
+from mailtrack.config import AccessConfig, Config, GatewayConfig
+from mailtrack.gateway import Gateway, default_spool
+from mailtrack.spool import Spool
+from mailtrack.store import Store
+from test_gateway import make_mail
+
+OUTBOX = Path(".git") / "mailtrack" / "spool" / "outbox" / "new"
+
+
+def make_gateway(repo: Path, **access: object) -> Gateway:
+    store = Store.open(repo, durable=True)
+    config = Config(gateway=GatewayConfig(project="proj", reply_rate_limit=100), access=AccessConfig(**access))  # type: ignore[arg-type]
+    return Gateway(config, store, Spool(default_spool(store)))
+
+
+@pytest.fixture
+def gw(repo: Path) -> Iterator[Gateway]:
+    g = make_gateway(repo, maintainers=["boss@example.org"])
+    yield g
+    g.close()
+    g.store.close()
+
+
+def replies(repo: Path) -> list[EmailMessage]:
+    out = [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted((repo / OUTBOX).iterdir())]
+    for p in (repo / OUTBOX).iterdir():
+        p.unlink()
+    return out  # type: ignore[return-value]
+
+
+def text_of(msg: EmailMessage) -> str:
+    return msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def filed(gw: Gateway, repo: Path) -> str:
+    """One issue filed by alice, the replies cleared; its full name."""
+    gw.handle(make_mail(message_id="<filed@x>"))
+    replies(repo)
+    return read_names(repo)[0]
+
+
+def test_pseudo_headers_on_a_new_issue(gw: Gateway, repo: Path) -> None:
+    """Commands at the top of a new issue's mail set its fields and are not part of the description."""
+    out = gw.handle(make_mail(body="Severity: minor\nTags: ui crash\nCc: +carol@example.org\n\nThe real text.\n"))
+    issue = read_issue(repo, out.issue)
+    assert ("minor", ["ui", "crash"], ["carol@example.org"], "The real text.") == (issue.severity, issue.tags, issue.carbons, issue.description)
+    subjects = [m["Subject"] for m in replies(repo)]
+    assert ["Processed: Printer on fire", f"[proj #{out.issue[:7]}] Printer on fire"] == subjects
+
+
+@pytest.mark.parametrize("header,field,expected", [
+    ("Status: open", "status", "open"),
+    ("Resolution: wontfix", "resolution", "wontfix"),
+    ("Type: feature", "type", "feature"),
+    ("Severity: minor", "severity", "minor"),
+    ("Priority: low", "priority", "low"),
+    ("Milestone: 1.0", "milestone", "1.0"),
+    ("Component: core", "components", ["core"]),
+    ("Assigned: Bob <bob@example.org>", "assigned", ["Bob <bob@example.org>"]),
+    ("Title: A better title", "title", "A better title"),
+    ("Cc: +dan@example.org", "carbons", ["dan@example.org"]),
+    ("Tags: +ui", "tags", ["ui"]),
+    ("Version: v2.0", "version", "v2.0"),
+])
+def test_every_field_by_pseudo_header(repo: Path, header: str, field: str, expected: object) -> None:
+    """Each field can be set by a pseudo-header in a reply from the reporter; the transcript says old -> new."""
+    git(repo, "tag", "v2.0")
+    project = (Path(__file__).parent / "data" / "golden" / "project.xml").read_text().replace(
+        "<versions>\n<list/>", "<versions>\n<list>\n<item>\nv2.0\n</item>\n</list>").replace(
+        "<item>\nopen\n</item>", "<item>\nopen\n</item>")
+    (repo / "p.xml").write_text(project)
+    git(repo, "update-ref", "-d", "refs/heads/issues")
+    assert 0 == run_cli(repo, "init", "--project", str(repo / "p.xml")).code
+    g = make_gateway(repo)
+    try:
+        name = filed(g, repo)
+        out = g.handle(make_mail(message_id="<cmd@x>", In_Reply_To="<filed@x>", body=f"{header}\n\nmy comment\n"))
+        assert ("changed", []) == (out.action, [ln.error for ln in out.commands.lines if ln.error]), out.commands  # type: ignore[union-attr]
+        assert expected == getattr(read_issue(repo, name), field)
+        assert ["my comment"] == [c.text for c in read_comments(repo, name)]
+        [transcript] = replies(repo)
+        assert f"> {header}\n{field}: " in text_of(transcript)
+        assert 1 == int(git(repo, "rev-list", "--count", "issues", "^issues~1"))
+    finally:
+        g.close()
+        g.store.close()
+
+
+def test_status_closed_alone_sets_the_default_resolution(gw: Gateway, repo: Path) -> None:
+    """`Status: closed` closes with the project's first resolution; the commit says close."""
+    name = filed(gw, repo)
+    gw.handle(make_mail(message_id="<c@x>", In_Reply_To="<filed@x>", body="Status: closed\n\nFixed in 1.2\n"))
+    issue = read_issue(repo, name)
+    assert ("closed", "fixed") == (issue.status, issue.resolution)
+    assert f"comment {name[:7]} by alice@example.org; close {name[:7]} (fixed)" == git(repo, "log", "-1", "--format=%s", "issues").strip()
+
+
+def test_one_illegal_value_changes_nothing_and_marks_the_line(gw: Gateway, repo: Path) -> None:
+    """A mail with one illegal value among several commands changes nothing; the transcript marks that line."""
+    name = filed(gw, repo)
+    tip = git(repo, "rev-parse", "issues")
+    out = gw.handle(make_mail(message_id="<bad@x>", In_Reply_To="<filed@x>",
+                              body="Severity: minor\nPriority: urgent\nTags: +ui\n\nplease\n"))
+    assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
+    [t] = replies(repo)
+    assert "Processed (with 1 error): Printer on fire" == t["Subject"]
+    body = text_of(t)
+    assert "> Priority: urgent\nerror: illegal priority 'urgent'; legal values are: high, med, low\n" in body
+    assert "> Severity: minor\nseverity: blocker -> minor\n" in body
+    assert ["message/rfc822"] == [p.get_content_type() for p in t.iter_attachments()]
+    assert [] == read_comments(repo, name)
+
+
+def test_quoted_commands_are_ignored(gw: Gateway, repo: Path) -> None:
+    """Command lines in quoted text are not commands."""
+    name = filed(gw, repo)
+    out = gw.handle(make_mail(message_id="<q@x>", In_Reply_To="<filed@x>",
+                              body="Thanks, will look.\n\nOn Mon, Bob wrote:\n> Status: closed\n> Severity: minor\n"))
+    assert ("commented", "new") == (out.action, read_issue(repo, name).status)
+    assert [] == [m for m in replies(repo) if m["Subject"].startswith("Processed")]
+
+
+def test_unauthorised_command_refused_but_comment_lands(gw: Gateway, repo: Path) -> None:
+    """A stranger may comment but not close: the command is refused and reported, the comment lands."""
+    name = filed(gw, repo)
+    out = gw.handle(make_mail(message_id="<s@x>", In_Reply_To="<filed@x>", frm="mallory@evil.example",
+                              body="Status: closed\n\nI think this is done.\n"))
+    assert ("commented", "new") == (out.action, read_issue(repo, name).status)
+    assert ["I think this is done."] == [c.text for c in read_comments(repo, name)]
+    [t] = replies(repo)
+    assert "refused: mallory@evil.example may not change issue" in text_of(t)
+
+
+def test_maintainer_and_owner_may_change(gw: Gateway, repo: Path) -> None:
+    """A configured maintainer may change any issue."""
+    name = filed(gw, repo)
+    gw.handle(make_mail(message_id="<m@x>", In_Reply_To="<filed@x>", frm="boss@example.org", body="Priority: low\n\nok\n"))
+    assert "low" == read_issue(repo, name).priority
+
+
+def test_control_mail_batch_is_one_commit(gw: Gateway, repo: Path) -> None:
+    """Commands to control@ over several issues are applied as one commit, with a transcript."""
+    a = filed(gw, repo)
+    gw.handle(make_mail(subject="Second", message_id="<two@x>"))
+    b = [n for n in read_names(repo) if n != a][0]
+    replies(repo)
+    before = int(git(repo, "rev-list", "--count", "issues"))
+    body = (f"# a batch\nseverity {a[:7]} minor\ntag {b[:7]} +ui -x\nretitle {b[:7]} A new title\n"
+            f"assign {a[:7]} bob@example.org\ncc {a[:7]} +carol@example.org\nsubscribe {b[:7]}\nclose {a[:7]} wontfix\n"
+            f"thanks\nseverity {a[:7]} blocker\n")
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    assert "changed" == out.action
+    assert before + 1 == int(git(repo, "rev-list", "--count", "issues"))
+    ia, ib = read_issue(repo, a), read_issue(repo, b)
+    assert ("minor", ["bob@example.org"], ["carol@example.org"], "closed", "wontfix") == (ia.severity, ia.assigned, ia.carbons, ia.status, ia.resolution)
+    assert (["ui"], "A new title", ["boss@example.org"]) == (ib.tags, ib.title, ib.carbons)
+    [t] = replies(repo)
+    assert "Processed: Printer on fire" == t["Subject"]
+    assert f"> severity {a[:7]} blocker" not in text_of(t)
+
+
+def test_control_show_help_reopen_and_unknown(gw: Gateway, repo: Path) -> None:
+    """show and help send their replies; reopen works; unknown issues are errors that stop everything."""
+    a = filed(gw, repo)
+    run_cli(repo, "close", a[:7])
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c1@x>",
+                              body=f"show {a[:7]}\nhelp\nreopen {a[:7]}\n"))
+    assert ("changed", "new") == (out.action, read_issue(repo, a).status)
+    subjects = sorted(m["Subject"] for m in replies(repo))
+    assert ["Commands of proj", "Processed: Printer on fire", f"[proj #{a[:7]}] Printer on fire"] == subjects
+    tip = git(repo, "rev-parse", "issues")
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c2@x>",
+                              body=f"close {a[:7]}\nseverity deadbeef minor\n"))
+    assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
+    [t] = replies(repo)
+    assert "> severity deadbeef minor\nerror: no issue deadbeef\n" in text_of(t)
+
+
+def test_five_unknown_lines_stop(gw: Gateway, repo: Path) -> None:
+    """Processing stops after five unknown lines; what follows is not read."""
+    a = filed(gw, repo)
+    body = "Hello there,\nplease could you\nshut the thing\nthat I reported\nyesterday, it is\n" + f"close {a[:7]}\n"
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c3@x>", body=body))
+    assert ("nothing", "new", 6) == (out.action, read_issue(repo, a).status, len(out.commands.lines))  # type: ignore[union-attr]
+    assert "(stopped after five unknown lines)" == out.commands.lines[-1].text  # type: ignore[union-attr]
+
+
+def test_subject_tag_commands(gw: Gateway, repo: Path) -> None:
+    """Roundup-style [status=closed] after the subject tag is a command."""
+    name = filed(gw, repo)
+    gw.handle(make_mail(subject=f"Re: [proj #{name[:7]}] Printer on fire [status=closed;priority=low]", message_id="<t@x>", body="done\n"))
+    issue = read_issue(repo, name)
+    assert ("closed", "low") == (issue.status, issue.priority)
+
+
+def test_unknown_senders_policies(repo: Path) -> None:
+    """unknown_senders = hold keeps a stranger's mail in failed; reject answers; known senders pass."""
+    g = make_gateway(repo, unknown_senders="hold")
+    try:
+        out = g.handle(make_mail(frm="stranger@example.org", message_id="<u1@x>"))
+        assert ("held", "stranger@example.org is not known to proj") == (out.action, out.reason)
+    finally:
+        g.close(); g.store.close()  # noqa: E702
+    g = make_gateway(repo, unknown_senders="reject", open=["@example.org"])
+    try:
+        out = g.handle(make_mail(frm="stranger@elsewhere.example", message_id="<u2@x>"))
+        assert "rejected" == out.action
+        [r] = replies(repo)
+        assert "stranger@elsewhere.example is not known to proj." in text_of(r)
+    finally:
+        g.close(); g.store.close()  # noqa: E702
+    assert [] == read_names(repo)
+
+
+def test_open_restricted_to_a_domain(repo: Path) -> None:
+    """open = ["@example.org"] lets that domain open issues and refuses others with a reply."""
+    g = make_gateway(repo, open=["@example.org"])
+    try:
+        assert "created" == g.handle(make_mail(message_id="<d1@x>")).action
+        out = g.handle(make_mail(frm="x@other.example", message_id="<d2@x>"))
+        assert ("rejected", "x@other.example may not open issues in proj") == (out.action, out.reason)
+    finally:
+        g.close(); g.store.close()  # noqa: E702
+
+
+def test_commands_can_require_a_vouched_sender(repo: Path) -> None:
+    """With require_auth_for_commands, commands need dkim=pass from a trusted server; it is recorded."""
+    g = make_gateway(repo, require_auth_for_commands=True, trusted_authserv_ids=["mx.example.org"])
+    try:
+        name = filed(g, repo)
+        g.handle(make_mail(message_id="<a1@x>", In_Reply_To="<filed@x>", body="Priority: low\n\nx\n"))
+        assert "high" == read_issue(repo, name).priority
+        out = g.handle(make_mail(message_id="<a2@x>", In_Reply_To="<filed@x>", body="Priority: low\n\ny\n",
+                                 Authentication_Results="mx.example.org; dkim=pass header.d=example.org; spf=pass"))
+        assert ("low", "mx.example.org dkim=pass") == (read_issue(repo, name).priority, out.verified)
+        assert "Verified-By: mx.example.org dkim=pass" in git(repo, "log", "-1", "--format=%B", "issues")
+        forged = g.handle(make_mail(message_id="<a3@x>", In_Reply_To="<filed@x>", body="Priority: med\n\nz\n",
+                                    Authentication_Results="evil.example; dkim=pass header.d=example.org"))
+        assert ("", "low") == (forged.verified, read_issue(repo, name).priority)
+    finally:
+        g.close(); g.store.close()  # noqa: E702
+
+
+def test_rate_limit_bounds_replies_and_keeps_every_mail(repo: Path) -> None:
+    """A flood of bad mails from one address gets a bounded number of replies; every mail is kept."""
+    store = Store.open(repo, durable=True)
+    spool = Spool(default_spool(store))
+    g = Gateway(Config(gateway=GatewayConfig(project="proj", reply_rate_limit=3)), store, spool)
+    try:
+        for i in range(12):
+            spool.accept(make_mail(subject=f"Re: [proj #deadbeef] flood {i}", message_id=f"<f{i}@x>"))
+        assert 12 == g.drain()
+        assert 3 == len(list((repo / OUTBOX).iterdir()))
+        assert 12 == spool.counts()["processed"]
+    finally:
+        g.close()
+        store.close()

@@ -1,0 +1,50 @@
+"""The docs keep up with the code: config.example.toml and the README name everything there is."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mailtrack import cli, config, serve
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_example_config_parses_to_the_defaults() -> None:
+    """config.example.toml parses, and every value in it is the default the code uses with no file."""
+    assert config.Config() == config.parse((ROOT / "config.example.toml").read_text(), "config.example.toml")
+
+
+def test_example_config_names_every_key() -> None:
+    """Every key the code reads stands in config.example.toml, in its own section."""
+    text = (ROOT / "config.example.toml").read_text()
+    sections: dict[str, set[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        line = line.lstrip("# ").strip()
+        m = re.match(r"^\[\[?(\w+)\]\]?$", line)
+        if m:
+            current = m.group(1)
+        elif (m := re.match(r"^(\w+) = ", line)) and current:
+            sections.setdefault(current, set()).add(m.group(1))
+    found = {f"{s}.{k}" for s, keys in sections.items() for k in keys}
+    assert sorted(config.all_keys()) == sorted(found)
+
+
+def test_readme_documents_every_command() -> None:
+    """Each `git issues` and `mailtrack` command appears in the README."""
+    readme = (ROOT / "README.md").read_text()
+    for prog, parser in (("git issues", cli.build_parser()), ("mailtrack", serve.build_parser())):
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        missing = [name for name in sub.choices if f"{prog} {name}" not in readme]  # type: ignore[attr-defined]
+        assert [] == missing, prog
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    """The Quick start's first command starts the gateway, its second runs what CI runs."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 2 == len(block)
+    assert "mailtrack serve" in block[0]
+    assert "bash .ci/run" == block[1] and "python -m pytest" in ci
