@@ -1,0 +1,416 @@
+"""Notifications: changes on the branch become mails to the right people, through a sink relay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from email.message import EmailMessage
+from pathlib import Path
+
+import jinja2
+import pytest
+from conftest import git, make_repo, read_comments, run_cli
+from test_outbox import Sink
+
+from mailtrack.config import Config, GatewayConfig, NotifyConfig
+from mailtrack.edits import Edit, close_edits, edit_issue, new_issue, reopen_edits
+from mailtrack.gateway import Gateway
+from mailtrack.model import Component, Person, Project
+from mailtrack.notify import Notifier, is_machine_address
+from mailtrack.outbox import OutboxSender
+from mailtrack.spool import Spool
+from mailtrack.store import Change, Snapshot, Store
+
+ALICE = Person("Alice Reporter", "alice@example.org")
+BOB = Person("Bob Cc", "bob@example.org")
+DAN = Person("Dan Assignee", "dan@example.org")
+CONFIG = Config(
+    gateway=GatewayConfig(project="proj", own_addresses=["robot@localhost"]),
+    notify=NotifyConfig(watchers=["Walt Watcher <walt@example.org>", "noreply@example.org", "alice@example.org"]),
+)
+EVERYONE = {"bob@example.org": "cc", "dan@example.org": "assignee", "oscar@example.org": "owner",
+            "olga@example.org": "component-owner", "walt@example.org": "watcher"}
+
+
+class Tracker:
+    """The gateway's repository, spool and relay: make changes, notify, catch what the relay gets."""
+
+    def __init__(self, repo: Path, sink: Sink, config: Config = CONFIG) -> None:
+        self.repo = repo
+        self.sink = sink
+        self.config = config
+        self.spool = Spool(repo / ".git" / "mailtrack" / "spool")
+        self.seen = 0
+
+    def change(self, author: Person, make: Callable[[Snapshot], Change]) -> bytes:
+        with Store.open(self.repo) as store:
+            commit, _ = store.update(make, author)
+        assert commit is not None
+        return commit
+
+    def new_issue(self, title: str = "Printer on fire", author: Person = ALICE, components: list[str] = ["core"]) -> str:  # noqa: B006
+        edits = [Edit("carbons", "+", v) for v in ("Bob Cc <bob@example.org>", "noreply@example.org",
+                                                  "issues+deadbeef@localhost", "control@localhost", "robot@localhost")]
+        edits += [Edit("assigned", "=", "Dan Assignee <dan@example.org>"), Edit("owners", "=", "Oscar <oscar@example.org>"),
+                  Edit("components", "=", ",".join(components))]
+        made = []
+
+        def make(snap: Snapshot) -> Change:
+            issue, ch = new_issue(snap, author, title, "It is on fire.\n", edits, message_id="<report1@example.org>")
+            made.append(issue.name)
+            return ch
+
+        self.change(author, make)
+        return made[-1]
+
+    def edit(self, author: Person, name: str, edits: list[Edit] | Callable[[Snapshot], list[Edit]] | None = None,
+             comment: str | None = None, attachments: list[tuple[str, bytes]] | None = None) -> bytes:
+        def make(snap: Snapshot) -> Change:
+            wanted = edits(snap) if callable(edits) else list(edits or [])
+            return edit_issue(snap, name, author, wanted, comment, attachments)[1]
+
+        return self.change(author, make)
+
+    def notify(self, config: Config | None = None) -> int:
+        with Store.open(self.repo) as store:
+            return Notifier(config or self.config, self.spool).notify(store)
+
+    def caught(self) -> list[EmailMessage]:
+        """Send the outbox to the sink; the mails it got since the last call."""
+        OutboxSender(self.sink.relay(), self.spool).send_pending()
+        new = self.sink.received[self.seen:]
+        self.seen = len(self.sink.received)
+        for r in new:
+            assert [r.message["To"].addresses[0].addr_spec] == r.recipients
+        return [r.message for r in new]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tracker(repo: Path, sink: Sink) -> Tracker:
+    """A repository whose project has component core (owner Olga), notified up to now."""
+    t = Tracker(repo, sink)
+    project = Project(components=[Component("core", ["Olga Owner <olga@example.org>"])], closed_statuses=["closed"])
+    t.change(ALICE, lambda s: Change("project", {"project.xml": project.to_bytes()}))
+    assert 0 == t.notify()
+    return t
+
+
+def everyone_but(actor: str) -> dict[str, str]:
+    """EVERYONE and the reporter Alice, minus the actor."""
+    return {k: v for k, v in {**EVERYONE, "alice@example.org": "reporter"}.items() if k != actor}
+
+
+def by_rcpt(mails: list[EmailMessage]) -> dict[str, EmailMessage]:
+    return {m["To"].addresses[0].addr_spec: m for m in mails}
+
+
+def reasons(mails: list[EmailMessage]) -> dict[str, str]:
+    return {m["To"].addresses[0].addr_spec: m["X-Mailtrack-Reason"] for m in mails}
+
+
+def h(m: EmailMessage, name: str) -> str:
+    """A header's value, unfolded (a long Message-ID starts on the line after its name)."""
+    return " ".join(str(m[name]).split())
+
+
+def body(m: EmailMessage) -> str:
+    return m.get_content().replace("\r\n", "\n")  # type: ignore[no-any-return]
+
+
+def test_first_run_records_the_tip_and_notifies_nothing(repo: Path, sink: Sink) -> None:
+    """With no state, notify() records the current tip and queues nothing: an old repository is not spammed."""
+    t = Tracker(repo, sink)
+    t.new_issue(components=[])
+    assert (0, 0) == (t.notify(), t.spool.counts()["outbox/new"])
+    state = json.loads((t.spool.root / "notify-state.json").read_text())
+    assert git(repo, "rev-parse", "issues").strip() == state["tip"]
+
+
+def test_new_issue_reaches_its_people_not_the_reporter_nor_machines(tracker: Tracker) -> None:
+    """A new issue goes to Cc, assignee, owner, component owner and watcher; never its reporter or a machine."""
+    name = tracker.new_issue()
+    assert 5 == tracker.notify()
+    mails = tracker.caught()
+    assert EVERYONE == reasons(mails)
+    m = by_rcpt(mails)["bob@example.org"]
+    short = name[:7]
+    expected = {
+        "From": "Alice Reporter via proj <issues@localhost>", "To": "Bob Cc <bob@example.org>",
+        "Subject": f"[proj #{short}] Printer on fire", "Message-ID": f"<mailtrack.{name}.issue@localhost>",
+        "In-Reply-To": "<report1@example.org>", "References": "<report1@example.org>",
+        "Reply-To": f"issues+{short}@localhost", "List-Id": "proj <proj.localhost>",
+        "List-Unsubscribe": f"<mailto:control@localhost?subject=unsubscribe%20{short}>",
+        "Auto-Submitted": "auto-generated", "Precedence": "bulk", "X-Auto-Response-Suppress": "All",
+        "X-Mailtrack-Loop": "issues@localhost", "X-Mailtrack-Issue": short, "X-Mailtrack-Event": "new",
+        "X-Mailtrack-Status": "new", "X-Mailtrack-Components": "core", "X-Mailtrack-Reason": "cc",
+    }  # fmt: skip
+    assert expected == {k: str(m[k]).strip() for k in expected}
+    text = body(m)
+    assert text.startswith(f"Alice Reporter <alice@example.org> opened issue {short} of proj:\n\n    Printer on fire\n")
+    assert "  Components: core\n" in text and "\nIt is on fire.\n" in text
+    assert "You get this mail because you are on the Cc list of this issue." in text
+
+
+def test_comment_is_quoted_lists_attachments_and_threads(tracker: Tracker) -> None:
+    """A comment goes to everyone but its author, quoted, with its attachments, threaded under the issue."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(BOB, name, comment="Have you tried water?\nIt usually helps.", attachments=[("log.txt", b"x" * 2048)])
+    assert 5 == tracker.notify()
+    mails = tracker.caught()
+    [comment] = read_comments(tracker.repo, name)
+    assert everyone_but("bob@example.org") == reasons(mails)
+    m = by_rcpt(mails)["alice@example.org"]
+    first = f"<mailtrack.{name}.issue@localhost>"
+    assert (f"<mailtrack.{name}.c.{comment.name}@localhost>", first, f"<report1@example.org> {first}", "comment") == (
+        h(m, "Message-ID"), h(m, "In-Reply-To"), h(m, "References"), m["X-Mailtrack-Event"])
+    assert "Bob Cc via proj <issues@localhost>" == m["From"]
+    text = body(m)
+    assert "wrote on " in text and "\n> Have you tried water?\n> It usually helps.\n" in text
+    assert "Attachments:\n  log.txt (2.0 KB)\n" in text
+
+
+def test_field_changes_show_old_and_new(tracker: Tracker) -> None:
+    """A field change is one mail per person listing `field: old -> new`; its Message-ID names the commit."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    commit = tracker.edit(DAN, name, [Edit("severity", "=", "minor"), Edit("tags", "+", "urgent")])
+    assert 5 == tracker.notify()
+    mails = tracker.caught()
+    assert everyone_but("dan@example.org") == reasons(mails)
+    m = by_rcpt(mails)["alice@example.org"]
+    expected_id = f"<mailtrack.{name}.e.{commit.decode()[:12]}@localhost>"
+    assert (expected_id, "changed") == (h(m, "Message-ID"), m["X-Mailtrack-Event"])
+    assert "Dan Assignee changed:\n\n  severity: blocker -> minor\n  tags: (none) -> urgent\n" in body(m)
+
+
+def test_close_and_reopen(tracker: Tracker) -> None:
+    """Closing (with a comment) and reopening are their own kinds of mail, to everyone but who did it."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(DAN, name, close_edits, comment="Fixed in 1.2.")
+    tracker.notify()
+    closed = by_rcpt(tracker.caught())
+    tracker.edit(ALICE, name, reopen_edits)
+    tracker.notify()
+    reopened = by_rcpt(tracker.caught())
+    told = ("dan@example.org" in closed, "alice@example.org" in reopened, "dan@example.org" in reopened)
+    assert (False, False, True) == told
+    c, r = closed["alice@example.org"], reopened["dan@example.org"]
+    assert (("closed", "closed"), ("reopened", "new")) == ((c["X-Mailtrack-Event"], c["X-Mailtrack-Status"]),
+                                                           (r["X-Mailtrack-Event"], r["X-Mailtrack-Status"]))
+    assert f"Dan Assignee <dan@example.org> closed issue {name[:7]} as fixed.\n" in body(c)
+    assert "\n> Fixed in 1.2.\n" in body(c) and "  status: new -> closed\n" in body(c)
+    assert f"Alice Reporter <alice@example.org> reopened issue {name[:7]}.\n" in body(r)
+
+
+def test_comment_and_changes_of_one_commit_are_one_mail(tracker: Tracker) -> None:
+    """A comment with field changes (as a mail with commands makes) is one mail; a removed assignee hears too."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(BOB, name, [Edit("assigned", "=", "Eve <eve@example.org>")], comment="Eve knows printers.")
+    assert 6 == tracker.notify()
+    mails = tracker.caught()
+    assert {**everyone_but("bob@example.org"), "eve@example.org": "assignee"} == reasons(mails)
+    text = body(by_rcpt(mails)["eve@example.org"])
+    assert "\n> Eve knows printers.\n" in text
+    assert "  assigned: Dan Assignee <dan@example.org> -> Eve <eve@example.org>\n" in text
+
+
+def test_actor_gets_a_copy_when_configured(tracker: Tracker) -> None:
+    """notify_actor = true sends the person who made the change a copy too."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(DAN, name, comment="On it.")
+    config = Config(gateway=CONFIG.gateway, notify=NotifyConfig(notify_actor=True))
+    tracker.notify(config)
+    assert {"alice@example.org", "bob@example.org", "dan@example.org", "oscar@example.org", "olga@example.org"} == set(
+        reasons(tracker.caught()))
+
+
+def test_each_commit_is_told_by_its_own_author(tracker: Tracker) -> None:
+    """Two commits notified in one pass make two mails, each kept from its own author only."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(BOB, name, comment="Bob was here.")
+    tracker.edit(DAN, name, [Edit("priority", "=", "low")])
+    tracker.notify()
+    mails = tracker.caught()
+    events = sorted((m["To"].addresses[0].addr_spec, m["X-Mailtrack-Event"]) for m in mails)
+    assert ("bob@example.org", "comment") not in events and ("dan@example.org", "changed") not in events
+    actors = ("bob@example.org", "dan@example.org")
+    assert [("bob@example.org", "changed"), ("dan@example.org", "comment")] == [e for e in events if e[0] in actors]
+    assert 10 == len(mails)
+
+
+def test_cli_change_is_notified_once_even_after_a_restart(repo: Path, sink: Sink) -> None:
+    """A change made with `git issues` in the gateway's repository is notified once; a new Notifier does not repeat it."""
+    t = Tracker(repo, sink, Config(gateway=CONFIG.gateway))  # no watchers
+    assert 0 == t.notify()
+    r = run_cli(repo, "new", "Made on the command line", "-m", "by hand", "--cc", "Bob <bob@example.org>")
+    assert 0 == r.code, r.err
+    assert (1, 0) == (t.notify(), t.notify())
+    short = r.out.split()[2].rstrip(":")
+    assert 0 == run_cli(repo, "comment", short, "-m", "more").code
+    assert (1, 0) == (t.notify(), Tracker(repo, sink, t.config).notify())
+    mails = t.caught()
+    jane = "Jane Doe via proj <issues@localhost>"
+    assert [("bob@example.org", "new", jane), ("bob@example.org", "comment", jane)] == [
+        (m["To"].addresses[0].addr_spec, m["X-Mailtrack-Event"], str(m["From"])) for m in mails]
+
+
+def test_merge_from_another_clone_is_notified_once(tracker: Tracker, tmp_path: Path) -> None:
+    """`git issues pull` merges a clone's comment: only that comment is told, by its author, once."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    clone = make_repo(tmp_path / "clone")
+    git(clone, "fetch", "-q", str(tracker.repo), "issues:issues")
+    git(clone, "config", "user.name", "Carol Clone")
+    git(clone, "config", "user.email", "carol@example.org")
+    assert 0 == run_cli(clone, "comment", name[:7], "-m", "Seen from the clone.").code
+    tracker.edit(DAN, name, [Edit("priority", "=", "low")])  # the branches diverge
+    tracker.notify()
+    tracker.caught()
+    r = run_cli(tracker.repo, "pull", str(clone))
+    assert 0 == r.code, r.err
+    assert 2 == len(git(tracker.repo, "log", "-1", "--format=%P", "issues").split())  # a real merge
+    tracker.notify()
+    mails = tracker.caught()
+    assert ({"comment"}, {"Carol Clone via proj <issues@localhost>"}) == (
+        {m["X-Mailtrack-Event"] for m in mails}, {str(m["From"]) for m in mails})
+    assert (6, 0) == (len(mails), tracker.notify())
+
+
+def test_reply_to_a_notification_becomes_a_trimmed_comment(tracker: Tracker) -> None:
+    """A reply to a caught notification, threaded by In-Reply-To alone, is a comment on its issue, quote trimmed."""
+    name = tracker.new_issue()
+    other = tracker.new_issue("Another issue")
+    tracker.notify()
+    note = by_rcpt([m for m in tracker.caught() if name[:7] in m["Subject"]])["bob@example.org"]
+    reply = EmailMessage()
+    reply["From"], reply["To"] = "Bob Cc <bob@example.org>", "issues@localhost"
+    reply["Subject"], reply["Message-ID"] = f"Re: {note['Subject']}".replace(name[:7], other[:7]), "<reply1@example.org>"
+    reply["In-Reply-To"], reply["References"] = h(note, "Message-ID"), f"{h(note, 'References')} {h(note, 'Message-ID')}"
+    quoted = "\n".join("> " + line for line in body(note).splitlines())
+    reply.set_content(f"Water did not help.\n\nOn Mon, 3 Jun 2024 at 10:00, {note['From']} wrote:\n{quoted}\n")
+    with Store.open(tracker.repo, durable=True) as store:
+        gateway = Gateway(tracker.config, store, tracker.spool)
+        try:
+            out = gateway.handle(reply.as_bytes())
+        finally:
+            gateway.close()
+    assert ("commented", name) == (out.action, out.issue)
+    assert ["Water did not help."] == [c.text for c in read_comments(tracker.repo, name)]
+    tracker.notify()
+    assert "alice@example.org" in reasons(tracker.caught())
+
+
+def test_crash_while_queuing_resumes_without_duplicates(tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after some mails were queued: the next notify queues the rest, none twice."""
+    tracker.new_issue()
+    real = Spool.queue_out
+    calls: list[int] = []
+
+    def crash_on_third(self: Spool, raw: bytes, **kw: object) -> str:
+        if len(calls) == 2:
+            raise OSError("disk full")
+        calls.append(1)
+        return real(self, raw, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Spool, "queue_out", crash_on_third)
+    with pytest.raises(OSError):
+        tracker.notify()
+    monkeypatch.setattr(Spool, "queue_out", real)
+    assert (3, 0) == (tracker.notify(), tracker.notify())
+    assert EVERYONE == reasons(tracker.caught())
+
+
+def test_template_override_and_a_missing_variable_is_an_error(tracker: Tracker, tmp_path: Path) -> None:
+    """A configured template directory overrides a built-in; a variable it lacks is an error, and nothing is lost."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    (tmp_path / "notify-changed.txt").write_text("Subject: changed {{ short }}\n\n{{ no_such_thing }}\n")
+    broken = Config(gateway=replace(CONFIG.gateway, templates=str(tmp_path)), notify=CONFIG.notify)
+    tracker.edit(DAN, name, [Edit("priority", "=", "low")])
+    with pytest.raises(jinja2.UndefinedError):
+        tracker.notify(broken)
+    (tmp_path / "notify-changed.txt").write_text(
+        "Subject: changed {{ short }}\n\n{% for c in changes %}{{ c.line }}\n{% endfor %}")
+    assert 5 == tracker.notify(broken)
+    m = by_rcpt(tracker.caught())["alice@example.org"]
+    assert (f"changed {name[:7]}", "priority: high -> low\n") == (m["Subject"], body(m))
+
+
+def test_long_comment_lines_are_wrapped(tracker: Tracker) -> None:
+    """Comment text is wrapped at notify.wrap columns (plus the quote mark)."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    tracker.edit(BOB, name, comment="word " * 40)
+    tracker.notify(Config(gateway=CONFIG.gateway, notify=NotifyConfig(wrap=40)))
+    text = body(by_rcpt(tracker.caught())["alice@example.org"])
+    quoted = [line for line in text.splitlines() if line.startswith("> word")]
+    assert (5, True) == (len(quoted), all(len(line) <= 42 for line in quoted))
+
+
+def test_disabled_notifications_move_the_tip_silently(tracker: Tracker) -> None:
+    """notify.enabled = false queues nothing, and turning it on later does not replay the past."""
+    tracker.new_issue()
+    off = Config(gateway=CONFIG.gateway, notify=NotifyConfig(enabled=False))
+    assert (0, 0) == (tracker.notify(off), tracker.notify())
+
+
+@pytest.mark.parametrize("address,machine", [
+    ("bob@example.org", False), ("issues@localhost", True), ("Issues+abc1234@LOCALHOST", True),
+    ("control@localhost", True), ("robot@localhost", True), ("MAILER-DAEMON@example.org", True),
+    ("no-reply@example.org", True), ("noreply+x@example.org", True), ("bounces-42@lists.example.org", True),
+    ("replyguy@example.org", False), ("bob", True),
+])  # fmt: skip
+def test_machine_addresses(address: str, machine: bool) -> None:
+    """Our own addresses (plus forms too) and machine mailboxes never get a notification."""
+    assert machine == is_machine_address(address, ["issues@localhost", "control@localhost", "robot@localhost"])
+
+
+def test_one_event_has_one_message_id_for_everyone(tracker: Tracker) -> None:
+    """Every recipient's copy of one event carries the same Message-ID (one message, personal copies)."""
+    tracker.new_issue()
+    tracker.notify()
+    ids = {h(m, "Message-ID") for m in tracker.caught()}
+    assert 1 == len(ids)
+
+
+def test_new_issue_by_mail_with_attachment(tracker: Tracker) -> None:
+    """A new issue from a mail (reporter, Cc, attachment) is told to the Cc'd person with the attachment listed."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Cc"] = "Alice Reporter <alice@example.org>", "issues@localhost", "Bob Cc <bob@example.org>"
+    msg["Subject"], msg["Message-ID"] = "Scanner smokes", "<scan1@example.org>"
+    msg.set_content("See the log.\n")
+    msg.add_attachment(b"smoke\n" * 100, maintype="text", subtype="plain", filename="scan.log")
+    with Store.open(tracker.repo, durable=True) as store:
+        gateway = Gateway(tracker.config, store, tracker.spool)
+        try:
+            out = gateway.handle(msg.as_bytes())
+        finally:
+            gateway.close()
+    tracker.notify()
+    mails = [m for m in tracker.caught() if m["X-Mailtrack-Event"] == "new"]
+    assert {"bob@example.org": "cc", "walt@example.org": "watcher"} == reasons(mails)
+    m = by_rcpt(mails)["bob@example.org"]
+    assert ("<scan1@example.org>", f"<mailtrack.{out.issue}.issue@localhost>") == (h(m, "In-Reply-To"), h(m, "Message-ID"))
+    assert "Attachments:\n  scan.log (600 bytes)\n" in body(m) and "\nSee the log.\n" in body(m)

@@ -1,0 +1,291 @@
+"""The sender: the outbox to an aiosmtpd sink standing in for the relay, with retries and failures."""
+
+from __future__ import annotations
+
+import email
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from dovecot import free_port, wait_for
+
+from mailtrack.config import RelayConfig
+from mailtrack.outbox import OutboxSender, next_due, outbox_listing, retry_now, waiting
+from mailtrack.spool import Spool
+
+pytest_plugins = ["conftest_edges"]
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class Recorder:
+    """An aiosmtpd handler that keeps what it accepts and refuses what it is told to."""
+
+    received: list[Received] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)  # recipient -> the reply to RCPT
+    data_reply: str = ""  # a reply to DATA instead of accepting it (e.g. "451 ...")
+    logins: list[tuple[str, str]] = field(default_factory=list)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            self.logins.append((login, password))
+            if (login, password) == ("gateway", "s3cret"):
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
+class Sink:
+    """A relay on a loopback port, started and stopped at will (the port stays the same)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.handler = Recorder()
+        self.controller: Controller | None = None
+
+    def start(self, **kwargs: Any) -> Sink:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def relay(self, **kwargs: Any) -> RelayConfig:
+        return RelayConfig(**{"host": "127.0.0.1", "port": self.port, "security": "none", **kwargs})
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A running sink that accepts everything."""
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def queue(spool: Spool, subject: str = "Hello", to: tuple[str, ...] = ("ann@example.org",), body: str = "Hi.\n") -> str:
+    """Queue a small mail as the gateway would; return its spool id."""
+    msg = EmailMessage()
+    msg["From"] = "proj <issues@localhost>"
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@localhost>"
+    msg.set_content(body)
+    return spool.queue_out(bytes(msg), sender="issues@localhost", recipients=list(to))
+
+
+def test_no_relay_leaves_mail_queued(spool: Spool) -> None:
+    """Without a relay the sender does nothing and the mail waits in the outbox."""
+    queue(spool)
+    counts = OutboxSender(RelayConfig(), spool).send_pending()
+    assert ({"sent": 0, "deferred": 0, "failed": 0}, 1) == (counts, spool.counts()["outbox/new"])
+
+
+def test_delivers_each_mail_to_its_recipients(sink: Sink, spool: Spool) -> None:
+    """Every queued mail reaches the relay once, with its envelope, CRLF line ends and 8-bit text intact."""
+    queue(spool, "One", ("ann@example.org", "bob@example.org"))
+    queue(spool, "Two", ("cid@example.org",), body="Grüße aus Köln.\n")
+    counts = OutboxSender(sink.relay(), spool).send_pending()
+    got = [(r.sender, r.recipients, r.message["Subject"]) for r in sink.received]
+    assert {"sent": 2, "deferred": 0, "failed": 0} == counts
+    assert [("issues@localhost", ["ann@example.org", "bob@example.org"], "One"),
+            ("issues@localhost", ["cid@example.org"], "Two")] == got
+    assert "Grüße aus Köln.\r\n" == sink.received[1].message.get_content()
+    leftovers = list((spool.root / "outbox-state").iterdir())
+    assert (True, 0, []) == (b"\r\n" in sink.received[0].raw, spool.counts()["outbox/new"], leftovers)
+
+
+def test_refused_then_451_then_back_delivers_each_mail_once(spool: Spool) -> None:
+    """Relay down, then answering 451, then back: each mail arrives exactly once, across restarts."""
+    ids = [queue(spool, f"Mail {i}") for i in range(3)]
+    relay = RelayConfig(host="127.0.0.1", port=free_port(), security="none", retry_initial=60, retry_max=600)
+    t0 = time.time()
+    assert {"sent": 0, "deferred": 3, "failed": 0} == OutboxSender(relay, spool).send_pending(now=t0)
+    assert {"sent": 0, "deferred": 0, "failed": 0} == OutboxSender(relay, spool).send_pending(now=t0 + 30)
+    sink = Sink(relay.port)
+    sink.handler.data_reply = "451 4.3.0 Try again later"
+    sink.start()
+    try:
+        restarted = Spool(spool.root)
+        restarted.recover()
+        assert {"sent": 0, "deferred": 3, "failed": 0} == OutboxSender(relay, restarted).send_pending(now=t0 + 60)
+        assert [(2, "451 4.3.0 Try again later")] * 3 == [(w.attempts, w.last_error) for w in waiting(restarted)]
+        sink.handler.data_reply = ""
+        assert {"sent": 0, "deferred": 0, "failed": 0} == OutboxSender(relay, restarted).send_pending(now=t0 + 179)
+        assert {"sent": 3, "deferred": 0, "failed": 0} == OutboxSender(relay, restarted).send_pending(now=t0 + 180)
+        assert {"sent": 0, "deferred": 0, "failed": 0} == OutboxSender(relay, restarted).send_pending(now=t0 + 9999)
+    finally:
+        sink.stop()
+    assert ["Mail 0", "Mail 1", "Mail 2"] == sorted(r.message["Subject"] for r in sink.received)
+    assert (3, []) == (len(ids), waiting(spool))
+
+
+def test_550_for_one_recipient_others_delivered_it_fails(sink: Sink, spool: Spool) -> None:
+    """A 550 for one recipient: the others get the mail; the mail goes to outbox-failed naming that one."""
+    sink.handler.refuse["bob@example.org"] = "550 5.1.1 No such user"
+    spool_id = queue(spool, "Mixed", ("ann@example.org", "bob@example.org", "cid@example.org"))
+    counts = OutboxSender(sink.relay(), spool).send_pending()
+    assert {"sent": 0, "deferred": 0, "failed": 1} == counts
+    assert [["ann@example.org", "cid@example.org"]] == [r.recipients for r in sink.received]
+    assert [(spool_id, "not delivered to bob@example.org: 550 5.1.1 No such user")] == spool.failures_out()
+    reason = (spool.root / "outbox-failed" / f"{spool_id}.reason").read_text()
+    assert "delivered to: ann@example.org, cid@example.org" in reason
+
+
+def test_requeued_failure_goes_only_to_who_lacks_it(sink: Sink, spool: Spool) -> None:
+    """After `mailtrack requeue`, a partly refused mail is sent again only to the refused recipient."""
+    sink.handler.refuse["bob@example.org"] = "550 5.1.1 No such user"
+    spool_id = queue(spool, "Mixed", ("ann@example.org", "bob@example.org"))
+    OutboxSender(sink.relay(), spool).send_pending()
+    sink.handler.refuse.clear()
+    spool.requeue(spool_id)
+    counts = OutboxSender(sink.relay(), spool).send_pending()
+    assert ({"sent": 1, "deferred": 0, "failed": 0}, [["ann@example.org"], ["bob@example.org"]]) == (
+        counts, [r.recipients for r in sink.received])
+
+
+def test_temporary_refusal_of_one_recipient_retries_only_that_one(sink: Sink, spool: Spool) -> None:
+    """A 450 for one recipient: the others get it now; later only that one is tried, even after a restart."""
+    sink.handler.refuse["bob@example.org"] = "450 4.2.0 Mailbox busy"
+    queue(spool, "Busy", ("ann@example.org", "bob@example.org"))
+    t0 = time.time()
+    assert {"sent": 0, "deferred": 1, "failed": 0} == OutboxSender(sink.relay(), spool).send_pending(now=t0)
+    [w] = waiting(spool)
+    assert (["ann@example.org"], 1, "450 4.2.0 Mailbox busy") == (w.delivered, w.attempts, w.last_error)
+    sink.handler.refuse.clear()
+    restarted = OutboxSender(sink.relay(), Spool(spool.root))
+    assert {"sent": 1, "deferred": 0, "failed": 0} == restarted.send_pending(now=t0 + 60)
+    assert [["ann@example.org"], ["bob@example.org"]] == [r.recipients for r in sink.received]
+
+
+def test_backoff_doubles_up_to_retry_max(spool: Spool) -> None:
+    """The delay before each retry doubles from retry_initial and stops growing at retry_max."""
+    queue(spool)
+    relay = RelayConfig(host="127.0.0.1", port=free_port(), security="none", retry_initial=10, retry_max=40)
+    now, delays = time.time(), []
+    for _ in range(5):
+        OutboxSender(relay, spool).send_pending(now=now)
+        due = next_due(spool)
+        assert due is not None
+        delays.append(round(due - now))
+        now = due
+    assert [10, 20, 40, 40, 40] == delays
+
+
+def test_gives_up_after_give_up_after(spool: Spool) -> None:
+    """A mail still undelivered give_up_after seconds after it was queued goes to outbox-failed."""
+    spool_id = queue(spool)
+    relay = RelayConfig(host="127.0.0.1", port=free_port(), security="none", retry_initial=60, give_up_after=3600)
+    t0 = time.time()
+    OutboxSender(relay, spool).send_pending(now=t0)
+    counts = OutboxSender(relay, spool).send_pending(now=t0 + 4000)
+    [(failed_id, reason)] = spool.failures_out()
+    assert ({"sent": 0, "deferred": 0, "failed": 1}, spool_id) == (counts, failed_id)
+    assert reason.startswith("not delivered to ann@example.org: gave up after 2 attempts in 66m: cannot reach the relay")
+
+
+def test_listing_says_what_waits_and_retry_now_sends_it(spool: Spool) -> None:
+    """`mailtrack outbox` shows the next attempt, the last error and the recipients; `retry` sends at once."""
+    spool_id = queue(spool, "Waiting", ("ann@example.org", "bob@example.org"))
+    relay = RelayConfig(host="127.0.0.1", port=free_port(), security="none", retry_initial=300)
+    t0 = time.time()
+    OutboxSender(relay, spool).send_pending(now=t0)
+    lines = outbox_listing(spool, now=t0)
+    assert f"{spool_id}  next attempt " == lines[0][: len(spool_id) + 15] and lines[0].endswith("(in 5m)")
+    assert ["    to: ann@example.org, bob@example.org", "    subject: Waiting  <Waiting@localhost>"] == lines[1:3]
+    error = f"cannot reach the relay 127.0.0.1:{relay.port}: ConnectionRefusedError"
+    assert lines[3].startswith(f"    attempts: 1, last error: {error}")
+    sink = Sink(relay.port).start()
+    try:
+        counts = retry_now(spool, relay)
+    finally:
+        sink.stop()
+    assert ({"released": 1, "sent": 1, "deferred": 0, "failed": 0}, [], 1) == (
+        counts, outbox_listing(spool), len(sink.received))
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_tls_and_auth_with_password_file(tls_cert: tuple[Path, Path], tmp_path: Path, spool: Spool, security: str) -> None:
+    """STARTTLS or implicit TLS, AUTH with a password file; a wrong password is a temporary failure."""
+    cert, key = tls_cert
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    sink = Sink()
+    # aiosmtpd does not see implicit TLS as TLS: there AUTH must be allowed "without" it, and optional
+    tls = ({"tls_context": server_ctx, "auth_required": True} if security == "starttls"
+           else {"ssl_context": server_ctx, "auth_require_tls": False})
+    sink.start(authenticator=sink.handler.authenticate, **tls)
+    (tmp_path / "wrong").write_text("nope\n")
+    (tmp_path / "right").write_text("s3cret\n")
+    try:
+        queue(spool, "Secure")
+        wrong = OutboxSender(sink.relay(security=security, username="gateway", password_file=str(tmp_path / "wrong")),
+                             spool, ssl_context=client_ctx, helo="localhost").send_pending()
+        [w] = waiting(spool)
+        right = OutboxSender(sink.relay(security=security, username="gateway", password_file=str(tmp_path / "right")),
+                             spool, ssl_context=client_ctx, helo="localhost").send_pending(now=time.time() + 60)
+    finally:
+        sink.stop()
+    assert ({"sent": 0, "deferred": 1, "failed": 0}, {"sent": 1, "deferred": 0, "failed": 0}) == (wrong, right)
+    assert w.last_error.startswith("cannot reach the relay") and "535" in w.last_error
+    assert ({("gateway", "nope"), ("gateway", "s3cret")}, ["Secure"]) == (
+        set(sink.handler.logins), [r.message["Subject"] for r in sink.received])
+
+
+def test_run_loop_sends_when_woken_and_stops(sink: Sink, spool: Spool) -> None:
+    """run() sends mail queued while it waits as soon as it is woken, and returns when told to stop."""
+    sender = OutboxSender(sink.relay(), spool)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), kwargs={"interval": 60.0})
+    thread.start()
+    try:
+        queue(spool, "Woken")
+        sender.wake()
+        wait_for(lambda: sink.received, what="the mail to reach the sink")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert (["Woken"], False) == ([r.message["Subject"] for r in sink.received], thread.is_alive())
