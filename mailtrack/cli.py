@@ -117,10 +117,7 @@ def cmd_init(store: Store, args: argparse.Namespace) -> int:
         project = Project.from_bytes(data)  # refuses what it cannot read
     else:
         project = Project(closed_statuses=["closed"])
-    author = identity(store)
-    commit_id = store.write_commit([], None, {"project.xml": project.to_bytes()}, "init issues", author)
-    if not store.move(None, commit_id):
-        raise StoreError(f"the {store.branch} branch was created meanwhile")
+    commit_id = store.init(project, identity(store))
     print(f"Initialized the {store.branch} branch ({commit_id[:7].decode()})")
     return 0
 

@@ -372,7 +372,7 @@ class OutboxSender:
     def run(self, stop_event: threading.Event, *, interval: float = 30.0) -> None:
         """Send until `stop_event` is set: when mail is due, when woken, at least every `interval` s."""
         if not self.relay.host:
-            log.warning("no relay is configured: outgoing mail waits in the outbox")
+            log.info("no relay is configured: outgoing mail waits in the outbox")
         while not stop_event.is_set():
             timeout = interval
             if self.relay.host:

@@ -86,6 +86,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
             out = gateway.work(claim)
             if out is not None and args.verbose:
                 print(out.line(), file=sys.stderr)
+        _notifier(config, spool, gateway).notify(store)  # queued only: the MTA does not wait on the relay
     except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
         log.error("%s: processing deferred: %s", spool_id, e)
     return EX_OK
@@ -120,8 +121,39 @@ def cmd_process(args: argparse.Namespace) -> int:
     spool.recover()
     gateway = _gateway(config, store, spool)
     n = gateway.drain()
-    print(f"processed {n} mail(s)", file=sys.stderr)
+    queued = _notifier(config, spool, gateway).notify(store)
+    print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)
     return EX_OK
+
+
+def _notifier(config, spool, gateway):  # type: ignore[no-untyped-def]
+    from mailtrack.notify import Notifier
+
+    return Notifier(config, spool, project=gateway.project)
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from mailtrack.outbox import OutboxSender, outbox_listing, retry_now
+
+    config, _, spool = _open(args, durable=False)
+    if args.action == "retry":
+        counts = retry_now(spool, config.relay)
+        print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    elif args.action == "send":
+        counts = OutboxSender(config.relay, spool).send_pending()
+        print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    else:
+        print("\n".join(outbox_listing(spool)) or "the outbox is empty")
+        if not config.relay.host and spool.counts()["outbox/new"]:
+            print("no relay is configured ([relay] host): outgoing mail waits here")
+    return EX_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailtrack.daemon import serve
+
+    config, store, spool = _open(args)
+    return serve(config, store, spool)
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
@@ -197,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_requeue)
     sp = sub.add_parser("status", parents=[common], help="what the spool and the outbox hold")
     sp.set_defaults(func=cmd_status)
+    sp = sub.add_parser("outbox", parents=[common], help="list outgoing mail and why it waits; retry: send now")
+    sp.add_argument("action", nargs="?", choices=["list", "retry", "send"], default="list")
+    sp.set_defaults(func=cmd_outbox)
+    sp = sub.add_parser("serve", parents=[common], help="run the listeners, pollers, spool worker and outbox sender")
+    sp.set_defaults(func=cmd_serve)
     return p
 
 

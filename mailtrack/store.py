@@ -253,6 +253,15 @@ class Store:
             raise NoBranch(f"no {self.branch} branch here; run 'git issues init' first")
         return snap
 
+    def init(self, project: Project, author: Person) -> bytes:
+        """Create the branch: a root commit holding project.xml. StoreError when it exists."""
+        if self.tip() is not None:
+            raise StoreError(f"the {self.branch} branch exists already")
+        commit_id = self.write_commit([], None, {"project.xml": project.to_bytes()}, "init issues", author)
+        if not self.move(None, commit_id):
+            raise StoreError(f"the {self.branch} branch was created meanwhile")
+        return commit_id
+
     def write_commit(
         self,
         parents: list[bytes],

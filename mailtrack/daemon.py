@@ -1,0 +1,88 @@
+"""`mailtrack serve`: listeners, pollers, the spool worker, the notifier and the outbox sender.
+
+The network edges only keep mail and wake the worker; the worker (this thread) processes the
+spool, then the notifier turns the new commits into mail and the sender carries it out. SIGTERM
+(or SIGINT) stops the listeners and pollers at once, lets the worker finish the mail at hand,
+and exits 0; whatever is still spooled is processed on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from datetime import timedelta
+from types import FrameType
+
+from mailtrack.config import Config
+from mailtrack.gateway import Gateway
+from mailtrack.model import Person, Project
+from mailtrack.notify import Notifier
+from mailtrack.outbox import OutboxSender
+from mailtrack.sources.imap import start_pollers
+from mailtrack.sources.smtp import Addresses, SmtpListener
+from mailtrack.spool import Spool
+from mailtrack.store import Store
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 10.0  # how often the worker looks at the branch when no mail wakes it (CLI pushes, merges)
+
+
+def serve(config: Config, store: Store, spool: Spool) -> int:
+    gw = config.gateway
+    if store.tip() is None:
+        store.init(Project(closed_statuses=["closed"]), Person(gw.name or "mailtrack", gw.address))
+        log.info("created the %s branch", store.branch)
+    spool.recover()
+    gateway = Gateway(config, store, spool)
+    notifier = Notifier(config, spool, project=gateway.project)
+    sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    addresses = Addresses(main=gw.address, control=gw.control_address)
+    listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set()) for lc in config.listen]
+    threads: list[threading.Thread] = []
+    try:
+        for listener in listeners:
+            listener.start()
+        threads += start_pollers(config.imap, spool, stop, on_accept=lambda _id: wake.set())
+        out_thread = threading.Thread(target=sender.run, args=(stop,), name="outbox", daemon=True)
+        out_thread.start()
+        threads.append(out_thread)
+        where = ", ".join(f"{lc.protocol} {'unix:' + lc.socket if lc.socket else f'{lc.host}:{lc.port}'}" for lc in config.listen)
+        relay = f"relay {config.relay.host}:{config.relay.port}" if config.relay.host else "no relay: outgoing mail waits in the outbox"
+        print(f"mailtrack: {gateway.project} on {store.branch} of {store.repo.path}: listening on {where or 'nothing'}"
+              f" for {gw.address} (commands: {gw.control_address}); {relay}", file=sys.stderr, flush=True)
+        retention = timedelta(days=gw.processed_retention_days)
+        while not stop.is_set():
+            for claim in spool.claims():
+                gateway.work(claim)
+                if stop.is_set():  # finish the mail at hand, leave the rest spooled
+                    break
+            try:
+                if notifier.notify(store):
+                    sender.wake()
+            except Exception:  # the notified tip is not advanced: it is tried again next time
+                log.exception("notification failed")
+            spool.prune(retention)
+            wake.wait(IDLE_SECONDS)
+            wake.clear()
+    finally:
+        for listener in listeners:
+            listener.stop()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        gateway.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,126 @@
+"""`mailtrack serve` end to end: real SMTP clients, the real git, SIGTERM under load."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import git, make_repo, read_comments, read_issue, read_names, run_cli
+from dovecot import free_port, wait_for
+
+
+class Server:
+    def __init__(self, repo: Path, port: int, extra: str = "") -> None:
+        self.repo, self.port = repo, port
+        self.config = repo / "mailtrack.toml"
+        self.config.write_text(f'[gateway]\nproject = "proj"\n{extra}\n[[listen]]\nport = {port}\n')
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailtrack.serve", "--repo", str(self.repo), "--config", str(self.config), "serve"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if f"listening on smtp 127.0.0.1:{self.port} for issues@localhost" not in line:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stderr.close()
+            pytest.fail(f"serve did not start: {line}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    repo = make_repo(tmp_path / "gw")
+    s = Server(repo, free_port())
+    s.start()
+    yield s
+    if s.proc and s.proc.poll() is None:
+        s.stop()
+
+
+def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> None:
+    """A mail sent with swaks shows up in `git issues list`; a reply to it shows up in `git issues show`."""
+    r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(server.port), "--from", "alice@example.org",
+                        "--to", "issues@localhost", "--header", "Subject: Disk full", "--header", "Message-Id: <swaks1@example.org>",
+                        "--body", "The disk is full."], capture_output=True, text=True, check=False)
+    assert 0 == r.returncode, r.stdout
+    listed = wait_for(lambda: run_cli(server.repo, "list").out, what="the issue in git issues list")
+    assert listed.rstrip().endswith("Disk full")
+    short = listed.split()[0]
+    reply = EmailMessage()
+    reply["From"], reply["To"], reply["Subject"] = "Bob <bob@example.org>", "issues@localhost", "Re: Disk full"
+    reply["Message-ID"], reply["In-Reply-To"] = "<reply1@example.org>", "<swaks1@example.org>"
+    reply.set_content("Deleted the logs, try again.\n\nOn Mon, Alice wrote:\n> The disk is full.\n")
+    with smtplib.SMTP("127.0.0.1", server.port) as smtp:
+        smtp.send_message(reply)
+    shown = wait_for(lambda: "Deleted the logs" in run_cli(server.repo, "show", short).out and run_cli(server.repo, "show", short).out,
+                     what="the comment in git issues show")
+    assert "    Deleted the logs, try again." in shown and "> The disk is full." not in shown
+    assert 0 == server.stop()
+    git(server.repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_cli_change_in_the_gateway_repo_is_notified_once(server: Server) -> None:
+    """A change made with the CLI in the gateway's repository is noticed and queued for notification once."""
+    outbox = server.repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
+    assert 0 == run_cli(server.repo, "new", "Filed offline", "-m", "x", "--cc", "carol@example.org").code
+    wait_for(lambda: len(list(outbox.iterdir())) == 1, timeout=30, what="one notification in the outbox")
+    assert 0 == server.stop()
+    server.start()
+    assert 0 == server.stop()
+    assert 1 == len(list(outbox.iterdir()))
+
+
+def test_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
+    """A bounded burst from several clients, SIGTERM in the middle: every mail that got 250 lands, once."""
+    repo = make_repo(tmp_path / "gw")
+    server = Server(repo, free_port())
+    server.start()
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(15):
+            msg = EmailMessage()
+            msg["From"], msg["To"], msg["Subject"] = f"c{n}@example.org", "issues@localhost", f"Load {n}-{i}"
+            msg["Message-ID"] = f"<load{n}.{i}@example.org>"
+            msg.set_content("load\n")
+            try:
+                with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+                    smtp.send_message(msg)
+            except (OSError, smtplib.SMTPException):
+                return  # the server stopped accepting
+            with lock:
+                accepted.append(f"Load {n}-{i}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(accepted) >= 10, timeout=30, what="ten accepted mails")
+    assert 0 == server.stop()
+    for t in threads:
+        t.join(timeout=30)
+    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
+    assert 0 == r.returncode
+    titles = [read_issue(repo, n).title for n in read_names(repo)]
+    assert sorted(accepted) == sorted(t for t in titles if t in accepted)
+    assert len(titles) == len(set(titles))
+    assert [] == [c for n in read_names(repo) for c in read_comments(repo, n)]
+    git(repo, "fsck", "--strict", "--no-dangling")
