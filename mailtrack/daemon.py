@@ -20,9 +20,9 @@ from mailtrack.gateway import Gateway
 from mailtrack.model import Person, Project
 from mailtrack.notify import Notifier
 from mailtrack.outbox import OutboxSender
-from mailtrack.sources.imap import start_pollers
+from mailtrack.sources.imap import ImapPoller
 from mailtrack.sources.smtp import Addresses, SmtpListener
-from mailtrack.spool import Spool
+from mailtrack.spool import MAX_ATTEMPTS, Claim, Spool, message_id
 from mailtrack.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,11 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     try:
         for listener in listeners:
             listener.start()
-        threads += start_pollers(config.imap, spool, stop, on_accept=lambda _id: wake.set())
+        pollers = [ImapPoller(ic, spool, on_accept=lambda _id: wake.set()) for ic in config.imap]
+        for poller in pollers:
+            t = threading.Thread(target=poller.run, args=(stop,), name=f"imap {poller.config.label}", daemon=True)
+            t.start()
+            threads.append(t)
         out_thread = threading.Thread(target=sender.run, args=(stop,), name="outbox", daemon=True)
         out_thread.start()
         threads.append(out_thread)
@@ -66,7 +70,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         retention = timedelta(days=gw.processed_retention_days)
         while not stop.is_set():
             for claim in spool.claims():
-                gateway.work(claim)
+                work(gateway, claim, pollers)
                 if stop.is_set():  # finish the mail at hand, leave the rest spooled
                     break
             try:
@@ -86,3 +90,16 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         gateway.close()
     log.info("stopped")
     return 0
+
+
+def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
+    """Process one mail; one that ends in failed also goes to the failed folder of its mailbox."""
+    raw = claim.read() if pollers else b""
+    out = gateway.work(claim)
+    failed = out.action == "held" if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
+    mid = message_id(raw) if failed and pollers else ""
+    for poller in pollers if mid else []:
+        try:
+            poller.move_to_failed(mid)
+        except Exception as e:  # the mail is in the spool's failed queue either way
+            log.warning("%s: could not move to the failed folder of %s: %s", mid, poller.config.label, e)

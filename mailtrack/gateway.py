@@ -213,7 +213,12 @@ class Gateway:
 
     def _control(self, snap: Snapshot, mail: ParsedMail, author: Person, when: datetime, out: Outcome) -> Change | None:
         """A batch of commands over several issues: one commit for all of them, or none."""
-        applied = commands.apply(commands.control_lines(mail.reply_text or mail.body), snap, mail.from_addr, "",
+        lines = commands.control_lines(mail.reply_text or mail.body)
+        if not [ln for ln in lines if ln.action != "note"]:  # a mailto: link puts the command in the subject
+            in_subject = commands.control_lines(strip_subject_tag(mail.subject, self.project))
+            if [ln for ln in in_subject if ln.action != "note"]:
+                lines = in_subject
+        applied = commands.apply(lines, snap, mail.from_addr, "",
                                  self.config.access, self.index.known(snap, mail.from_addr), self._verified_for_commands(mail))
         out.commands = applied
         if not applied.ok:

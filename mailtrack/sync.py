@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from dulwich.objects import ZERO_SHA
+
 from mailtrack.merge import merge_commits
 from mailtrack.model import Person
 from mailtrack.store import Store, StoreError
@@ -54,10 +56,26 @@ def pull(store: Store, remote: str | None, author: Person) -> str:
     raise StoreError("the branch kept moving during the merge; try again")
 
 
+def _push_local(store: Store, url: str, theirs: bytes | None, ours: bytes) -> bool:
+    """Push to a repository on this machine: copy the objects, then compare-and-swap its ref.
+
+    Returns False for a remote that is not a local path (dulwich's client pushes those).
+    """
+    from dulwich.client import LocalGitClient, get_transport_and_path
+    from dulwich.repo import Repo
+
+    client, path = get_transport_and_path(url)
+    if not isinstance(client, LocalGitClient):
+        return False
+    with Repo(path) as target:
+        store.repo.fetch(target, determine_wants=lambda refs, depth=None: [ours])
+        if not target.refs.set_if_equals(store.ref, theirs or ZERO_SHA, ours):
+            raise StoreError(f"{url} moved while pushing; run 'git issues pull' and push again")
+    return True
+
+
 def push(store: Store, remote: str | None) -> str:
     """Send our issues branch to the remote; never overwrite a remote that has diverged."""
-    from dulwich.porcelain import push as dulwich_push
-
     remote_name, url = _remote(store, remote)
     name = remote_name or url
     ours = store.tip()
@@ -71,9 +89,12 @@ def push(store: Store, remote: str | None) -> str:
 
         if not is_ancestor(store, theirs, ours):
             raise StoreError(f"{name} has issues this clone lacks; run 'git issues pull{' ' + remote if remote else ''}' first")
-    spec = store.ref + b":" + store.ref
-    try:
-        dulwich_push(store.repo, url, spec, outstream=io.BytesIO(), errstream=io.BytesIO())
-    except Exception as e:
-        raise StoreError(f"push to {url} failed: {e}") from None
+    if not _push_local(store, url, theirs, ours):
+        from dulwich.porcelain import push as dulwich_push
+
+        spec = store.ref + b":" + store.ref
+        try:
+            dulwich_push(store.repo, url, spec, outstream=io.BytesIO(), errstream=io.BytesIO())
+        except Exception as e:
+            raise StoreError(f"push to {url} failed: {e}") from None
     return f"{(theirs or b'0000000')[:7].decode()}..{ours[:7].decode()}  {store.branch} -> {store.branch}"

@@ -268,3 +268,12 @@ def test_rate_limit_bounds_replies_and_keeps_every_mail(repo: Path) -> None:
     finally:
         g.close()
         store.close()
+
+
+def test_unsubscribe_by_the_list_unsubscribe_link(gw: Gateway, repo: Path) -> None:
+    """A mail to control@ with `unsubscribe ID` as its subject and no body takes the sender off the Cc list."""
+    name = filed(gw, repo)
+    run_cli(repo, "cc", name[:7], "+carol@example.org")
+    out = gw.handle(make_mail(to="control@localhost", frm="carol@example.org", message_id="<un@x>",
+                              subject=f"unsubscribe {name[:7]}", body=""))
+    assert ("changed", []) == (out.action, read_issue(repo, name).carbons)

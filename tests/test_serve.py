@@ -124,3 +124,26 @@ def test_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
     assert len(titles) == len(set(titles))
     assert [] == [c for n in read_names(repo) for c in read_comments(repo, n)]
     git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dovecot, imap_user: str) -> None:  # type: ignore[no-untyped-def]
+    """serve polls a real Dovecot: a mail becomes an issue and goes to Archive; a held one goes to Failed."""
+    from dovecot import PASSWORD
+
+    repo = make_repo(tmp_path / "gw")
+    imap = (f'[access]\nunknown_senders = "hold"\nopen = ["anyone"]\nmaintainers = ["boss@example.org"]\n'
+            f'[[imap]]\nhost = "127.0.0.1"\nport = {dovecot.imap_port}\nsecurity = "plain"\nusername = "{imap_user}"\n'
+            f'password = "{PASSWORD}"\nidle_timeout = 0.5\npoll_interval = 1.0\n')
+    server = Server(repo, free_port(), extra=imap)
+    for i, sender in enumerate(["boss@example.org", "stranger@example.org"]):
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = sender, "issues@localhost", f"Polled {i}", f"<polled{i}@x>"
+        msg.set_content("from IMAP\n")
+        dovecot.append(imap_user, msg.as_bytes())
+    server.start()
+    try:
+        wait_for(lambda: dovecot.subjects(imap_user, "Failed") == ["Polled 1"], timeout=30, what="the held mail in Failed")
+        assert (["Polled 0"], []) == (dovecot.subjects(imap_user, "Archive"), dovecot.subjects(imap_user))
+        assert ["Polled 0"] == [read_issue(repo, n).title for n in read_names(repo)]
+    finally:
+        assert 0 == server.stop()
