@@ -21,8 +21,8 @@ from typing import NoReturn
 from mailtrack.edits import (
     Edit, close_edits, edit_issue, field_name, new_issue, parse_assignment, reopen_edits,
 )  # fmt: skip
-from mailtrack.model import EDITABLE_FIELDS, LIST_FIELDS, Issue, Person, Project
-from mailtrack.store import Change, Snapshot, Store, StoreError, issue_dir
+from mailtrack.model import Issue, Person, Project
+from mailtrack.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.xmlformat import FormatError
 
 # `git issues list` filter options and the field each one matches
@@ -157,20 +157,38 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _matches(issue: Issue, fieldname: str, wanted: str) -> bool:
-    value = issue.get(fieldname)
+def _matches(record: dict[str, object], fieldname: str, wanted: str) -> bool:
+    value = record[fieldname]
     if isinstance(value, list):
         return any(wanted.lower() in v.lower() for v in value)
-    return value.lower() == wanted.lower() if fieldname not in ("title",) else wanted.lower() in value.lower()
+    return str(value).lower() == wanted.lower() if fieldname != "title" else wanted.lower() in str(value).lower()
 
 
-def issue_record(snap: Snapshot, issue: Issue, project: Project) -> dict[str, object]:
-    record: dict[str, object] = {"id": issue.name, "short": snap.short(issue.name)}
-    for f in ("created", "author", *EDITABLE_FIELDS, "modified"):
-        record[f] = issue.get(f)
-    record["open"] = project.is_open(issue)
-    record["message_id"] = issue.message_id
-    return record
+def shortest_names(names: list[str]) -> dict[str, str]:
+    """Each name's shortest unique prefix (7 hex at least), from its neighbours in sorted order."""
+    ordered = sorted(names)
+    out = {}
+    for i, name in enumerate(ordered):
+        n = MIN_SHORT
+        for other in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
+            while n < 40 and other[:n] == name[:n]:
+                n += 1
+        out[name] = name[:n]
+    return out
+
+
+def all_records(snap: Snapshot) -> list[tuple[str, dict[str, object]]]:
+    """(name, record) of every issue: from the index derived from the branch, or read from the
+    branch itself where the index cannot be kept (a read-only repository)."""
+    import sqlite3
+
+    from mailtrack.index import Index
+
+    try:
+        with Index.for_snapshot(snap) as index:
+            return index.records(snap)
+    except (OSError, sqlite3.Error):
+        return [(i.name, i.record()) for i in snap.issues()]
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
@@ -179,18 +197,21 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
         raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
+    records = all_records(snap)
+    shorts = shortest_names([n for n, _ in records])
     rows = []
-    for issue in snap.issues():
-        if not args.all and args.filter_status is None and not project.is_open(issue):
+    for name, record in records:
+        is_open = record["status"] not in project.closed
+        if not args.all and args.filter_status is None and not is_open:
             continue
-        if any(not _matches(issue, f, v) for f, v in filters):
+        if any(not _matches(record, f, v) for f, v in filters):
             continue
-        rows.append(issue_record(snap, issue, project))
+        rows.append({"id": name, "short": shorts[name], **record, "open": is_open})
     for key in reversed((args.sort or "created").split(",")):
         desc = key.startswith("-")
         key = key.lstrip("-")
-        if key not in ("id", "short") and key != "created":
-            key = field_name(key) if key not in ("modified",) else key
+        if key not in ("id", "short", "created", "modified"):
+            key = field_name(key)
         rows.sort(key=lambda r: _value(r.get(key, "")), reverse=desc)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)

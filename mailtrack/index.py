@@ -18,7 +18,7 @@ from mailtrack.model import NAME_RE, Comment, Issue, Person, is_comment_filename
 from mailtrack.store import Snapshot
 from mailtrack.xmlformat import FormatError
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
@@ -116,9 +116,7 @@ class Index:
             if filename == "issue.xml":
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
-                record = {f: issue.get(f) for f in ("created", "modified", "title", "status", "severity", "priority",
-                                                    "type", "components", "assigned", "reporters", "owners", "carbons",
-                                                    "tags", "milestone", "version", "resolution")}  # fmt: skip
+                record = issue.record()
                 self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?)", (name, json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
             elif is_comment_filename(filename):

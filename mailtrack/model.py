@@ -213,6 +213,12 @@ class Issue:
             return value.mailbox
         return value  # type: ignore[no-any-return]
 
+    def record(self) -> dict[str, object]:
+        """Every field as text or list of text, plus the Message-ID: what `list` shows and filters."""
+        record: dict[str, object] = {f: self.get(f) for f in ISSUE_FIELDS}
+        record["message_id"] = self.message_id
+        return record
+
     def to_node(self) -> Node:
         kids: list[Node] = []
         for f in ISSUE_FIELDS:

@@ -244,3 +244,24 @@ def test_help_for_every_command(repo: Path) -> None:
     for command in ("init", "new", "list", "show", "comment", "set", "close", "reopen", "assign", "tag", "cc", "dump", "attachment", "pull", "push"):
         r = run_cli(repo, command, "--help")
         assert (0, True) == (r.code, r.out.startswith("usage: git issues " + command)), command
+
+
+def test_list_is_served_by_a_rebuildable_index(repo: Path) -> None:
+    """list reads the index derived from the branch; deleting it gives the same answer, rebuilt."""
+    for t in ("One", "Two", "Three"):
+        new_issue(repo, t)
+    first = run_cli(repo, "list", "--sort", "title").out
+    index = repo / ".git" / "mailtrack" / "index.sqlite"
+    assert index.exists()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(index) + suffix).unlink(missing_ok=True)
+    assert first == run_cli(repo, "list", "--sort", "title").out
+    assert ["One", "Three", "Two"] == [line.split(None, 5)[5] for line in first.splitlines()]
+
+
+def test_shortest_names_are_unique_prefixes() -> None:
+    """Short names grow past 7 hex only where two names share a longer prefix."""
+    from mailtrack.cli import shortest_names
+
+    names = ["abcdef01" + "0" * 32, "abcdef02" + "0" * 32, "1234567" + "0" * 33]
+    assert {names[0]: "abcdef01", names[1]: "abcdef02", names[2]: "1234567"} == shortest_names(names)
