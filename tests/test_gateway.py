@@ -436,3 +436,19 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
         assert spool_id in [i for i, _ in spool.failures()]
     else:
         assert out.action in ("dropped", "rejected")
+
+
+def test_status_shows_failures_and_requeue_puts_them_back(repo: Path) -> None:
+    """A mail held for a reason shows in `mailtrack status`; `mailtrack requeue ID` puts it back in the queue."""
+    r = deliver(repo, b"Subject: no sender at all\nMessage-ID: <nofrom@x>\n\nbody\n")
+    assert 0 == r.returncode
+    status = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "status"], capture_output=True, text=True, check=True).stdout
+    [line] = [ln for ln in status.splitlines() if "the mail has no sender address" in ln]
+    spool_id = line.split()[0]
+    assert "  failed         1" in status
+    r2 = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "requeue", spool_id], capture_output=True, text=True, check=False)
+    assert (0, f"requeued {spool_id}\n") == (r2.returncode, r2.stdout)
+    counts = Spool(default_spool_path(repo)).counts()
+    assert (1, 0) == (counts["incoming/new"], counts["failed"])
+    bad = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "requeue", "nonsense"], capture_output=True, text=True, check=False)
+    assert (64, "mailtrack: no failed mail with id 'nonsense'\n") == (bad.returncode, bad.stderr)
