@@ -365,9 +365,40 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
+    if args.mail or args.stdout or args.output_dir:
+        return _push_mail(store, args)
     from mailtrack.sync import push
 
     print(push(store, args.remote))
+    return 0
+
+
+def _push_mail(store: Store, args: argparse.Namespace) -> int:
+    """`push --mail`: the commits the gateway lacks, as a patch series, sent or written out."""
+    from mailtrack.patches import series as patches
+
+    since = patches.resolve_rev(store, args.since) if args.since else patches.last_pulled(store, args.remote)
+    commits = patches.series_commits(store, since)
+    if not commits:
+        print("nothing to send", file=sys.stderr)
+        return 0
+    me = identity(store)
+    mails = patches.format_series(store, commits, me, me.email.rpartition("@")[2] or "localhost")
+    if args.stdout:
+        for p in mails:
+            sys.stdout.write(p.data.decode("utf-8", "replace"))
+        return 0
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in mails:
+            (out / patches.patch_filename(p)).write_bytes(p.data)
+            print(out / patches.patch_filename(p))
+        return 0
+    settings = patches.smtp_settings(store)
+    to = list(args.to or settings.to)
+    patches.send_series(mails, me, to, settings)
+    print(f"sent {len(commits)} commit(s) as {len(mails)} mail(s) to {', '.join(to)}")
     return 0
 
 
@@ -450,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("push", cmd_push, "send the issues branch to a remote (never over a diverged one)")
     sp.add_argument("remote", nargs="?", help="a remote name, path or URL (default: origin)")
+    sp.add_argument("--mail", action="store_true", help="send the commits the remote lacks as patch mails")
+    sp.add_argument("--to", action="append", metavar="ADDR", help="the gateway's address (default: git config sendemail.to)")
+    sp.add_argument("--since", metavar="REV", help="send the commits after REV (default: the last pull from the remote)")
+    sp.add_argument("--stdout", action="store_true", help="write the series to stdout instead of sending it")
+    sp.add_argument("-o", dest="output_dir", metavar="DIR", help="write the series as files in DIR instead of sending it")
     return p
 
 

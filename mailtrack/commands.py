@@ -9,7 +9,7 @@ give is refused, and the rest of the mail (its comment) still lands.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from mailtrack.config import AccessConfig
 from mailtrack.edits import Edit, apply_edits, changed_fields, close_edits, reopen_edits

@@ -37,6 +37,8 @@ class GatewayConfig:
     templates: str = ""  # a directory whose templates override the built-in ones
     reply_rate_limit: int = 5  # at most this many replies to one address...
     reply_rate_window: int = 3600  # ...within this many seconds
+    patch_series_timeout: int = 3600  # seconds a partial patch series waits for its missing parts
+    max_patch_series_size: int = 5 * 1024 * 1024  # bytes of one patch series, as mailed
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):

@@ -78,6 +78,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                     sender.wake()
             except Exception:  # the notified tip is not advanced: it is tried again next time
                 log.exception("notification failed")
+            gateway.housekeeping()
             spool.prune(retention)
             wake.wait(IDLE_SECONDS)
             wake.clear()

@@ -113,6 +113,14 @@ class Gateway:
     def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None) -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for."""
         mail = self.parse(raw)
+        from mailtrack import patches
+
+        if patches.is_patch_mail(mail):  # a series of issues-branch commits, applied as `git am` would
+            from mailtrack.patches.apply import handle
+
+            out = handle(self, mail, dry_run=dry_run)
+            log.info("%s", out.line())
+            return out
         out = Outcome("nothing", message_id=mail.message_id)
         out.verified = verified_by(mail, self.config.access.trusted_authserv_ids)
         author = Person(mail.from_name, mail.from_addr)
@@ -340,6 +348,13 @@ class Gateway:
         else:
             self.spool.done(claim)
         return out
+
+    def housekeeping(self) -> None:
+        """Periodic work: report the partial patch series that waited past their timeout."""
+        if (self.spool.root / "patches").is_dir():
+            from mailtrack.patches.apply import expire_pending
+
+            expire_pending(self)
 
     def drain(self) -> int:
         """Process every waiting mail; return how many were taken."""

@@ -122,6 +122,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     spool.recover()
     gateway = _gateway(config, store, spool)
     n = gateway.drain()
+    gateway.housekeeping()
     spool.prune(timedelta(days=config.gateway.processed_retention_days))
     queued = _notifier(config, spool, gateway).notify(store)
     print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)

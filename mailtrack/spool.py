@@ -299,6 +299,16 @@ class Spool:
         """Straight to the failed directory with `reason` (a decision, e.g. quarantine)."""
         self._to_failed(self._queue_of(claim), claim, reason)
 
+    def hold(self, raw: bytes, reason: str) -> str:
+        """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
+        patch series that never completed); return its spool id."""
+        queue = self._incoming
+        spool_id = self._new_id()
+        write_durably(queue.failed / f"{spool_id}{_REASON}", reason.encode("utf-8", "replace"))
+        write_durably(queue.failed / spool_id, raw, tmp=queue.tmp / spool_id)
+        log.error("%s kept in %s: %s", spool_id, queue.failed.name, _first_line(reason))
+        return spool_id
+
     def requeue(self, spool_id: str) -> None:
         """Move a failed mail (incoming or outgoing) back to its queue, attempts reset."""
         if ID_RE.match(spool_id):

@@ -11,7 +11,7 @@ from mailtrack.model import Person
 from mailtrack.store import Store, StoreError
 
 
-def _remote(store: Store, remote: str | None) -> tuple[str | None, str]:
+def remote_location(store: Store, remote: str | None) -> tuple[str | None, str]:
     """(configured name or None, location) of a remote given by name, path or URL (default: origin)."""
     from dulwich.porcelain import get_remote_repo
 
@@ -37,7 +37,7 @@ def pull(store: Store, remote: str | None, author: Person) -> str:
     """Fetch the remote's issues branch and merge it into ours. Returns what happened."""
     from dulwich.porcelain import fetch
 
-    remote_name, url = _remote(store, remote)
+    remote_name, url = remote_location(store, remote)
     name = remote_name or url
     try:
         result = fetch(store.repo, url, outstream=io.StringIO(), errstream=io.BytesIO(), quiet=True)
@@ -76,7 +76,7 @@ def _push_local(store: Store, url: str, theirs: bytes | None, ours: bytes) -> bo
 
 def push(store: Store, remote: str | None) -> str:
     """Send our issues branch to the remote; never overwrite a remote that has diverged."""
-    remote_name, url = _remote(store, remote)
+    remote_name, url = remote_location(store, remote)
     name = remote_name or url
     ours = store.tip()
     if ours is None:

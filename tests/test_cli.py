@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_comments, read_issue, read_names, git, git_bytes, make_repo, new_issue, run_cli
+from conftest import read_issue, read_names, git, git_bytes, make_repo, new_issue, run_cli
 from mailtrack.model import Comment, Issue
 from mailtrack.store import Store
 

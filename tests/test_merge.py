@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import read_comments, read_issue, read_names, git, make_repo, new_issue, run_cli
-from mailtrack.store import Store
 
 
 def clone(src: Path, dst: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_comments, read_issue, read_names, git, new_issue
+from conftest import read_comments, read_issue, git, new_issue
 from mailtrack.edits import Edit, edit_issue
 from mailtrack.model import Person
 from mailtrack.store import Change, Snapshot, Store, ValidationError
@@ -105,7 +105,7 @@ def test_work_tree_index_and_head_untouched(repo: Path) -> None:
 def test_branch_name_from_git_config(repo: Path) -> None:
     """git config issues.branch names another branch."""
     git(repo, "config", "issues.branch", "tracker")
-    from conftest import read_comments, read_issue, read_names, run_cli
+    from conftest import run_cli
 
     assert 0 == run_cli(repo, "init").code
     new_issue(repo, "Elsewhere")

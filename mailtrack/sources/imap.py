@@ -30,7 +30,7 @@ from typing import Any
 from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped, unused-ignore]
 
-from mailtrack.config import KEPT_KEYWORD, ImapConfig
+from mailtrack.config import ImapConfig
 from mailtrack.spool import Spool, write_durably
 from mailtrack.spool import message_id as header_message_id
 

@@ -1,0 +1,82 @@
+"""Issue commits as patch mails, and back.
+
+Out (`series.py`): `git issues push --mail` writes the commits of the issues branch that the gateway
+lacks as a `git format-patch` series (one mail per commit, a cover letter when there are several,
+binary attachments as `GIT binary patch` literals) and sends it through git send-email's SMTP
+settings.
+
+In (`apply.py`): the gateway recognises a patch mail (here, cheaply, before anything heavy is
+imported), holds a partial series under `<spool>/patches/<thread>` until it is complete (or reports
+it when it times out), checks every file the series touches against the layout of FORMAT.md and the
+sender's rights, and applies the series onto the current tip as `git am` would (author, date,
+message kept); a series made on an older tip is merged into the current issue.xml field by field.
+A series is applied whole or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from dulwich.patch import _parse_git_diff_header_paths
+
+if TYPE_CHECKING:
+    from mailtrack.message import ParsedMail
+
+MAX_PATCHES = 100  # patches in one series (its size in bytes is gateway.max_patch_series_size)
+FILE_MODE = b"100644"
+SERIES_HEADER = "X-Mailtrack-Series"
+
+_SUBJECT = re.compile(r"\[(?:RFC\s+)?PATCH\b([^\]]*)\]", re.I)
+_NUMBERS = re.compile(r"(\d+)/(\d+)")
+_HEX2 = re.compile(r"^[0-9a-f]{2}$")
+_HEX38 = re.compile(r"^[0-9a-f]{38}$")
+_DIFF_PATH = re.compile(rb"^diff --git (.*)$", re.M)
+_STAT_LINE = re.compile(r"^\s*(?:\.\.\.)?\S*(?:issue\.xml|comment_\S*\.xml|project\.xml)\s*\|", re.M)
+_HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+# --- in: recognising and gathering patch mails -----------------------------------------------
+
+
+def patch_numbers(subject: str) -> tuple[int, int] | None:
+    """(n, m) of a `[PATCH n/m]` subject, (1, 1) for `[PATCH]`; None when it is no patch subject."""
+    found = _SUBJECT.search(subject or "")
+    if not found:
+        return None
+    nm = _NUMBERS.search(found.group(1))
+    return (int(nm.group(1)), int(nm.group(2))) if nm else (1, 1)
+
+
+def _diff_paths(body: bytes) -> list[str]:
+    out = []
+    for m in _DIFF_PATH.finditer(body):
+        old, new = _parse_git_diff_header_paths(b"diff --git " + m.group(1).rstrip(b"\r"))
+        for p in (old, new) if old is not None else (m.group(1).split(b" ")[0],):
+            if p is not None:
+                out.append(p.decode("utf-8", "replace").partition("/")[2])
+    return out
+
+
+def _touches_issues(path: str) -> bool:
+    parts = path.split("/")
+    return (path == "project.xml" or bool(_HEX2.match(parts[0])) or ".." in parts
+            or any(x.lower().startswith(".git") for x in parts))
+
+
+def is_patch_mail(mail: ParsedMail) -> bool:
+    """A patch mail of the issues branch: a `[PATCH]` subject and a diff touching issue paths
+    (or the cover letter of such a series)."""
+    nm = patch_numbers(mail.subject)
+    if nm is None:
+        return False
+    if nm[0] == 0:
+        return mail.header(SERIES_HEADER) is not None or bool(_STAT_LINE.search(mail.body))
+    paths = _diff_paths(mail.raw.replace(b"\r\n", b"\n")) + _diff_paths(mail.body.encode("utf-8", "replace"))
+    return any(_touches_issues(p) for p in paths)
+
+
+def thread_root(mail: ParsedMail) -> str:
+    if mail.references:
+        return mail.references[0]
+    return mail.in_reply_to or mail.message_id

@@ -1,0 +1,370 @@
+"""Issue commits as patch mails: `git format-patch` + `git send-email` and `git issues push --mail` into the gateway."""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
+from dovecot import free_port, wait_for
+from mailtrack.config import Config, GatewayConfig
+from mailtrack.gateway import Gateway, default_spool
+MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
+from mailtrack.patches.series import file_diff
+from mailtrack.spool import Spool
+from mailtrack.store import Store
+from test_serve import Server
+
+SEND_EMAIL = "/usr/lib/git-core/git-send-email"
+
+
+def tree(repo: Path) -> str:
+    return git(repo, "rev-parse", "issues^{tree}").strip()
+
+
+def tip(repo: Path) -> str:
+    return git(repo, "rev-parse", "issues").strip()
+
+
+def gateway_repo(path: Path) -> Path:
+    r = make_repo(path)
+    (r / "README").write_text("project\n")
+    git(r, "add", "README")
+    git(r, "commit", "-q", "-m", "first")
+    assert 0 == run_cli(r, "init").code
+    return r
+
+
+def clone(gw: Path, path: Path, user: tuple[str, str] = ("Carol Clone", "carol@example.org")) -> Path:
+    subprocess.run(["git", "clone", "-q", str(gw), str(path)], check=True, capture_output=True)
+    git(path, "config", "user.name", user[0])
+    git(path, "config", "user.email", user[1])
+    r = run_cli(path, "pull")
+    assert 0 == r.code, r.err
+    return path
+
+
+ADDRESS = "issues@example.test"  # git send-email wants a dot in the domain
+
+
+class MailServer(Server):
+    """`mailtrack serve` on loopback, under an address git send-email accepts."""
+
+    def __init__(self, repo: Path) -> None:
+        super().__init__(repo, free_port(), extra=f'address = "{ADDRESS}"')
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailtrack.serve", "--repo", str(self.repo), "--config", str(self.config), "serve"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if f"listening on smtp 127.0.0.1:{self.port} for {ADDRESS}" not in line:
+            self.stop()
+            pytest.fail(f"serve did not start: {line}")
+
+
+def outbox(repo: Path) -> list[email.message.EmailMessage]:
+    new = repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
+    if not new.is_dir():
+        return []
+    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(new.iterdir())]  # type: ignore[misc]
+
+
+def send_email(files: list[Path], port: int, sender: str = "Carol Clone <carol@example.org>") -> None:
+    if subprocess.run(["perl", "-MMail::Address", "-e1"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("git send-email needs Perl's Mail::Address: apt-get install libmailtools-perl")
+    r = subprocess.run(
+        [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={port}", "--smtp-encryption=none",
+         "--smtp-domain=localhost", f"--from={sender}", f"--to={ADDRESS}", "--confirm=never",
+         "--suppress-cc=all", "--quiet", *map(str, files)],
+        capture_output=True, text=True, check=False)
+    assert (0, "") == (r.returncode, r.stderr)
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    """An in-process gateway on a repository with an issues branch."""
+    repo = gateway_repo(tmp_path / "gw")
+    store = Store.open(repo, durable=True)
+    g = Gateway(Config(gateway=GatewayConfig(project="proj")), store, Spool(default_spool(store)))
+    yield g
+    g.close()
+    store.close()
+
+
+def gw_path(g: Gateway) -> Path:
+    return Path(g.store.repo.path)
+
+
+def test_format_patch_series_via_git_send_email_lands_on_the_gateway(tmp_path: Path) -> None:
+    """A series made with `git format-patch` and sent with `git send-email` leaves the gateway's branch with the clone's tree."""
+    repo = gateway_repo(tmp_path / "gw")
+    server = MailServer(repo)
+    server.start()
+    try:
+        c = clone(repo, tmp_path / "clone")
+        a = new_issue(c, "Offline one")
+        b = new_issue(c, "Offline two")
+        assert 0 == run_cli(c, "comment", a[:7], "-m", "a comment written on a train").code
+        files = sorted(Path(p) for p in git(c, "format-patch", "-o", str(tmp_path / "out"), "origin/issues..issues").split())
+        assert 3 == len(files)
+        send_email(files, server.port)
+        wait_for(lambda: read_names(repo) == sorted([a, b]) and tree(repo) == tree(c), timeout=30, what="the series applied")
+        assert (sorted([a, b]), tree(c)) == (read_names(repo), tree(repo))
+        assert f"Carol Clone <carol@example.org>|proj <{ADDRESS}>" == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "issues").strip()
+        # git send-email dates each mail when it sends it, so only subjects and authors travel unchanged
+        assert git(c, "log", "-3", "--format=%s|%an <%ae>", "issues") == git(repo, "log", "-3", "--format=%s|%an <%ae>", "issues")
+    finally:
+        assert 0 == server.stop()
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_push_mail_sends_issues_comments_attachments_and_fields(tmp_path: Path) -> None:
+    """`git issues push --mail` brings new issues, a binary attachment and field changes; a pull then levels the clone."""
+    repo = gateway_repo(tmp_path / "gw")
+    server = MailServer(repo)
+    server.start()
+    try:
+        c = clone(repo, tmp_path / "clone")
+        git(c, "config", "sendemail.smtpServer", "127.0.0.1")
+        git(c, "config", "sendemail.smtpServerPort", str(server.port))
+        a = new_issue(c, "Crash on start")
+        png = tmp_path / "shot.png"
+        png.write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + bytes(range(256)) * 40)
+        assert 0 == run_cli(c, "comment", a[:7], "-m", "screenshot attached", "--attach", str(png)).code
+        assert 0 == run_cli(c, "set", a[:7], "status=open", "priority=high").code
+        r = run_cli(c, "push", "--mail", "--to", ADDRESS)
+        assert (0, f"sent 3 commit(s) as 4 mail(s) to {ADDRESS}\n") == (r.code, r.out)
+        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed series")
+        assert git(c, "log", "-3", "--format=%s|%an|%ad", "issues") == git(repo, "log", "-3", "--format=%s|%an|%ad", "issues")
+        issue = read_issue(repo, a)
+        [comment] = read_comments(repo, a)
+        assert ("open", "high", ["shot.png"]) == (issue.status, issue.priority, comment.attachments)
+        assert png.read_bytes() == git_show_bytes(repo, f"issues:{a[:2]}/{a[2:]}/shot.png")
+        assert 0 == run_cli(c, "pull").code
+        assert tree(repo) == tree(c)
+        # the report is queued just after the branch moves: wait for it as well
+        [patch_reply] = wait_for(lambda: [m for m in outbox(repo) if "Re: [PATCH 0/3]" in str(m["Subject"])], what="the report")
+        assert 3 == patch_reply.get_content().count("    applied as ")
+    finally:
+        assert 0 == server.stop()
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def git_show_bytes(repo: Path, spec: str) -> bytes:
+    return subprocess.run(["git", "-C", str(repo), "show", spec], capture_output=True, check=True).stdout
+
+
+def test_push_mail_output_is_accepted_by_git_am(tmp_path: Path) -> None:
+    """`git issues push --stdout` writes a series, binary attachment included, that the real `git am` applies to the same tree."""
+    repo = gateway_repo(tmp_path / "gw")
+    c = clone(repo, tmp_path / "clone")
+    a = new_issue(c, "Binary please")
+    blob = tmp_path / "data.bin"
+    blob.write_bytes(os.urandom(3000) + b"\0")
+    assert 0 == run_cli(c, "comment", a[:7], "-m", "with data", "--attach", str(blob)).code
+    assert 0 == run_cli(c, "close", a[:7]).code
+    r = run_cli(c, "push", "--stdout")
+    assert 0 == r.code, r.err
+    assert "Subject: [PATCH 0/3] issues: 3 commits" in r.out
+    mbox = r.out[re.search(r"^From [0-9a-f]{40} ", r.out[1:], re.M).start() + 1 :]  # type: ignore[union-attr]  # git am stops at a cover letter
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", str(repo), str(other)], check=True, capture_output=True)
+    git(other, "checkout", "-q", "-b", "issues", "origin/issues")
+    git(other, "am", "-q", input=mbox.encode())
+    assert tree(c) == tree(other)
+    assert git(c, "log", "-3", "--format=%s|%an|%ad", "issues") == git(other, "log", "-3", "--format=%s|%an|%ad", "issues")
+
+
+def test_series_on_an_old_tip_merges_field_wise(gw: Gateway, tmp_path: Path) -> None:
+    """A series made before someone else changed the same issue keeps both changes, field by field."""
+    repo = gw_path(gw)
+    a = new_issue(repo, "Shared issue")  # by Jane, who may change it from her clone
+    c = clone(repo, tmp_path / "clone", ("Jane Doe", "jane@example.org"))
+    assert 0 == run_cli(repo, "set", a[:7], "priority=high").code
+    assert 0 == run_cli(c, "set", a[:7], "status=open").code
+    out_dir = tmp_path / "out"
+    assert 0 == run_cli(c, "push", "-o", str(out_dir)).code
+    [f] = sorted(out_dir.iterdir())
+    out = gw.handle(f.read_bytes())
+    issue = read_issue(repo, a)
+    assert ("changed", "high", "open") == (out.action, issue.priority, issue.status)
+    before = tip(repo)
+    again = gw.handle(f.read_bytes())
+    assert ("duplicate", before) == (again.action, tip(repo))
+
+
+def test_change_by_someone_without_the_right_is_refused(gw: Gateway, tmp_path: Path) -> None:
+    """A field change mailed by someone who is neither reporter, assignee, owner nor maintainer is refused."""
+    repo = gw_path(gw)
+    a = new_issue(repo, "Jane's issue")
+    c = clone(repo, tmp_path / "clone")
+    assert 0 == run_cli(c, "set", a[:7], "status=closed").code
+    d = tmp_path / "out"
+    assert 0 == run_cli(c, "push", "-o", str(d)).code
+    before = tip(repo)
+    [f] = sorted(d.iterdir())
+    out = gw.handle(f.read_bytes())
+    assert ("rejected", before, "new") == (out.action, tip(repo), read_issue(repo, a).status)
+    assert f"carol@example.org may not change issue {a[:7]}" in " ".join(outbox(repo)[-1].get_content().split())
+
+
+def test_same_series_twice_changes_nothing(gw: Gateway, tmp_path: Path) -> None:
+    """Sending the same series a second time (new Message-IDs) leaves the branch as it was."""
+    repo = gw_path(gw)
+    c = clone(repo, tmp_path / "clone")
+    new_issue(c, "First")
+    new_issue(c, "Second")
+    for attempt in ("one", "two"):
+        d = tmp_path / attempt
+        assert 0 == run_cli(c, "push", "-o", str(d)).code
+        for f in sorted(d.iterdir()):
+            gw.handle(f.read_bytes())
+        if attempt == "one":
+            after_first = tip(repo)
+    assert (tree(c), after_first) == (tree(repo), tip(repo))
+
+
+# --- hostile series -------------------------------------------------------------------------
+
+NAME = "ab" + "c" * 38
+
+
+def patch_mail(subject: str, diff: bytes, frm: str = "Mallory <mallory@example.org>", mid: str = "<evil1@example.org>") -> bytes:
+    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {frm}\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+            f"Subject: [PATCH] {subject}\nMessage-ID: {mid}\nTo: issues@localhost\n"
+            "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
+    return head.encode() + diff + b"-- \n2.39.5\n"
+
+
+def _project_forgery(g: Gateway) -> bytes:
+    with Store.open(gw_path(g)) as s:
+        old = s.snapshot().read("project.xml") or b""
+    return file_diff("project.xml", old, old.replace(b"<item>\nhigh\n</item>", b"<item>\nhigh\n</item>\n<item>\nurgent\n</item>"))
+
+
+def _illegal_status(g: Gateway) -> bytes:
+    with Store.open(gw_path(g)) as s:
+        name = next(iter(s.snapshot().issue_names()), None)
+    assert name is None
+    from mailtrack.edits import new_issue as make
+    from mailtrack.model import Person
+
+    with Store.open(gw_path(g)) as s:
+        issue, change = make(s.snapshot(), Person("Mallory", "mallory@example.org"), "Evil", "text", [])
+    [(path, data)] = [(p, d) for p, d in change.files.items() if p.endswith("issue.xml")]
+    assert data is not None
+    return file_diff(path, None, data.replace(b"<status>\nnew\n</status>", b"<status>\nexploded\n</status>"))
+
+
+HOSTILE = {
+    "garbage": (lambda g: file_diff(f"ab/{NAME[2:]}/issue.xml", None, b"<issue><title>unclosed\n"), "does not parse"),
+    "illegal": (_illegal_status, "status"),
+    "outside": (lambda g: file_diff(f"ab/{NAME[2:]}/deeper/x.txt", None, b"x\n"), "outside the layout"),
+    "dotdot": (lambda g: file_diff(f"ab/{NAME[2:]}/../../../etc/passwd", None, b"root::0:0\n"), "not a plain path"),
+    "dotgit": (lambda g: file_diff(".git/hooks/post-update", None, b"#!/bin/sh\nrm -rf /\n"), "touches .git"),
+    "symlink": (lambda g: file_diff(f"ab/{NAME[2:]}/issue.xml", None, b"/etc/passwd").replace(b"new file mode 100644", b"new file mode 120000"),
+                "mode 120000 (a symlink)"),
+    "huge": (lambda g: file_diff(f"ab/{NAME[2:]}/big.bin", None, os.urandom(MAX_SERIES_BYTES)), "the series is too large"),
+    "project": (_project_forgery, "may not change the project"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_series_is_refused_with_a_report(gw: Gateway, kind: str) -> None:
+    """A hostile patch is refused whole, the branch is unchanged, and the sender's report says why."""
+    repo = gw_path(gw)
+    before = tip(repo)
+    make, reason = HOSTILE[kind]
+    out = gw.handle(patch_mail(f"hostile {kind}", make(gw)))
+    [reply] = outbox(repo)
+    body = reply.get_content()
+    assert ("rejected", before, "mallory@example.org") == (out.action, tip(repo), reply["To"])
+    assert reason in " ".join(body.split()), body
+    assert "nothing was changed" in body
+
+
+def test_partial_series_is_held_until_complete(gw: Gateway, tmp_path: Path) -> None:
+    """Patches arriving out of order wait in the spool and are applied once the series is complete."""
+    repo = gw_path(gw)
+    c = clone(repo, tmp_path / "clone")
+    new_issue(c, "One")
+    new_issue(c, "Two")
+    d = tmp_path / "out"
+    assert 0 == run_cli(c, "push", "-o", str(d)).code
+    cover, first, second = sorted(d.iterdir())
+    actions = [gw.handle(f.read_bytes()).action for f in (second, cover, first)]
+    assert (["pending", "pending", "changed"], tree(c)) == (actions, tree(repo))
+
+
+def test_oversized_partial_series_is_refused_at_once(gw: Gateway) -> None:
+    """A series announcing more patches than allowed is refused on its first mail; nothing is kept."""
+    repo = gw_path(gw)
+    raw = patch_mail("one", file_diff(f"ab/{NAME[2:]}/note.txt", None, b"x\n")).replace(b"[PATCH]", b"[PATCH 1/500]")
+    out = gw.handle(raw)
+    folders = list((default_spool(gw.store) / "patches").iterdir())
+    assert ("rejected", [], 1) == (out.action, [p for f in folders for p in f.glob("*.eml")], len(outbox(repo)))
+
+
+def test_push_mail_needs_a_starting_point(tmp_path: Path) -> None:
+    """Without a recorded pull or --since, `push --mail` says what to do instead of sending the whole history."""
+    c = gateway_repo(tmp_path / "lonely")
+    r = run_cli(c, "push", "--mail", "--to", ADDRESS)
+    assert (1, "error: no refs/remotes/origin/issues: run 'git issues pull' first, or give --since REV\n") == (r.code, r.err)
+
+
+def test_push_since_a_revision_writes_only_the_later_commits(tmp_path: Path) -> None:
+    """`push -o DIR --since issues~1` writes one patch, for the last commit only."""
+    c = gateway_repo(tmp_path / "solo")
+    new_issue(c, "Older")
+    newer = new_issue(c, "Newer")
+    r = run_cli(c, "push", "--since", "issues~1", "-o", str(tmp_path / "out"))
+    assert (0, [f"0001-new-{newer[:7]}-Newer.patch"]) == (r.code, sorted(os.listdir(tmp_path / "out")))
+
+
+def test_push_mail_uses_sendemail_to(tmp_path: Path) -> None:
+    """`push --mail` without --to sends to git config sendemail.to, through sendemail.smtpServer/Port."""
+    repo = gateway_repo(tmp_path / "gw")
+    server = MailServer(repo)
+    server.start()
+    try:
+        c = clone(repo, tmp_path / "clone")
+        for key, value in (("smtpServer", "127.0.0.1"), ("smtpServerPort", str(server.port)), ("to", ADDRESS)):
+            git(c, "config", f"sendemail.{key}", value)
+        a = new_issue(c, "Via config")
+        r = run_cli(c, "push", "--mail")
+        assert (0, f"sent 1 commit(s) as 1 mail(s) to {ADDRESS}\n") == (r.code, r.out)
+        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed patch")
+        assert [a] == read_names(repo)
+    finally:
+        assert 0 == server.stop()
+
+
+def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_path: Path) -> None:
+    """`mailtrack process` reports a series still incomplete past gateway.patch_series_timeout and keeps its mail in failed."""
+    from mailtrack.serve import main as mailtrack
+
+    repo = gw_path(gw)
+    part = patch_mail("two of three", file_diff(f"ab/{NAME[2:]}/note.txt", None, b"x\n"), mid="<p2@example.org>")
+    part = part.replace(b"[PATCH]", b"[PATCH 2/3]").replace(b"To: ", b"In-Reply-To: <p1@example.org>\nReferences: <p1@example.org>\nTo: ")
+    assert "pending" == gw.handle(part).action
+    assert [] == outbox(repo)
+    config = tmp_path / "timeout.toml"
+    config.write_text('[gateway]\nproject = "proj"\npatch_series_timeout = 0\n')
+    assert 0 == mailtrack(["--repo", str(repo), "--config", str(config), "process"])
+    [report] = outbox(repo)
+    text = " ".join(report.get_content().split())
+    assert ("Re: [PATCH 2/3] two of three", True) == (report["Subject"], "incomplete patch series: got 2 of 3" in text)
+    [(_, reason)] = gw.spool.failures()
+    assert reason.startswith("incomplete patch series: got 2 of 3")
+    [kept] = [p for p in (gw.spool.root / "failed").iterdir() if not p.name.endswith(".reason")]
+    assert part == kept.read_bytes()
