@@ -21,7 +21,7 @@ from typing import NoReturn
 from mailtrack.edits import (
     Edit, close_edits, edit_issue, field_name, new_issue, parse_assignment, reopen_edits,
 )  # fmt: skip
-from mailtrack.model import Issue, Person, Project
+from mailtrack.model import Issue, Person, Project, is_comment_filename
 from mailtrack.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.xmlformat import FormatError
 
@@ -177,18 +177,25 @@ def shortest_names(names: list[str]) -> dict[str, str]:
     return out
 
 
-def all_records(snap: Snapshot) -> list[tuple[str, dict[str, object]]]:
-    """(name, record) of every issue: from the index derived from the branch, or read from the
-    branch itself where the index cannot be kept (a read-only repository)."""
+def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
+    """(name, record) of every readable issue, and a line for each file that does not parse: from
+    the index derived from the branch, or read from the branch itself where the index cannot be
+    kept (a read-only repository)."""
     import sqlite3
 
     from mailtrack.index import Index
 
     try:
         with Index.for_snapshot(snap) as index:
-            return index.records(snap)
+            return index.records(snap), [f"{path}: {why}" for path, why in index.unreadable(snap)]
     except (OSError, sqlite3.Error):
-        return [(i.name, i.record()) for i in snap.issues()]
+        records, bad = [], []
+        for name in snap.issue_names():
+            try:
+                records.append((name, snap.issue(name).record()))
+            except FormatError as e:
+                bad.append(f"{issue_dir(name)}/issue.xml: {e}")
+        return records, bad
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
@@ -197,7 +204,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
         raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
-    records = all_records(snap)
+    records, unreadable = all_records(snap)
     shorts = shortest_names([n for n, _ in records])
     rows = []
     for name, record in records:
@@ -229,7 +236,9 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
                 print(args.format.format(**{k: _value(v) for k, v in r.items()}))
             except (KeyError, ValueError, IndexError) as e:
                 raise StoreError(f"bad --format: {e}; fields are: {', '.join(rows[0])}") from None
-    return 0
+    for line in unreadable:  # listed after the rest, as git reports a bad object and goes on
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _short_people(people: list[str]) -> str:
@@ -346,8 +355,8 @@ def cmd_attachment(store: Store, args: argparse.Namespace) -> int:
     snap = store.require()
     name = snap.resolve(args.id)
     data = snap.attachment(name, args.name)
-    if data is None or args.name == "issue.xml":
-        names = [f for f in snap.files(name) if f != "issue.xml" and not f.startswith("comment_")]
+    if data is None or args.name == "issue.xml" or is_comment_filename(args.name):
+        names = [f for f in snap.files(name) if f != "issue.xml" and not is_comment_filename(f)]
         raise StoreError(f"issue {snap.short(name)} has no attachment '{args.name}'; it has: {', '.join(names) or '(none)'}")
     if args.output and args.output != "-":
         Path(args.output).write_bytes(data)
@@ -501,7 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with Store.open(args.repo) as store:
-            return int(args.func(store, args))
+            code = int(args.func(store, args))
+            sys.stdout.flush()
+            return code
+    except BrokenPipeError:  # `git issues list | head`: the reader has what it wanted, as with git
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (StoreError, FormatError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from mailtrack.model import NAME_RE, Comment, Issue, Person, is_comment_filename
 from mailtrack.store import Snapshot
 from mailtrack.xmlformat import FormatError
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
@@ -27,6 +27,7 @@ CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
 CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
+CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
 
 
@@ -54,7 +55,7 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
         self.db.executescript(SCHEMA)
         if self._meta("version") != SCHEMA_VERSION:
-            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM meta;")
+            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM unreadable; DELETE FROM meta;")
             self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
 
     @classmethod
@@ -94,7 +95,7 @@ class Index:
         store = snap.repo.object_store
         if old is not None and old not in store:
             old = None  # the tree we described is gone (a rewritten branch): start over
-            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people;")
+            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM unreadable;")
         for change in tree_changes(store, old, new):
             if change.old is not None and change.old.path is not None:
                 self._forget(change.old.path.decode("utf-8", "replace"))
@@ -104,6 +105,7 @@ class Index:
     def _forget(self, path: str) -> None:
         self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
         self.db.execute("DELETE FROM people WHERE path = ?", (path,))
+        self.db.execute("DELETE FROM unreadable WHERE path = ?", (path,))
         if path.endswith("/issue.xml"):
             self.db.execute("DELETE FROM issues WHERE name = ?", (path[:-len("/issue.xml")].replace("/", ""),))
 
@@ -124,8 +126,9 @@ class Index:
                 mid, people = comment.message_id, [comment.author.email]
             else:
                 return
-        except FormatError:
-            return  # an unreadable file names no Message-ID; the reader that needs it reports it
+        except FormatError as e:  # it names no Message-ID; `list` reports it
+            self.db.execute("INSERT OR REPLACE INTO unreadable VALUES (?, ?)", (path, str(e)))
+            return
         if mid:
             self.db.execute("INSERT OR REPLACE INTO msgid VALUES (?, ?, ?)", (normalize_msgid(mid), path, name))
         for email in {(Person.parse(p).email or p).lower() for p in people if p}:
@@ -146,3 +149,8 @@ class Index:
         """(name, summary fields) of every issue, as of the snapshot."""
         self.sync(snap)
         return [(n, json.loads(r)) for n, r in self.db.execute("SELECT name, record FROM issues")]
+
+    def unreadable(self, snap: Snapshot) -> list[tuple[str, str]]:
+        """(path, why) of every issue or comment file on the branch that does not parse."""
+        self.sync(snap)
+        return list(self.db.execute("SELECT path, error FROM unreadable ORDER BY path"))

@@ -13,16 +13,19 @@ from dataclasses import fields, replace
 from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.graph import find_merge_base
 
-from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Issue, Person, Project
+from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Component, Issue, Person, Project
 from mailtrack.store import Store
 
 _NOT_MERGED = {"created", "author", "modified", "extensions", "name"}
 
 
 def _merge_list(base: list[str], ours: list[str], theirs: list[str]) -> list[str]:
+    """Lists as sets: both sides' adds and removes. The result does not depend on which side is
+    ours (two gateways merging each other must write the same bytes): what both kept stays in
+    our order, and the additions follow in sorted order."""
     removed = (set(base) - set(ours)) | (set(base) - set(theirs))
-    out = [v for v in ours if v not in removed]
-    return out + [v for v in theirs if v not in removed and v not in out]
+    kept = [v for v in ours if v in base and v not in removed]
+    return kept + sorted((set(ours) | set(theirs)) - set(base) - removed)
 
 
 def _merge_value(field: str, base: object, ours: object, theirs: object, ours_later: bool, notes: list[str]) -> object:
@@ -66,23 +69,37 @@ def _merge_extensions(base: list, ours: list, theirs: list) -> list:  # type: ig
 
 
 def merge_project(base: Project | None, ours: Project, theirs: Project) -> tuple[Project, list[str]]:
-    """Three-way merge of project.xml, element by element; on a conflict our side wins."""
+    """Three-way merge of project.xml, element by element, and each component's owners as a set.
+
+    project.xml has no `modified` time: a conflict goes the same way on both clones (by content),
+    and the notes name both values."""
     base = base or Project()
     notes: list[str] = []
+    ours_wins = _later(None, None, ours.to_bytes(), theirs.to_bytes())
     values = {}
     for f in fields(Project):
-        if f.name == "extensions":
-            values[f.name] = _merge_extensions(base.extensions, ours.extensions, theirs.extensions)
-            continue
         b, o, t = getattr(base, f.name), getattr(ours, f.name), getattr(theirs, f.name)
-        if f.name == "components":
-            by = {c.name: c for c in t}
-            merged = _merge_list([c.name for c in b], [c.name for c in o], [c.name for c in t])
-            mine = {c.name: c for c in o}
-            values[f.name] = [mine.get(n) or by[n] for n in merged]
+        if f.name == "extensions":
+            values[f.name] = _merge_extensions(b, o, t)
+        elif f.name == "components":
+            values[f.name] = _merge_components(b, o, t)
         else:
-            values[f.name] = _merge_value(f.name, b, o, t, True, notes)
+            values[f.name] = _merge_value(f.name, b, o, t, ours_wins, notes)
     return Project(**values), notes
+
+
+def _merge_components(base: list[Component], ours: list[Component], theirs: list[Component]) -> list[Component]:
+    by_base, by_ours, by_theirs = ({c.name: c for c in side} for side in (base, ours, theirs))
+    names = _merge_list(list(by_base), list(by_ours), list(by_theirs))
+    out = []
+    for n in names:
+        b, o, t = by_base.get(n), by_ours.get(n), by_theirs.get(n)
+        if o is None or t is None:  # added on one side only
+            out.append(o or t)
+            continue
+        owners = _merge_list(b.owners if b else [], o.owners, t.owners) if o.owners != t.owners else o.owners
+        out.append(replace(o, owners=owners, extensions=_merge_extensions(b.extensions if b else [], o.extensions, t.extensions)))
+    return out  # type: ignore[return-value]
 
 
 def _blob(store: Store, sha: bytes | None) -> bytes | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_init_creates_branch_with_default_project(repo: Path) -> None:
     """init makes a root commit holding only project.xml; the work tree, index and HEAD are untouched."""
     assert ["project.xml"] == git(repo, "ls-tree", "--name-only", "issues").split()
     assert ["Jane Doe <jane@example.org>|init issues"] == branch_log(repo)
-    assert "" == git(repo, "rev-list", "--max-parents=0", "issues", "^main").strip() or True
+    assert "" == git(repo, "merge-base", "--all", "issues", "main", check=False).strip()  # its own root
     assert "" == git(repo, "status", "--porcelain")
     assert "refs/heads/main" == git(repo, "symbolic-ref", "HEAD").strip()
     git(repo, "fsck", "--strict", "--no-dangling")
@@ -217,6 +218,35 @@ def test_hostile_issue_file_is_refused(repo: Path) -> None:
     assert 1 == r.code
     assert r.err.startswith(f"error: {name[:2]}/{name[2:]}/issue.xml: not a readable XML file: ")
     assert 1 == len(r.err.splitlines())
+
+
+def test_list_names_an_unreadable_issue_and_fails(repo: Path) -> None:
+    """`list` still lists the readable issues, then names the hostile file on stderr and exits 1."""
+    good = new_issue(repo, "Readable")
+    test_hostile_issue_file_is_refused(repo)
+    r = run_cli(repo, "list", "--format", "id")
+    assert (1, f"{good}\n") == (r.code, r.out)
+    [line] = r.err.splitlines()
+    assert line.startswith(f"error: ab/{'ab' * 19}/issue.xml: not a readable XML file: ")
+
+
+def test_list_into_a_closed_pipe_is_quiet(repo: Path) -> None:
+    """`git issues list | head -1` exits quietly, as git does when its reader goes away."""
+    for n in range(300):
+        assert 0 == run_cli(repo, "new", f"Issue number {n} with a title long enough to fill the pipe", "-m", "x").code
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m mailtrack.cli list --format json | head -c 10"],
+                       cwd=repo, capture_output=True, text=True, check=False)
+    assert (0, "", 10) == (r.returncode, r.stderr, len(r.stdout))
+
+
+def test_attachment_refuses_a_comment_file(repo: Path) -> None:
+    """`attachment ID comment_....xml` is not an attachment: refused with the list of real ones."""
+    name = new_issue(repo, "With a comment")
+    (repo / "log.txt").write_text("log\n")
+    assert 0 == run_cli(repo, "comment", name[:7], "-m", "see log", "--attach", str(repo / "log.txt")).code
+    [comment] = [f for f in git(repo, "ls-tree", "--name-only", f"issues:{name[:2]}/{name[2:]}").split() if f.startswith("comment_")]
+    r = run_cli(repo, "attachment", name[:7], comment)
+    assert (1, f"error: issue {name[:7]} has no attachment '{comment}'; it has: log.txt\n") == (r.code, r.err)
 
 
 def test_bare_repository(tmp_path: Path) -> None:

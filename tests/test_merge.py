@@ -88,7 +88,7 @@ def test_lists_merge_as_sets_and_comments_union(tmp_path: Path) -> None:
 edit = st.tuples(
     st.sampled_from(["a", "b"]),
     st.sampled_from(["severity", "priority", "tag", "comment", "new", "sync"]),
-    st.integers(0, 4),
+    st.integers(0, 9),  # for tags: 0-4 add t0..t4, 5-9 remove them again
 )
 
 
@@ -103,11 +103,11 @@ def test_random_edits_converge(tmp_path_factory, steps: list[tuple[str, str, int
     for who, what, n in steps:
         r = clones[who]
         if what == "severity":
-            res = run_cli(r, "set", name[:7], f"severity={['blocker', 'critical', 'major', 'minor', 'cosmetic'][n]}")
+            res = run_cli(r, "set", name[:7], f"severity={['blocker', 'critical', 'major', 'minor', 'cosmetic'][n % 5]}")
         elif what == "priority":
-            res = run_cli(r, "set", name[:7], f"priority={['high', 'med', 'low', 'high', 'low'][n]}")
+            res = run_cli(r, "set", name[:7], f"priority={['high', 'med', 'low'][n % 3]}")
         elif what == "tag":
-            res = run_cli(r, "tag", name[:7], f"{'+-'[n % 2]}t{n}")
+            res = run_cli(r, "tag", name[:7], f"{'+-'[n // 5]}t{n % 5}")
         elif what == "comment":
             text = f"{who}-{len(comments)}"
             comments.append(text)
@@ -123,3 +123,45 @@ def test_random_edits_converge(tmp_path_factory, steps: list[tuple[str, str, int
     assert tree(a) == tree(b) == tree(hub)
     assert sorted(comments) == sorted(c.text for c in read_comments(a, name))
     git(a, "fsck", "--strict", "--no-dangling")
+
+
+def test_project_merge_keeps_both_sides_component_owners_whichever_side_merges() -> None:
+    """project.xml: owners added on each side of a component are both kept, new components from both
+    sides arrive, and the result is the same bytes whichever side does the merge."""
+    from mailtrack.merge import merge_project
+    from mailtrack.model import Component, Project
+
+    base = Project(components=[Component("core", ["Jane <jane@example.org>"])])
+    ours = Project(components=[Component("core", ["Jane <jane@example.org>", "Bob <bob@example.org>"]), Component("ui")])
+    theirs = Project(components=[Component("core", ["Carol <carol@example.org>"]), Component("docs")], milestones=["1.0"])
+    merged, _ = merge_project(base, ours, theirs)
+    swapped, _ = merge_project(base, theirs, ours)
+    assert merged.to_bytes() == swapped.to_bytes()
+    assert [("core", ["Bob <bob@example.org>", "Carol <carol@example.org>"]), ("docs", []), ("ui", [])] == [
+        (c.name, c.owners) for c in merged.components]
+    assert ["1.0"] == merged.milestones
+
+
+def test_project_lists_changed_on_both_sides_merge_as_sets_the_same_way() -> None:
+    """The same project.xml list changed differently on both sides: both clones get the same union, removals kept."""
+    from mailtrack.merge import merge_project
+    from mailtrack.model import Project
+
+    base = Project()
+    ours, theirs = Project(priorities=["high", "p1"]), Project(priorities=["high", "med", "urgent"])
+    a, b = merge_project(base, ours, theirs)[0], merge_project(base, theirs, ours)[0]
+    assert (["high", "p1", "urgent"], a.to_bytes()) == (a.priorities, b.to_bytes())
+
+
+def test_list_merge_does_not_depend_on_the_merging_side(tmp_path: Path) -> None:
+    """Tags added on both sides merge to the same list whichever clone pulls first."""
+    from mailtrack.merge import merge_issue
+
+    hub, a, b, name = two_clones(tmp_path)
+    base = read_issue(a, name)
+    assert 0 == run_cli(a, "tag", name[:7], "+x", "+common").code
+    assert 0 == run_cli(b, "tag", name[:7], "+common", "+y").code
+    ours, theirs = read_issue(a, name), read_issue(b, name)
+    one, _ = merge_issue(base, ours, theirs)
+    two, _ = merge_issue(base, theirs, ours)
+    assert ([*base.tags, "common", "x", "y"], one.to_bytes()) == (one.tags, two.to_bytes())
