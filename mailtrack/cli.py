@@ -30,8 +30,9 @@ FILTERS = {
     "status": "status", "type": "type", "severity": "severity", "priority": "priority",
     "component": "components", "milestone": "milestone", "version": "version", "resolution": "resolution",
     "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
-    "title": "title",
+    "title": "title", "summary": "summary", "description": "description", "author": "author",
 }  # fmt: skip
+SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # the rest match a whole value
 
 
 class UsageError(Exception):
@@ -161,7 +162,9 @@ def _matches(record: dict[str, object], fieldname: str, wanted: str) -> bool:
     value = record[fieldname]
     if isinstance(value, list):
         return any(wanted.lower() in v.lower() for v in value)
-    return str(value).lower() == wanted.lower() if fieldname != "title" else wanted.lower() in str(value).lower()
+    if fieldname in SUBSTRING_FILTERS:
+        return wanted.lower() in str(value).lower()
+    return str(value).lower() == wanted.lower()
 
 
 def shortest_names(names: list[str]) -> dict[str, str]:

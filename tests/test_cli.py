@@ -295,3 +295,14 @@ def test_shortest_names_are_unique_prefixes() -> None:
 
     names = ["abcdef01" + "0" * 32, "abcdef02" + "0" * 32, "1234567" + "0" * 33]
     assert {names[0]: "abcdef01", names[1]: "abcdef02", names[2]: "1234567"} == shortest_names(names)
+
+
+def test_list_filters_on_author_summary_and_description(repo: Path) -> None:
+    """--author, --description and --summary match part of the value, case-insensitively."""
+    a = new_issue(repo, "First")  # "about First", by Jane Doe
+    assert 0 == run_cli(repo, "set", a[:7], "summary=Crashes on start").code
+    b = run_cli(repo, "--repo", str(repo), "new", "Second", "-m", "a quite different text")
+    assert 0 == b.code
+    ids = lambda *f: run_cli(repo, "list", "--format", "id", *f).out.split()  # noqa: E731
+    assert ([a], [a], 2, []) == (ids("--description", "ABOUT first"), ids("--summary", "crashes"),
+                                 len(ids("--author", "jane@example")), ids("--author", "nobody"))
