@@ -87,18 +87,15 @@ class Applied:
 
 
 def pseudo_lines(pairs: list[tuple[str, str]]) -> list[Line]:
-    """`Field: value` pairs from the top of a mail as command lines; None of them known: []."""
-    if not any(k.strip().lower() in PSEUDO_FIELDS for k, _ in pairs):
+    """`Field: value` pairs from the top of a mail as command lines.
+
+    Only when every key is a command field: a paragraph with any other key ("OS: Debian 12",
+    Outlook's "From:" and "Sent:") is the sender's text, not commands, and gives [] (as Debian's
+    BTS ignores pseudo-headers it does not know). A known field's value is checked later.
+    """
+    if not pairs or not all(k.strip().lower() in PSEUDO_FIELDS for k, _ in pairs):
         return []
-    lines = []
-    for key, value in pairs:
-        f = PSEUDO_FIELDS.get(key.strip().lower())
-        text = f"{key}: {value}"
-        if f is None:
-            lines.append(Line(text, error=f"unknown field '{key}'; fields are: {', '.join(sorted(set(PSEUDO_FIELDS)))}"))
-        else:
-            lines.append(Line(text, field=f, value=value.strip()))
-    return lines
+    return [Line(f"{key}: {value}", field=PSEUDO_FIELDS[key.strip().lower()], value=value.strip()) for key, value in pairs]
 
 
 def subject_lines(commands: list[str]) -> list[Line]:

@@ -59,6 +59,15 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def clean_title(text: str) -> str:
+    """A title as it is written: one line, every run of whitespace (CR, LF, tabs...) one space.
+
+    A title becomes a mail's Subject and a commit message's first line; the branch never holds a
+    title of several lines.
+    """
+    return " ".join(clean_text(text).split())
+
+
 def _person(value: str) -> str:
     """A mailbox string for a person given as `Name <addr>`, `addr` or a bare name."""
     p = Person.parse(value)
@@ -84,7 +93,12 @@ def apply_edits(issue: Issue, edits: list[Edit]) -> Issue:
         else:
             if e.op != "=":
                 raise StoreError(f"{e.field} holds one value: use {e.field}=VALUE")
-            values[e.field] = clean_text(e.value).strip() if e.field != "description" else clean_text(e.value)
+            if e.field == "title":
+                values[e.field] = clean_title(e.value)
+            elif e.field == "description":
+                values[e.field] = clean_text(e.value)
+            else:
+                values[e.field] = clean_text(e.value).strip()
     return replace(issue, **values)  # type: ignore[arg-type]
 
 
@@ -110,7 +124,7 @@ def new_issue(
     """A new issue with the project's defaults, then `edits`; validated."""
     project = snap.project()
     created = created or now()
-    title = clean_text(title).strip()
+    title = clean_title(title)
     issue = Issue(
         created=created,
         author=author,
@@ -189,7 +203,12 @@ def edit_issue(
     files: dict[str, bytes | None] = {}
     messages = []
     if changed_fields(old, new):
-        _validate(snap, new)
+        # Only what this edit breaks: a value the project no longer allows, left on an issue by
+        # an older project.xml, must not block every later change to that issue.
+        errors = snap.project().validate(new, snap.tags() if new.version else None)
+        errors = [e for e in errors if e not in snap.project().validate(old, snap.tags() if old.version else None)]
+        if errors:
+            raise ValidationError(errors)
         new = replace(new, modified=when)
         files[f"{issue_dir(name)}/issue.xml"] = new.to_bytes()
         messages.append(describe_edit(snap, old, new, short))

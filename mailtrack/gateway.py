@@ -66,10 +66,28 @@ def project_name(config: Config, store: Store) -> str:
     return name.removesuffix(".git") or "issues"
 
 
+def topmost_auth_results(mail: ParsedMail) -> list[str]:
+    """The Authentication-Results headers our MTA added: the topmost run of them.
+
+    A receiving server adds its results above the headers the mail came with (RFC 8601); any
+    Authentication-Results further down, below some other header, came from outside and may be
+    forged, even with our authserv-id, so it is not read.
+    """
+    if not mail.headers:
+        return list(mail.auth_results[:1])
+    run: list[str] = []
+    for name, value in mail.headers:
+        if name.lower() == "authentication-results":
+            run.append(value)
+        elif run:
+            break
+    return run
+
+
 def verified_by(mail: ParsedMail, trusted: list[str]) -> str:
     """`authserv-id dkim=pass` when a trusted receiving server vouches for the sender, else ""."""
     domain = mail.from_addr.rpartition("@")[2]
-    for value in mail.auth_results:
+    for value in topmost_auth_results(mail):
         authserv, _, rest = value.partition(";")
         authserv = authserv.strip().split()[0].lower() if authserv.strip() else ""
         if authserv not in {t.lower() for t in trusted}:
@@ -97,6 +115,7 @@ class Gateway:
         self.index = Index.for_snapshot(store.snapshot())
         self._renderer: Any = None
         self._limiter: Any = None
+        self._quiet = False  # no replies at all (an import), see `handle`
 
     def close(self) -> None:
         self.index.close()
@@ -110,8 +129,19 @@ class Gateway:
         own = (gw.address, gw.control_address, *gw.own_addresses)
         return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, own_addresses=own)
 
-    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None) -> Outcome:
-        """Apply one mail to the branch and queue the replies it calls for."""
+    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, replies: bool = True) -> Outcome:
+        """Apply one mail to the branch and queue the replies it calls for.
+
+        `replies=False` (`mailtrack import` of an old archive) applies the mail the same way but
+        queues no reply of any kind: the senders of old mail must not hear from us.
+        """
+        self._quiet = not replies
+        try:
+            return self._handle(raw, dry_run, received)
+        finally:
+            self._quiet = False
+
+    def _handle(self, raw: bytes, dry_run: bool, received: datetime | None) -> Outcome:
         mail = self.parse(raw)
         from mailtrack import patches
 
@@ -182,7 +212,8 @@ class Gateway:
     def _issue_mail(self, snap: Snapshot, mail: ParsedMail, author: Person, r: Route, when: datetime, out: Outcome) -> Change | None:
         """A new issue or a comment, with the commands at the top of the mail and in the subject."""
         text = mail.body if r.kind == "new" else mail.reply_text
-        pairs, rest = split_pseudo_headers(text)
+        # commands come only from the sender's own text: never from a reply that is all quote
+        pairs, rest = split_pseudo_headers(text) if r.kind == "new" or not mail.all_quote else ([], text)
         lines = commands.pseudo_lines(pairs) + commands.subject_lines(r.commands)
         if not commands.pseudo_lines(pairs):
             rest = text
@@ -234,8 +265,15 @@ class Gateway:
             return None
         files: dict[str, bytes | None] = {}
         messages = []
+        recorded = False
         for name, edits in applied.edits.items():
             _, ch = edit_issue(snap, name, author, edits, when=when)
+            if ch.files and not recorded:
+                # The mail's one record (FORMAT.md): a comment on the first issue it changes, naming
+                # the commands and carrying its Message-ID, so that a repeat is a duplicate.
+                _, ch = edit_issue(snap, name, author, edits, comment=_control_record(applied), when=when,
+                                   message_id=mail.message_id, in_reply_to=mail.in_reply_to or "")
+                recorded = True
             files.update(ch.files)
             if ch.files:
                 messages.append(ch.message)
@@ -294,7 +332,7 @@ class Gateway:
 
     def _reply(self, mail: ParsedMail, template: str, out: Outcome, dry_run: bool, **extra: Any) -> None:
         """Queue a reply to a human sender, threaded under their mail, within the rate limit."""
-        if mail.machine or not mail.from_addr:
+        if mail.machine or not mail.from_addr or self._quiet:
             return
         gw = self.config.gateway
         if not dry_run:
@@ -320,7 +358,9 @@ class Gateway:
             "errors": len(applied.errors) if applied else 0, "applied": applied, **extra,
         }  # fmt: skip
         headers, body = self.renderer.render(template, **context)
-        with_original = template == "reply-error.txt" or (template == "reply-transcript.txt" and applied and not applied.ok)
+        with_original = template == "reply-error.txt" or (
+            template == "reply-transcript.txt" and applied is not None and (not applied.ok or bool(applied.refused))
+        )  # an error or a refusal: the sender sees what arrived (and whether someone forged it)
         msg = build_mail(
             (self.identity.name, gw.address), [mail.from_addr], headers.pop("Subject", ""), body,
             headers={
@@ -389,3 +429,10 @@ def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:
         return text
     return text.rstrip("\n") + "\n\n[Not kept from the mail: " + "; ".join(skipped) + "]\n"
 
+
+
+def _control_record(applied: commands.Applied) -> str:
+    """The text of a control mail's record: the command lines that were applied, one a line."""
+    done = [ln.text for ln in applied.lines
+            if ln.issue and not ln.error and not ln.refused and ln.action not in ("note", "help", "show")]
+    return "Commands by mail to the control address:\n\n" + "\n".join(done)

@@ -1,7 +1,8 @@
 """`mailtrack import`: every mail of an mbox or a Maildir down the gateway's path.
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
-branch already is skipped. Issues and comments keep the mail's Date as their creation time. A
+branch already is skipped. Issues and comments keep the mail's Date as their creation time. No
+reply (acknowledgement, error, transcript) is queued to the archive's senders. A
 mail that cannot be processed is kept in the spool's failed queue with the traceback.
 """
 
@@ -72,7 +73,7 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     done = 0
     for raw in raws:
         try:
-            out = gateway.handle(raw, received=_date(raw))
+            out = gateway.handle(raw, received=_date(raw), replies=False)  # old mail: nobody is mailed
             counts[out.action] += 1
             if out.action == "held":
                 _keep_failed(gateway, raw, out.reason)

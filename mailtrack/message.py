@@ -33,7 +33,7 @@ from mailtrack.decode import (
     header_text,
     unfold_raw,
 )
-from mailtrack.quotes import split_pseudo_headers, trim_reply, unflow
+from mailtrack.quotes import own_text, split_pseudo_headers, trim_reply, unflow
 
 __all__ = [
     "Attachment", "ParsedMail", "clean_subject", "parse", "safe_filename", "split_pseudo_headers",
@@ -113,6 +113,7 @@ class ParsedMail:
     machine: str | None  # why this is machine mail that must never get a reply
     auth_results: tuple[str, ...]
     headers: tuple[tuple[str, str], ...] = ()  # every header, decoded and unfolded, in order
+    all_quote: bool = False  # nothing of the sender's own was found: reply_text is the whole body
 
     def header(self, name: str) -> str | None:
         """The first header of that name, decoded and unfolded; None if there is none."""
@@ -153,6 +154,7 @@ def parse(
         parts.texts.append(clean_text(decode_text(raw, None)))
     body = "\n\n".join(t.strip("\n") for t in parts.texts if t.strip()).rstrip()
     subject = " ".join((first("subject") or "").split())
+    own = own_text(body)
     mail = ParsedMail(
         raw=raw,
         message_id=_message_id(first("message-id"), raw),
@@ -170,12 +172,13 @@ def parse(
         return_path=return_path,
         date=_date(first("date")),
         body=body,
-        reply_text=trim_reply(body),
+        reply_text=own or trim_reply(body),
         attachments=tuple(parts.attachments()),
         skipped=tuple(dict.fromkeys(parts.skipped)),
         machine=None,
         auth_results=_all(headers, "authentication-results"),
         headers=headers,
+        all_quote=bool(body.strip()) and not own,
     )
     reason = _machine_reason(mail, msg, loop_header=loop_header, own_addresses=own_addresses)
     return replace(mail, machine=reason)

@@ -415,7 +415,7 @@ class Notifier:
     def _render(self, notice: Notice, tip_snap: Snapshot, snap: Snapshot, project: Project, befores: list[Issue],
                 after: Issue, store: Store) -> list[Outgoing]:
         """One mail per recipient of one notice; `snap` is the branch as of the notice's commit."""
-        from mailtrack.render import build_mail
+        from mailtrack.render import build_mail, one_line
 
         gw, cfg = self.config.gateway, self.config.notify
         before = befores[0] if befores else None
@@ -449,14 +449,18 @@ class Notifier:
         context = self._context(notice, snap, kind, before, after, changes, project_name, short, issue_address)
         from mailtrack.gateway import LOOP_HEADER
 
-        sender_name = f"{actor.name or actor.email.partition('@')[0] or 'someone'} via {gw.name or project_name}"
+        # Names come from the branch, which anyone can push to: one line each (build_mail folds the
+        # whole header again, but a name folded first is quoted right by formataddr).
+        actor_name = one_line(actor.name) or actor.email.partition("@")[0] or "someone"
+        sender_name = f"{actor_name} via {gw.name or project_name}"
         out = []
         for r in people:
             headers, body = self.renderer.render(TEMPLATES[kind], **context, reason=r.reason,
                                                  reason_text=REASON_TEXT[r.reason], recipient=r.person.mailbox)
-            subject = headers.pop("Subject", f"[{project_name} #{short}] {after.title}")
+            # A template sets the Subject and nothing else; every other header is ours.
+            subject = headers.get("Subject", f"[{project_name} #{short}] {after.title}")
             msg = build_mail(
-                (sender_name, gw.address), [formataddr((r.person.name, r.person.email))], subject, body,
+                (sender_name, gw.address), [formataddr((one_line(r.person.name), r.person.email))], subject, body,
                 headers={
                     "In-Reply-To": in_reply_to, "References": " ".join(references), "Reply-To": issue_address,
                     "List-Id": _list_id(project_name, domain),
@@ -464,7 +468,7 @@ class Notifier:
                     "Auto-Submitted": "auto-generated", "Precedence": "bulk", "X-Auto-Response-Suppress": "All",
                     LOOP_HEADER: gw.address, "X-Mailtrack-Issue": short, "X-Mailtrack-Event": kind,
                     "X-Mailtrack-Status": after.status, "X-Mailtrack-Components": ", ".join(after.components),
-                    "X-Mailtrack-Reason": r.reason, **headers,
+                    "X-Mailtrack-Reason": r.reason,
                 },  # fmt: skip
                 domain=domain,
                 message_id=message_id,

@@ -15,6 +15,7 @@ Split off `message.py`; pure functions over `str`, no mailtrack imports.
 - returns the whole body, stripped, when nothing of the sender's own would be left.
 
 `unflow(text, delsp)` joins the soft line breaks of format=flowed (RFC 3676).
+`own_text(body)` is the same without that fallback: "" for a mail that is all quote.
 `split_pseudo_headers(text)` splits "Field: value" lines off the top of a reply.
 """
 
@@ -126,6 +127,15 @@ def _unclearsign(lines: list[str]) -> list[str]:
 
 def trim_reply(text: str) -> str:
     """The sender's own text of a reply (see the module docstring)."""
+    return own_text(text) or text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def own_text(text: str) -> str:
+    """The sender's own text of a reply; "" when nothing of theirs is left (all quote).
+
+    `trim_reply` falls back to the whole body then; a caller that must not read quoted text as
+    the sender's (pseudo-header commands) asks this first.
+    """
     full = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = _unclearsign([line.rstrip() for line in full.split("\n")])
     lines = lines[: _cut(lines)]
@@ -156,7 +166,7 @@ def trim_reply(text: str) -> str:
             i += 1
     result = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n").rstrip()
     if not any(kind == "t" for kind in kinds) or not result.strip():
-        return full.strip()
+        return ""
     return result
 
 

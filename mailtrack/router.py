@@ -1,10 +1,12 @@
 """What is this mail? A parsed mail and the branch in, a `Route` out: a value, never an exception.
 
 In order: a Message-ID already on the branch is a duplicate; machine mail is noise; the control
-address takes commands; an issue named in the recipient address (`issues+<id>@`); In-Reply-To and
-References matched against the Message-IDs on the branch and against our own Message-IDs (which
-embed the issue's name); a subject tag `[<project> #<id>]`; otherwise a new issue. A mail that
-names an issue we do not have is not turned into a new one.
+address takes commands (when it is the only one of our addresses the mail went to); an issue
+named in the recipient address (`issues+<id>@`); In-Reply-To and References matched against the
+Message-IDs on the branch and against our own Message-IDs (which embed the issue's name); a
+subject tag `[<project> #<id>]`; otherwise a new issue. A mail that
+names an issue we do not have is not turned into a new one. Whatever found the issue, the
+subject tag's `[field=value]` commands apply when the tag names that same issue.
 """
 
 from __future__ import annotations
@@ -53,12 +55,46 @@ class Addressing:
     def is_control(self, address: str) -> bool:
         return address.strip().strip("<>").lower() == self.control.lower()
 
+    def is_ours(self, address: str) -> bool:
+        """The main address, a plus form of it, or the control address."""
+        bare = address.strip().strip("<>").lower()
+        return bare == self.main.lower() or self.is_control(bare) or self.detail(bare) is not None
+
 
 def _resolve(snap: Snapshot, ident: str) -> str | None:
     try:
         return snap.resolve(ident)
     except StoreError:
         return None
+
+
+def _tag_commands(mail: ParsedMail, snap: Snapshot, addressing: Addressing, name: str) -> list[str]:
+    """The `[field=value]` commands of the subject tag, when the tag names the issue `name`.
+
+    A mail routed by its address or its thread still carries its subject's commands; a tag that
+    names another issue (a reply whose subject was pasted from elsewhere) gives none.
+    """
+    tag = subject_tag(mail.subject, addressing.project)
+    if tag is None or not tag[1]:
+        return []
+    return list(tag[1]) if _resolve(snap, tag[0]) == name else []
+
+
+def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str] | None:
+    """(issue, why) for a reply: In-Reply-To, then References newest first, against the Message-IDs
+    on the branch and our own (which embed the issue's name). ("", why) when it answers our mail
+    about an issue we do not have; None when the mail is in no thread we know."""
+    refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
+    for ref in refs:
+        m = OUR_MSGID.match(ref.strip())
+        if m:
+            if snap.exists(m.group(1)):
+                return m.group(1), f"a reply to our mail {ref}"
+            return "", f"it replies to our mail {ref} about an issue we do not have"
+        name = index.lookup(snap, ref)
+        if name:
+            return name, f"a reply to {ref}"
+    return None
 
 
 def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing) -> Route:
@@ -68,9 +104,9 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing
         return Route("machine", reason=mail.machine)
 
     recipients = list(mail.delivered_to) + [a for _, a in mail.to] + [a for _, a in mail.cc]
-    if any(addressing.is_control(a) for a in mail.delivered_to) or (
-        not mail.delivered_to and any(addressing.is_control(a) for a in recipients)
-    ):
+    ours = {a.strip().strip("<>").lower() for a in recipients if addressing.is_ours(a)}
+    if ours and all(addressing.is_control(a) for a in ours):
+        # only to control@: a mail also to issues@ or issues+<id>@ is that mail, control@ in copy
         return Route("control", reason=f"sent to {addressing.control}")
     for address in recipients:
         detail = addressing.detail(address)
@@ -80,19 +116,20 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing
         commands = [c for c in rest.split("+") if c]
         name = _resolve(snap, ident)
         if name is None:
-            return Route("unknown-issue", reason=f"the address {address} names no issue of ours", ident=ident)
-        return Route("comment", name, f"sent to {address}", commands=commands)
+            threaded = _thread(mail, snap, index)
+            if threaded is not None and threaded[0].startswith(ident.lower()):
+                # a short name that has become ambiguous since we mailed it: the thread settles it
+                name = threaded[0]
+            else:
+                return Route("unknown-issue", reason=f"the address {address} names no issue of ours", ident=ident)
+        return Route("comment", name, f"sent to {address}", commands=commands + _tag_commands(mail, snap, addressing, name))
 
-    refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
-    for ref in refs:
-        m = OUR_MSGID.match(ref.strip())
-        if m:
-            if snap.exists(m.group(1)):
-                return Route("comment", m.group(1), f"a reply to our mail {ref}")
-            return Route("unknown-issue", reason=f"it replies to our mail {ref} about an issue we do not have", ident=m.group(1)[:7])
-        name = index.lookup(snap, ref)
-        if name:
-            return Route("comment", name, f"a reply to {ref}")
+    threaded = _thread(mail, snap, index)
+    if threaded is not None:
+        name, why = threaded
+        if not name:
+            return Route("unknown-issue", reason=why, ident=why.split()[-1] if False else "")
+        return Route("comment", name, why, commands=_tag_commands(mail, snap, addressing, name))
 
     tag = subject_tag(mail.subject, addressing.project)
     if tag is not None:

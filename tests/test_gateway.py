@@ -287,7 +287,8 @@ def test_exit_75_when_the_mail_cannot_be_kept(repo: Path, tmp_path: Path) -> Non
 
 
 def test_usage_errors_are_sysexits(repo: Path) -> None:
-    """An empty stdin is EX_DATAERR, a bad config EX_CONFIG, a bad option EX_USAGE."""
+    """An empty stdin is EX_DATAERR, a bad option EX_USAGE; a repository deliver cannot use is
+    EX_TEMPFAIL (the MTA keeps the mail and retries), while `process` calls it EX_CONFIG."""
     assert 65 == deliver(repo, b"").returncode
     assert (
         64
@@ -303,7 +304,10 @@ def test_usage_errors_are_sysexits(repo: Path) -> None:
         capture_output=True,
         check=False,
     )
-    assert 78 == bad.returncode
+    assert (75, True) == (bad.returncode, b"/nonexistent" in bad.stderr)
+    process = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", "/nonexistent", "process"],
+                             capture_output=True, check=False)
+    assert 78 == process.returncode
 
 
 CRASH = """

@@ -14,13 +14,13 @@ from conftest import git, make_repo, read_comments, run_cli
 from test_outbox import Sink
 
 from mailtrack.config import Config, GatewayConfig, NotifyConfig
-from mailtrack.edits import Edit, close_edits, edit_issue, new_issue, reopen_edits
+from mailtrack.edits import Edit, close_edits, comment_change, edit_issue, new_issue, reopen_edits
 from mailtrack.gateway import Gateway
 from mailtrack.model import Component, Person, Project
 from mailtrack.notify import Notifier, is_machine_address
 from mailtrack.outbox import OutboxSender
 from mailtrack.spool import Spool
-from mailtrack.store import Change, Snapshot, Store
+from mailtrack.store import Change, Snapshot, Store, issue_dir
 
 ALICE = Person("Alice Reporter", "alice@example.org")
 BOB = Person("Bob Cc", "bob@example.org")
@@ -414,3 +414,95 @@ def test_new_issue_by_mail_with_attachment(tracker: Tracker) -> None:
     m = by_rcpt(mails)["bob@example.org"]
     assert ("<scan1@example.org>", f"<mailtrack.{out.issue}.issue@localhost>") == (h(m, "In-Reply-To"), h(m, "Message-ID"))
     assert "Attachments:\n  scan.log (600 bytes)\n" in body(m) and "\nSee the log.\n" in body(m)
+
+
+# --- headers: values from the branch never make headers of their own ---------------------------
+
+# What every notification carries, and nothing else.
+HEADERS = sorted([
+    "From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "Reply-To", "List-Id",
+    "List-Unsubscribe", "Auto-Submitted", "Precedence", "X-Auto-Response-Suppress", "X-Mailtrack-Loop",
+    "X-Mailtrack-Issue", "X-Mailtrack-Event", "X-Mailtrack-Status", "X-Mailtrack-Components", "X-Mailtrack-Reason",
+    "Content-Type", "Content-Transfer-Encoding", "MIME-Version",
+])  # fmt: skip
+
+
+def pushed_issue(tracker: Tracker, title: str) -> str:
+    """A new issue whose issue.xml holds `title` as written by some other tool (anyone can push the branch)."""
+    made = []
+
+    def make(snap: Snapshot) -> Change:
+        edits = [Edit("carbons", "=", "Bob Cc <bob@example.org>"), Edit("components", "=", "core")]
+        issue, _ = new_issue(snap, ALICE, "placeholder", "It is on fire.\n", edits, message_id="<report1@example.org>")
+        made.append(issue.name)
+        raw = replace(issue, title=title)
+        return Change(f"new {issue.name[:7]}: pushed", {f"{issue_dir(issue.name)}/issue.xml": raw.to_bytes()})
+
+    tracker.change(ALICE, make)
+    return made[0]
+
+
+@pytest.mark.parametrize("title", ["Printer on fire\nReply-To: evil@example.org",
+                                   "Printer on fire\n\nReply-To: evil@example.org"])
+def test_title_with_a_line_break_makes_no_header(tracker: Tracker, title: str) -> None:
+    """A title holding "\nReply-To: ..." stays in a one-line Subject: Reply-To is the issue's, no header is added."""
+    name = pushed_issue(tracker, title)
+    with Store.open(tracker.repo) as store:
+        assert title == store.snapshot().issue(name).title  # the branch really holds the line break
+    assert 3 == tracker.notify()
+    short = name[:7]
+    for m in tracker.caught():
+        assert (HEADERS, f"issues+{short}@localhost") == (sorted(m.keys()), m["Reply-To"])
+        assert f"[proj #{short}] Printer on fire Reply-To: evil@example.org" == h(m, "Subject")
+        opened = f"Alice Reporter <alice@example.org> opened issue {short} of proj:\n\n    Printer on fire\n"
+        assert body(m).startswith(opened)
+
+
+def test_template_sets_only_the_subject(tracker: Tracker, tmp_path: Path) -> None:
+    """Header lines other than Subject at the top of a template are ignored: the computed Reply-To and From win."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    (tmp_path / "notify-changed.txt").write_text(
+        "Subject: changed {{ short }}\nReply-To: evil@example.org\nFrom: evil@example.org\nBcc: evil@example.org\n\n"
+        "{% for c in changes %}{{ c.line }}\n{% endfor %}")
+    custom = Config(gateway=replace(CONFIG.gateway, templates=str(tmp_path)), notify=CONFIG.notify)
+    tracker.edit(DAN, name, [Edit("priority", "=", "low")])
+    assert 5 == tracker.notify(custom)
+    m = by_rcpt(tracker.caught())["alice@example.org"]
+    short = name[:7]
+    expected = (HEADERS, f"changed {short}", f"issues+{short}@localhost", "Dan Assignee via proj <issues@localhost>")
+    assert expected == (sorted(m.keys()), m["Subject"], m["Reply-To"], m["From"])
+    assert "priority: high -> low\n" == body(m)
+
+
+def test_display_name_with_a_line_break_is_one_line(tracker: Tracker) -> None:
+    """A comment author named "Eve\nBcc: ..." is told in From as one quoted display name, with no Bcc header."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    eve = Person("Eve Evil\nBcc: evil@example.org", "eve@example.org")
+    tracker.change(ALICE, lambda snap: Change("comment", comment_change(snap, name, eve, "Hello.")[1]))
+    assert 6 == tracker.notify()
+    m = by_rcpt(tracker.caught())["alice@example.org"]
+    [sender] = m["From"].addresses
+    assert ("Eve Evil Bcc: evil@example.org via proj", "issues@localhost") == (sender.display_name, sender.addr_spec)
+    assert HEADERS == sorted(m.keys())
+
+
+def test_titles_are_written_on_one_line(tracker: Tracker) -> None:
+    """A new title and a retitle have each whitespace run (CR, LF, tabs) made one space, as git shows the branch."""
+    made = []
+
+    def make(snap: Snapshot) -> Change:
+        issue, ch = new_issue(snap, ALICE, " Printer\r\non \t fire\n")
+        made.append(issue.name)
+        return ch
+
+    tracker.change(ALICE, make)
+    [name] = made
+    path = f"issues:{issue_dir(name)}/issue.xml"
+    assert "<title>\nPrinter on fire\n</title>" in git(tracker.repo, "show", path)
+    assert f"new {name[:7]}: Printer on fire" == git(tracker.repo, "log", "-1", "--format=%B", "issues").strip()
+    tracker.edit(DAN, name, [Edit("title", "=", "Still\nburning\r\nReply-To: evil@example.org")])
+    assert "<title>\nStill burning Reply-To: evil@example.org\n</title>" in git(tracker.repo, "show", path)
