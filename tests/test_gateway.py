@@ -456,3 +456,30 @@ def test_status_shows_failures_and_requeue_puts_them_back(repo: Path) -> None:
     assert (1, 0) == (counts["incoming/new"], counts["failed"])
     bad = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "requeue", "nonsense"], capture_output=True, text=True, check=False)
     assert (64, "mailtrack: no failed mail with id 'nonsense'\n") == (bad.returncode, bad.stderr)
+
+
+def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gateway: Gateway, repo: Path) -> None:
+    """issues+<7 hex>@ from an old notification, once a second issue shares those 7 hex: the
+    reply's In-Reply-To settles which issue it is, instead of an error reply."""
+    from datetime import UTC, datetime
+
+    from mailtrack.model import Person, make_name
+
+    when, bob = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), Person("Bob", "bob@example.org")
+    seen: dict[str, str] = {}
+    n = 0
+    while (title := f"Crash {n}") and (prefix := make_name(when, bob, title)[:7]) not in seen:
+        seen[prefix] = title
+        n += 1
+    names = []
+    for i, subject in enumerate((seen[prefix], title)):
+        raw = f"From: Bob <bob@example.org>\nTo: issues@localhost\nMessage-ID: <open{i}@example.org>\nSubject: {subject}\n\nIt crashes.\n"
+        out = gateway.handle(raw.encode(), received=when)
+        assert "created" == out.action
+        names.append(out.issue)
+    assert names[0][:7] == names[1][:7] == prefix
+    reply = (f"From: Bob <bob@example.org>\nTo: issues+{prefix}@localhost\nMessage-ID: <reply@example.org>\n"
+             f"In-Reply-To: <open1@example.org>\nSubject: Re: {title}\n\nStill crashing.\n")
+    out = gateway.handle(reply.encode())
+    assert ("commented", names[1]) == (out.action, out.issue)
+    assert ["Still crashing."] == [c.text for c in read_comments(repo, names[1])]
