@@ -53,6 +53,7 @@ class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8025
     socket: str = ""  # a Unix socket path instead of host/port (LMTP from the local MTA)
+    socket_mode: str = "0660"  # octal permissions set on the socket after bind (the MTA must write)
     server_name: str = "localhost"  # our name in the greeting and in Received:
     max_message_size: int = 25 * 1024 * 1024
     tls_cert: str = ""  # PEM files; with both set, STARTTLS is offered
@@ -68,6 +69,9 @@ class ListenConfig:
     def __post_init__(self) -> None:
         if self.protocol not in ("smtp", "lmtp"):
             raise ConfigError(f"protocol must be smtp or lmtp, not {self.protocol!r}")
+        mode = self.socket_mode
+        if not (mode.isascii() and mode.isdigit() and len(mode) in (3, 4) and set(mode) <= set("01234567") and int(mode, 8) <= 0o777):
+            raise ConfigError(f"socket_mode must be octal permissions like \"0660\", not {self.socket_mode!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
         if self.require_tls and not self.tls_cert:

@@ -2,20 +2,24 @@
 
 The network edges only keep mail and wake the worker; the worker (this thread) processes the
 spool, then the notifier turns the new commits into mail and the sender carries it out. SIGTERM
-(or SIGINT) stops the listeners and pollers at once, lets the worker finish the mail at hand,
-and exits 0; whatever is still spooled is processed on the next start.
+(or SIGINT) closes the listening sockets at once (from a helper thread: the worker may be busy
+with a mail), stops the pollers, lets sessions already in DATA get their reply and the worker
+finish the mail at hand, and exits 0; whatever is still spooled is processed on the next start.
+The worker never dies on an error of its environment (a full disk, a vanished file): it logs,
+backs off and goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from datetime import timedelta
 from types import FrameType
 
-from mailtrack.config import Config
+from mailtrack.config import Config, ListenConfig
 from mailtrack.gateway import Gateway
 from mailtrack.model import Person, Project
 from mailtrack.notify import Notifier
@@ -28,6 +32,16 @@ from mailtrack.store import Store
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 10.0  # how often the worker looks at the branch when no mail wakes it (CLI pushes, merges)
+ERROR_BACKOFF = (1.0, 30.0)  # seconds the worker waits after a failed round: first, at most
+DRAIN_SECONDS = 30.0  # how long a stopping listener waits for sessions in DATA
+
+
+class ListenError(Exception):
+    """A listener could not start (the port is in use, the socket path is not writable)."""
+
+
+def where(lc: ListenConfig) -> str:
+    return f"{lc.protocol} {'unix:' + lc.socket if lc.socket else f'{lc.host}:{lc.port}'}"
 
 
 def serve(config: Config, store: Store, spool: Spool) -> int:
@@ -40,21 +54,34 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     notifier = Notifier(config, spool, project=gateway.project)
     sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")
     stop, wake = threading.Event(), threading.Event()
+    addresses = Addresses(main=gw.address, control=gw.control_address)
+    listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set()) for lc in config.listen]
+
+    def stop_accepting() -> None:
+        for listener in listeners:
+            try:
+                listener.stop_accepting()
+            except Exception:  # stop() in the finally closes it anyway
+                log.exception("could not close the %s listener", where(listener.config))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
+        if not stop.is_set():
+            threading.Thread(target=stop_accepting, name="stop accepting", daemon=True).start()
         stop.set()
         wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    addresses = Addresses(main=gw.address, control=gw.control_address)
-    listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set()) for lc in config.listen]
     threads: list[threading.Thread] = []
     try:
         for listener in listeners:
-            listener.start()
+            try:
+                listener.start()
+            except OSError as e:
+                reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
+                raise ListenError(f"cannot listen on {where(listener.config)}: {reason}") from None
         pollers = [ImapPoller(ic, spool, on_accept=lambda _id: wake.set()) for ic in config.imap]
         for poller in pollers:
             t = threading.Thread(target=poller.run, args=(stop,), name=f"imap {poller.config.label}", daemon=True)
@@ -63,29 +90,40 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         out_thread = threading.Thread(target=sender.run, args=(stop,), name="outbox", daemon=True)
         out_thread.start()
         threads.append(out_thread)
-        where = ", ".join(f"{lc.protocol} {'unix:' + lc.socket if lc.socket else f'{lc.host}:{lc.port}'}" for lc in config.listen)
+        listening = ", ".join(where(lc) for lc in config.listen)
         relay = f"relay {config.relay.host}:{config.relay.port}" if config.relay.host else "no relay: outgoing mail waits in the outbox"
-        print(f"mailtrack: {gateway.project} on {store.branch} of {store.repo.path}: listening on {where or 'nothing'}"
+        print(f"mailtrack: {gateway.project} on {store.branch} of {store.repo.path}: listening on {listening or 'nothing'}"
               f" for {gw.address} (commands: {gw.control_address}); {relay}", file=sys.stderr, flush=True)
         retention = timedelta(days=gw.processed_retention_days)
+        backoff = ERROR_BACKOFF[0]
         while not stop.is_set():
-            for claim in spool.claims():
-                work(gateway, claim, pollers)
-                if stop.is_set():  # finish the mail at hand, leave the rest spooled
-                    break
             try:
-                if notifier.notify(store):
-                    sender.wake()
-            except Exception:  # the notified tip is not advanced: it is tried again next time
-                log.exception("notification failed")
-            gateway.housekeeping()
-            spool.prune(retention)
+                for claim in spool.claims():
+                    work(gateway, claim, pollers)
+                    if stop.is_set():  # finish the mail at hand, leave the rest spooled
+                        break
+                try:
+                    if notifier.notify(store):
+                        sender.wake()
+                except Exception:  # the notified tip is not advanced: it is tried again next time
+                    log.exception("notification failed")
+                gateway.housekeeping()
+                spool.prune(retention)
+            except Exception:  # the worker never dies: what is claimed is recovered on the next start
+                log.exception("worker: the round failed; going on in %.0fs", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, ERROR_BACKOFF[1])
+                continue
+            backoff = ERROR_BACKOFF[0]
             wake.wait(IDLE_SECONDS)
             wake.clear()
     finally:
-        for listener in listeners:
-            listener.stop()
         stop.set()
+        stop_accepting()  # at once, also when we stop for another reason than a signal
+        for listener in listeners:
+            if not listener.drain(DRAIN_SECONDS):
+                log.warning("%s: sessions still in DATA after %.0fs: cut", where(listener.config), DRAIN_SECONDS)
+            listener.stop()
         for t in threads:
             t.join(timeout=30)
         gateway.close()

@@ -75,6 +75,7 @@ def _defer(spool: Spool, claim: Claim, not_before: float | None) -> None:
     """Put a claimed outgoing mail back, claimable from `not_before`; no attempt is counted."""
     target = spool.root / "outbox" / "new" / claim.path.name
     os.rename(claim.path, target)
+    claim.release()
     if not_before is not None:
         os.utime(target, (not_before, not_before))
 

@@ -1,7 +1,8 @@
 """`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, serve).
 
 Exit codes follow sysexits.h, which is what MTAs read: `deliver` exits 0 once the mail is kept,
-whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) only when it could not be kept.
+whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure before it is kept
+(a broken configuration or repository too: 78 would make the MTA bounce the mail).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -67,18 +69,33 @@ def _gateway(config, store, spool):  # type: ignore[no-untyped-def]
     return Gateway(config, store, spool)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def cmd_deliver(args: argparse.Namespace) -> int:
-    raw = sys.stdin.buffer.read()
+    try:
+        raw = sys.stdin.buffer.read()
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot read the mail on standard input: {e.strerror or e}") from None
     if not raw.strip():
         raise Exit(EX_DATAERR, "no message on standard input")
     if args.dry_run:
         config, store, spool = _open(args, durable=False)
         return _dry_run(_gateway(config, store, spool), raw)
-    config, store, spool = _open(args)
+    # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
+    try:
+        config, store, spool = _open(args)
+    except Exit as e:
+        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
+    except Exception as e:
+        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
     try:
         spool_id = spool.accept(raw, source="deliver")
     except OSError as e:
         raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+    except Exception as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
     # Kept: from here on the answer to the MTA is 0, whatever happens to the processing.
     try:
         gateway = _gateway(config, store, spool)
@@ -153,10 +170,13 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mailtrack.daemon import serve
+    from mailtrack.daemon import ListenError, serve
 
     config, store, spool = _open(args)
-    return serve(config, store, spool)
+    try:
+        return serve(config, store, spool)
+    except ListenError as e:
+        raise Exit(EX_OSERR, str(e)) from None
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

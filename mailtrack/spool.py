@@ -14,12 +14,16 @@ else has it. The mail leaves the queue only after its effect is committed (`done
 File names are `<id>` or `<id>:1,<attempts>` once a mail has been retried (the Maildir
 "experimental" info suffix), so the attempt count moves with the mail in the same rename and a
 crash can never lose it. Ids sort by arrival: `<time-ns, 20 digits>.P<pid>Q<counter>.<host>`.
-Only one worker process per spool may `claim()`: `recover()` assumes no one else holds a claim.
+A claim holds an exclusive flock on its file for as long as it lives (the renames keep the
+inode, so the lock moves with the mail): `recover()` puts back only the mail in `cur/` that no
+live process holds, so a `mailtrack deliver` run by the MTA and a `mailtrack process` run by cron
+(which recovers at start) can share a spool. The kernel drops the lock when its holder dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -29,7 +33,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,16 +50,57 @@ _REASON = ".reason"
 _MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
+class _Lock:
+    """An exclusive flock on one open file; released by release(), or when garbage-collected."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, path: Path) -> _Lock | None:
+        """Lock `path` without waiting; None when another claim holds it (or it is gone)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A mail this process holds (it sits in a `cur/` directory) until done/retry_later/fail."""
+    """A mail this process holds (it sits in a `cur/` directory) until done/retry_later/fail.
+
+    It holds a flock on the file until then (see the module docstring).
+    """
 
     id: str
     path: Path
     attempts: int
+    lock: _Lock | None = field(default=None, compare=False, repr=False)
 
     def read(self) -> bytes:
         return self.path.read_bytes()
+
+    def release(self) -> None:
+        """Drop the lock (done by done/retry_later/fail once the mail has moved on)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 @dataclass(frozen=True)
@@ -197,12 +242,7 @@ class Spool:
         if ID_RE.match(spool_id) is None:
             return None
         queue = self._incoming
-        source, target = queue.new / spool_id, queue.cur / spool_id
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
-            return None
-        return Claim(id=spool_id, path=target, attempts=0)
+        return self._take(queue.new / spool_id, queue.cur / spool_id, spool_id, 0)
 
     def recent(self, n: int) -> list[tuple[str, str]]:
         """(id, Message-ID) of the last `n` mails processed, newest first."""
@@ -271,11 +311,13 @@ class Spool:
         queue = self._queue_of(claim)
         if queue.done is None:
             claim.path.unlink()
+            claim.release()
             with contextlib.suppress(FileNotFoundError):
                 (self._envelopes / f"{claim.id}.json").unlink()
             return
         target = queue.done / claim.id
         os.rename(claim.path, target)
+        claim.release()
         os.utime(target)  # prune() counts the retention from now, not from arrival
 
     def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
@@ -291,6 +333,7 @@ class Spool:
         )
         target = queue.new / _name(claim.id, attempts)
         os.rename(claim.path, target)
+        claim.release()
         if delay > timedelta(0):
             not_before = time.time() + delay.total_seconds()
             os.utime(target, (not_before, not_before))
@@ -327,7 +370,8 @@ class Spool:
     def recover(self) -> int:
         """On start: put claimed-but-unfinished mail back (counting an attempt); tidy up.
 
-        Counting the interrupted attempt means a mail that crashes the process ends in failed/
+        Mail in `cur/` whose claim is still held (its flock: a live `deliver`, another worker) is
+        left alone. Counting the interrupted attempt means a mail that crashes the process ends in failed/
         after MAX_ATTEMPTS starts instead of crashing it forever. Returns how many came back.
         """
         recovered = 0
@@ -337,8 +381,17 @@ class Spool:
                 parsed = _parse_name(path.name)
                 if parsed is None:
                     continue
-                claim = Claim(id=parsed[0], path=path, attempts=parsed[1])
-                self.retry_later(claim, "interrupted while being processed (crash or kill?)")
+                lock = _Lock.take(path)
+                if lock is None:  # held by a live process, or finished meanwhile
+                    continue
+                if not path.exists():  # finished between our listing and our lock
+                    lock.release()
+                    continue
+                claim = Claim(id=parsed[0], path=path, attempts=parsed[1], lock=lock)
+                try:
+                    self.retry_later(claim, "interrupted while being processed (crash or kill?)")
+                finally:
+                    claim.release()
                 recovered += 1
             for path in queue.tmp.iterdir():
                 with contextlib.suppress(FileNotFoundError):
@@ -394,15 +447,33 @@ class Spool:
             parsed = _parse_name(name)
             if parsed is None:
                 continue
-            source, target = queue.new / name, queue.cur / name
+            source = queue.new / name
             try:
                 if os.stat(source).st_mtime > now:  # delayed by retry_later
                     continue
-                os.rename(source, target)
             except FileNotFoundError:  # someone else claimed it first
                 continue
-            return Claim(id=parsed[0], path=target, attempts=parsed[1])
+            claim = self._take(source, queue.cur / name, parsed[0], parsed[1])
+            if claim is not None:
+                return claim
         return None
+
+    @staticmethod
+    def _take(source: Path, target: Path, spool_id: str, attempts: int) -> Claim | None:
+        """Lock `source`, then rename it to `target`: the lock is held before the mail is in
+        cur/, so recover() never sees it there unlocked. None if someone else has it."""
+        lock = _Lock.take(source)
+        if lock is None:
+            return None
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:  # claimed (and maybe finished) by someone else meanwhile
+            lock.release()
+            return None
+        except BaseException:
+            lock.release()
+            raise
+        return Claim(id=spool_id, path=target, attempts=attempts, lock=lock)
 
     def _queue_of(self, claim: Claim) -> _Queue:
         for queue in (self._incoming, self._outbox):
@@ -413,6 +484,7 @@ class Spool:
     def _to_failed(self, queue: _Queue, claim: Claim, reason: str) -> None:
         write_durably(queue.failed / f"{claim.id}{_REASON}", reason.encode("utf-8", "replace"))
         os.rename(claim.path, queue.failed / claim.id)
+        claim.release()
         _fsync_dir(queue.failed)
         log.error("%s moved to %s: %s", claim.id, queue.failed.name, _first_line(reason))
 

@@ -223,6 +223,43 @@ def test_connection_lost_between_spool_and_move(
     assert ([], ["mail 1"]) == (dovecot.subjects(imap_user), dovecot.subjects(imap_user, "Archive"))
 
 
+def test_a_skipped_mail_is_never_filed_away(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """A mail skipped because it was \\Deleted, undeleted after a later one was kept, stays in INBOX
+    unspooled: only mail marked $MailtrackKept is filed away by the leftover path."""
+    dovecot.append(imap_user, mail("skipped"))
+    with dovecot.client(imap_user) as client:
+        client.select_folder("INBOX")
+        client.add_flags(client.search(["ALL"]), [b"\\Deleted"])
+    dovecot.append(imap_user, mail("kept"))
+    poller = make_poller()
+    assert 1 == poller.poll_once()
+    with dovecot.client(imap_user) as client:
+        client.select_folder("INBOX")
+        client.remove_flags(client.search(["ALL"]), [b"\\Deleted"])
+    assert 0 == poller.poll_once()
+    assert (["mail skipped"], ["mail kept"], Counter({mid("kept"): 1})) == (
+        dovecot.subjects(imap_user), dovecot.subjects(imap_user, "Archive"), spooled(spool)
+    )
+    ((_raw, flags),) = dovecot.messages(imap_user, "Archive").values()
+    assert KEPT_KEYWORD.encode() in flags
+
+
+def test_stop_is_checked_between_the_mails_of_a_batch(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """poll_once(stop) with stop set while the first of three mails is spooled returns after it."""
+    for n in range(3):
+        dovecot.append(imap_user, mail(n))
+    stop = threading.Event()
+    poller = make_poller(on_accept=lambda _id: stop.set())
+    assert 1 == poller.poll_once(stop)
+    assert (["mail 1", "mail 2"], ["mail 0"]) == (dovecot.subjects(imap_user), dovecot.subjects(imap_user, "Archive"))
+    assert 2 == poller.poll_once()
+    assert Counter({mid(0): 1, mid(1): 1, mid(2): 1}) == spooled(spool)
+
+
 def test_mail_appended_while_another_is_processed(
     dovecot: DovecotServer,
     imap_user: str,

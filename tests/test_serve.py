@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +20,21 @@ from dovecot import free_port, wait_for
 
 
 class Server:
-    def __init__(self, repo: Path, port: int, extra: str = "") -> None:
-        self.repo, self.port = repo, port
+    def __init__(self, repo: Path, port: int, extra: str = "", *, inject: str = "") -> None:
+        """`inject`: Python run in the server process before `mailtrack serve` (a fault to inject)."""
+        self.repo, self.port, self.inject = repo, port, inject
         self.config = repo / "mailtrack.toml"
         self.config.write_text(f'[gateway]\nproject = "proj"\n{extra}\n[[listen]]\nport = {port}\n')
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailtrack.serve", "--repo", str(self.repo), "--config", str(self.config), "serve"],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        args = ["--repo", str(self.repo), "--config", str(self.config), "serve"]
+        if self.inject:
+            script = f"import sys\n{self.inject}\nfrom mailtrack import serve\nsys.exit(serve.main(sys.argv[1:]))\n"
+            command = [sys.executable, "-c", script, *args]
+        else:
+            command = [sys.executable, "-m", "mailtrack.serve", *args]
+        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         if f"listening on smtp 127.0.0.1:{self.port} for issues@localhost" not in line:
@@ -147,3 +154,138 @@ def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dov
         assert ["Polled 0"] == [read_issue(repo, n).title for n in read_names(repo)]
     finally:
         assert 0 == server.stop()
+
+
+def send(port: int, subject: str, mid: str) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "issues@localhost", subject, mid
+    msg.set_content("text\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(msg)
+
+
+def titles(repo: Path) -> list[str]:
+    return sorted(read_issue(repo, n).title for n in read_names(repo))
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+FAIL_FIRST_DONE = """
+from mailtrack.spool import Spool
+real_done, calls = Spool.done, []
+def done(self, claim):
+    calls.append(claim.id)
+    if len(calls) == 1:
+        raise OSError(28, "No space left on device")
+    return real_done(self, claim)
+Spool.done = done
+"""
+
+
+def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
+    """spool.done() fails once with ENOSPC: the worker logs, backs off and processes the next mail."""
+    repo = make_repo(tmp_path / "gw")
+    server = Server(repo, free_port(), inject=FAIL_FIRST_DONE)
+    server.start()
+    assert server.proc is not None
+    send(server.port, "First", "<first@example.org>")
+    wait_for(lambda: titles(repo) == ["First"], timeout=30, what="the first mail on the branch")
+    send(server.port, "Second", "<second@example.org>")
+    wait_for(lambda: titles(repo) == ["First", "Second"], timeout=30, what="the second mail, after the failure")
+    assert None is server.proc.poll()
+    assert 0 == server.stop()
+    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
+    assert (0, ["First", "Second"]) == (r.returncode, titles(repo))  # the first, recovered, is not filed twice
+
+
+BLOCK_IN_HANDLE = """
+import os, time
+from mailtrack.gateway import Gateway
+real_handle = Gateway.handle
+def handle(self, raw, **kw):
+    open(os.environ["MT_BUSY"], "w").close()
+    while not os.path.exists(os.environ["MT_GO"]):
+        time.sleep(0.02)
+    return real_handle(self, raw, **kw)
+Gateway.handle = handle
+"""
+
+
+def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while the worker is busy: new connections are refused at once, a new MAIL in an open
+    session gets 421, a session already in DATA gets its 250; then serve finishes the mail and exits 0."""
+    busy, go = tmp_path / "busy", tmp_path / "go"
+    monkeypatch.setenv("MT_BUSY", str(busy))
+    monkeypatch.setenv("MT_GO", str(go))
+    repo = make_repo(tmp_path / "gw")
+    server = Server(repo, free_port(), inject=BLOCK_IN_HANDLE)
+    server.start()
+    assert server.proc is not None
+    send(server.port, "At hand", "<athand@example.org>")
+    wait_for(busy.exists, timeout=30, what="the worker busy with the first mail")
+    in_data, idle = smtplib.SMTP("127.0.0.1", server.port, timeout=10), smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    try:
+        in_data.ehlo()
+        in_data.mail("alice@example.org")
+        in_data.rcpt("issues@localhost")
+        assert 354 == in_data.docmd("DATA")[0]
+        idle.ehlo()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(server.port), timeout=5, what="the listening socket closed")
+        assert None is server.proc.poll()  # still busy with the mail at hand
+        assert 421 == idle.docmd("MAIL FROM:<bob@example.org>")[0]
+        in_data.send(b"From: carol@example.org\r\nSubject: In DATA\r\nMessage-ID: <indata@example.org>\r\n\r\nx\r\n.\r\n")
+        assert 250 == in_data.getreply()[0]
+    finally:
+        in_data.close()
+        idle.close()
+    go.touch()
+    code = server.proc.wait(timeout=60)
+    assert server.proc.stderr is not None
+    server.proc.stderr.close()
+    assert (0, ["At hand"]) == (code, titles(repo))
+    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
+    assert (0, ["At hand", "In DATA"]) == (r.returncode, titles(repo))
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    """serve on a port another process listens on exits 71 (EX_OSERR) with one line, no traceback."""
+    repo = make_repo(tmp_path / "gw")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (repo / "mailtrack.toml").write_text(f"[[listen]]\nport = {port}\n")
+        r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "--config", str(repo / "mailtrack.toml"),
+                            "serve"], capture_output=True, text=True, check=False, timeout=60)
+    expected = (71, [f"mailtrack: cannot listen on smtp 127.0.0.1:{port}: Address already in use"])
+    assert expected == (r.returncode, r.stderr.splitlines())
+
+
+def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Path) -> None:
+    """The README's first command: `mailtrack serve` in a repository, no file: SMTP on 127.0.0.1:8025
+    for issues@localhost, one line on stderr, and a mail to it becomes an issue."""
+    if not refused(8025):
+        pytest.fail("something else listens on 127.0.0.1:8025; the default port must be free for this test")
+    repo = make_repo(tmp_path / "gw")
+    env = {k: v for k, v in os.environ.items() if k != "MAILTRACK_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "mailtrack.serve", "serve"], cwd=repo, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    try:
+        line = proc.stderr.readline()
+        assert "listening on smtp 127.0.0.1:8025 for issues@localhost" in line, line
+        send(8025, "Default", "<default@example.org>")
+        wait_for(lambda: titles(repo) == ["Default"], timeout=30, what="the mail on the branch")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        rest = proc.stderr.read()
+        proc.stderr.close()
+    assert (0, "") == (code, rest)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import smtplib
 import ssl
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from dovecot import free_port, wait_for
 
+from mailtrack.message import parse
 from mailtrack.sources.smtp import Addresses, ListenConfig, SmtpListener
 from mailtrack.spool import Spool
 
@@ -342,6 +345,60 @@ def test_lmtp_on_a_unix_socket(start: StartListener, spool: Spool, socket_dir: P
     assert [] == list(socket_dir.iterdir())
 
 
+@pytest.mark.parametrize("mode", ["0660", "0600", "666"])
+def test_unix_socket_gets_socket_mode(start: StartListener, socket_dir: Path, mode: str) -> None:
+    """socket_mode is set on the Unix socket right after bind (whatever the umask), so the MTA can write."""
+    path = socket_dir / "lmtp.sock"
+    old_umask = os.umask(0o077)
+    try:
+        start(protocol="lmtp", socket=str(path), socket_mode=mode)
+    finally:
+        os.umask(old_umask)
+    assert int(mode, 8) == stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_mail_without_message_id_gets_one_from_its_own_bytes(start: StartListener, spool: Spool) -> None:
+    """No Message-ID: the listener adds one hashed from the client's bytes, not our dated Received:
+    line, so a retry of the same mail has the same id; a mail with a Message-ID is left as it is."""
+    listener = start()
+    body = b"From: alice@example.test\r\nTo: issues@example.test\r\nSubject: no id\r\n\r\nsame text\r\n"
+    for _ in range(2):
+        with smtplib.SMTP("127.0.0.1", listener.config.port) as client:
+            client.sendmail(FROM, ["issues@example.test"], body)
+    with smtplib.SMTP("127.0.0.1", listener.config.port) as client:
+        client.send_message(message("with id"))
+    first, second, third = spooled(spool)
+    made = "<" + hashlib.sha1(body.replace(b"\r\n", b"\n")).hexdigest() + "@mailtrack.invalid>"
+    assert ([made], [made]) == (headers(first, "Message-ID"), headers(second, "Message-ID"))
+    assert [made, made] == [parse(first).message_id, parse(second).message_id]
+    assert ["<with-id@example.test>"] == headers(third, "Message-ID")
+
+
+def test_stop_accepting_refuses_new_work_and_lets_data_finish(start: StartListener, spool: Spool) -> None:
+    """stop_accepting(): connecting is refused, MAIL in an open session is 421, a session in DATA gets 250."""
+    listener = start()
+    port = listener.config.port
+    in_data, idle = smtplib.SMTP("127.0.0.1", port), smtplib.SMTP("127.0.0.1", port)
+    try:
+        in_data.ehlo()
+        in_data.mail(FROM)
+        in_data.rcpt("issues@example.test")
+        assert 354 == in_data.docmd("DATA")[0]
+        wait_for(lambda: listener.sessions_in_data == 1, what="the session in DATA")
+        listener.stop_accepting()
+        with pytest.raises(ConnectionRefusedError):
+            smtplib.SMTP("127.0.0.1", port, timeout=5)
+        assert 421 == idle.docmd(f"MAIL FROM:<{FROM}>")[0]
+        assert False is listener.drain(0)
+        in_data.send(message("late").as_bytes(policy=SMTP_POLICY) + b".\r\n")
+        assert 250 == in_data.getreply()[0]
+        assert True is listener.drain(5)
+    finally:
+        in_data.close()
+        idle.close()
+    assert ["late"] == [headers(r, "Subject")[0] for r in spooled(spool)]
+
+
 def client_tls(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
@@ -471,6 +528,8 @@ def test_messages_per_session_limit(start: StartListener, spool: Spool) -> None:
         ({"require_tls": True}, "require_tls needs tls_cert and tls_key"),
         ({"tls_cert": "c.pem"}, "tls_cert and tls_key go together"),
         ({"require_auth": True}, "require_auth needs auth_users_file"),
+        ({"socket_mode": "rw-rw----"}, 'socket_mode must be octal permissions like "0660", not \'rw-rw----\''),
+        ({"socket_mode": "0668"}, 'socket_mode must be octal permissions like "0660", not \'0668\''),
         (
             {"host": "0.0.0.0", "auth_users_file": "users"},
             "AUTH on 0.0.0.0 needs TLS (tls_cert, tls_key): passwords in clear",

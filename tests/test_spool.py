@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -197,6 +199,45 @@ def test_recover_puts_claimed_mail_back_and_counts_the_attempt(tmp_path: Path) -
     assert 2 == restarted.recover()
     claims = list(restarted.claims())
     assert [(i, 1) for i in ids] == [(c.id, c.attempts) for c in claims]
+
+
+HOLDER = """
+import sys
+from mailtrack.spool import Spool
+spool = Spool(sys.argv[1])
+claim = spool.claim_id(spool.accept(b"Subject: held\\n\\nbody\\n", source="deliver"))
+print("claimed" if claim else "missed", flush=True)
+sys.stdin.read()  # hold the claim until the test closes our stdin, then exit without done()
+"""
+
+
+def test_recover_leaves_a_claim_held_by_a_live_process_alone(tmp_path: Path) -> None:
+    """recover() in one process skips the mail another live process has claimed; after it exits, recovers it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and "claimed\n" == holder.stdout.readline()
+        (held,) = names(tmp_path / "incoming" / "cur")
+        assert (0, [held]) == (Spool(tmp_path).recover(), names(tmp_path / "incoming" / "cur"))
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert 0 == holder.returncode
+    assert (1, [f"{held}:1,1"]) == (Spool(tmp_path).recover(), names(tmp_path / "incoming" / "new"))
+
+
+def test_finished_claims_release_their_lock(spool: Spool) -> None:
+    """done(), retry_later() and fail() drop the claim's lock: the mail can be claimed again at once."""
+    spool.accept(RAW)
+    claim = spool.claim()
+    assert claim is not None and None is spool.claim()
+    spool.retry_later(claim, "boom")
+    again = spool.claim()
+    assert again is not None and (claim.id, 1) == (again.id, again.attempts)
+    spool.done(again)
+    assert None is spool.claim()
 
 
 def test_a_mail_that_keeps_crashing_the_worker_ends_in_failed(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """The IMAP poller: fetch new mail from a mailbox, spool it, and only then file it away.
 
 One `ImapPoller` per mailbox, each in its own thread (imapclient is blocking). A mail is fetched
-with BODY.PEEK[], kept with `spool.accept()` (fsynced), the highest UID done is written to a small
-state file (write-fsync-rename), and only then is the mail flagged or moved to the processed
-folder: MOVE, or COPY + \\Deleted + UID EXPUNGE (without UIDPLUS the copy is left marked
+with BODY.PEEK[], kept with `spool.accept()` (fsynced), marked with the keyword KEPT_KEYWORD, the
+highest UID done is written to a small state file (write-fsync-rename), and only then is the mail
+flagged or moved to the processed folder: MOVE, or COPY + \\Deleted + UID EXPUNGE (without UIDPLUS the copy is left marked
 \\Deleted, as a plain EXPUNGE would delete others' \\Deleted mail too). A crash between those steps
 costs at worst a mail spooled twice (the gateway is idempotent by Message-ID), never a lost one: a
-mail leaves the folder only after it is kept. When UIDVALIDITY changes, the UID state is void and
+mail leaves the folder only after it is kept. A mail found still in the folder at a UID already
+done is filed away only when it carries KEPT_KEYWORD: one skipped (marked \\Deleted at the time,
+or vanished before its fetch) was never kept and is left where it is. When UIDVALIDITY changes, the UID state is void and
 everything still in the folder is fetched again.
 
 `run(stop)` waits with IDLE when the server offers it (checking `stop` every `idle_timeout`
@@ -30,12 +32,11 @@ from typing import Any
 from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped, unused-ignore]
 
-from mailtrack.config import ImapConfig
+from mailtrack.config import KEPT_KEYWORD, ImapConfig
 from mailtrack.spool import Spool, write_durably
 from mailtrack.spool import message_id as header_message_id
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,15 @@ class ImapPoller:
 
     # --- the public loop ------------------------------------------------------------------------
 
-    def poll_once(self) -> int:
+    def poll_once(self, stop: threading.Event | None = None) -> int:
         """Connect if needed, spool and file away every new mail; return how many were spooled.
 
+        With `stop`, it returns after the mail at hand once `stop` is set (the rest waits).
         On any error the connection is dropped (the next call reconnects) and the error raised.
         """
         try:
             client = self._connect()
-            return self._poll(client)
+            return self._poll(client, stop)
         except BaseException:
             self.close()
             raise
@@ -86,7 +88,7 @@ class ImapPoller:
         try:
             while not stop.is_set():
                 try:
-                    while self.poll_once() and not stop.is_set():
+                    while self.poll_once(stop) and not stop.is_set():
                         pass  # more may have come while we worked
                     backoff = config.backoff_initial
                     if self._idle_ok and config.idle:
@@ -155,7 +157,7 @@ class ImapPoller:
 
     # --- one poll -------------------------------------------------------------------------------
 
-    def _poll(self, client: IMAPClient) -> int:
+    def _poll(self, client: IMAPClient, stop: threading.Event | None = None) -> int:
         config = self.config
         # SELECT again each time: it syncs our view (a SEARCH right after another client's APPEND
         # may miss it otherwise) and tells a recreated folder by its new UIDVALIDITY.
@@ -172,13 +174,11 @@ class ImapPoller:
             state = _State(uidvalidity=uidvalidity, last_uid=0)
             self._save_state(state)
 
-        # Kept before but not yet filed away (a crash or a dropped connection in between).
+        # Kept before but not yet filed away (a crash or a dropped connection in between): only
+        # mail marked kept; one skipped at its turn (\Deleted, vanished) was never spooled.
         if state.last_uid:
-            leftover = [
-                u
-                for u in client.search(["UID", f"1:{state.last_uid}", *self._pending()])
-                if u <= state.last_uid
-            ]
+            criteria = ["UID", f"1:{state.last_uid}", "KEYWORD", KEPT_KEYWORD, *self._pending()]
+            leftover = [u for u in client.search(criteria) if u <= state.last_uid]
             if leftover:
                 log.info("%s: filing away %d mail(s) kept earlier", config.label, len(leftover))
                 self._file_away(client, leftover)
@@ -189,12 +189,15 @@ class ImapPoller:
         new = sorted(u for u in client.search(criteria) if u > state.last_uid)
         count = 0
         for uid in new:
+            if stop is not None and stop.is_set():  # the rest waits for the next run
+                break
             fetched = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
             if not fetched or b"BODY[]" not in fetched:
                 log.info("%s: UID %d vanished before it was fetched", config.label, uid)
                 continue
             raw = bytes(fetched[b"BODY[]"]).replace(b"\r\n", b"\n")
             spool_id = self._spool.accept(raw, source=f"imap:{config.label}")
+            client.add_flags([uid], [KEPT_KEYWORD])  # kept: from now on it may be filed away
             state = _State(uidvalidity=uidvalidity, last_uid=uid)
             self._save_state(state)
             count += 1

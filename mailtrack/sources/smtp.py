@@ -7,17 +7,25 @@ never a permanent `500` that would make the sending server bounce the mail.
 
 The spooled mail is the received bytes with LF line ends, after the envelope recorded the way an
 MDA does: `Return-Path: <mail from>`, one `Delivered-To:` per accepted recipient (the router
-reads plus addressing from them), and a `Received:` line.
+reads plus addressing from them), and a `Received:` line. A mail without a Message-ID gets one
+made from a hash of the bytes the client sent (not of our trace lines, whose time changes), so a
+client's retry after a cut connection is recognised as the same mail.
+
+`stop_accepting()` closes the listening socket at once and answers `421` to any new MAIL in an
+open session, while a session already in DATA goes on to its reply; `drain()` waits for those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import logging
 import os
+import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -34,7 +42,18 @@ from mailtrack.spool import Spool, message_id
 log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 Internal error, mail not accepted: try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDENT = "mailtrack"
+_USABLE_ID_RE = re.compile(r"<[^<>\s]+>|^[^<>\s]+$")
+
+
+def with_message_id(content: bytes) -> bytes:
+    """`content` (LF line ends) with a Message-ID header first when it has no usable one: the
+    one the parser would make from these bytes, `<sha1 of content@mailtrack.invalid>`."""
+    if _USABLE_ID_RE.search(message_id(content)):
+        return content
+    made = "<" + hashlib.sha1(content).hexdigest() + "@mailtrack.invalid>"
+    return f"Message-ID: {made}\n".encode() + content
 
 
 @dataclass(frozen=True)
@@ -134,8 +153,8 @@ class SpoolHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content or b""
-        raw = self._stamp(session, envelope) + content.replace(b"\r\n", b"\n")
+        content = (envelope.original_content or b"").replace(b"\r\n", b"\n")
+        raw = self._stamp(session, envelope) + with_message_id(content)
         source = f"{self._config.protocol}:{_peer_text(session.peer)}"
         try:
             spool_id = await asyncio.to_thread(self._spool.accept, raw, source=source)
@@ -215,6 +234,8 @@ class _Gate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.in_data = 0  # sessions between DATA and its reply
+        self.closing = False  # stop_accepting() was called: no new transactions
 
 
 class _Limits:
@@ -242,11 +263,22 @@ class _Limits:
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         server: Any = self
+        if self._gate.closing:
+            await server.push(SHUTTING_DOWN)
+            server.transport.close()
+            return
         if self._transactions >= self._max_messages:
             await server.push("452 4.5.3 Too many messages in this session: reconnect to send more")
             return
         self._transactions += 1
         await super().smtp_MAIL(arg)  # type: ignore[misc]
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._gate.in_data += 1
+        try:
+            await super().smtp_DATA(arg)  # type: ignore[misc]
+        finally:
+            self._gate.in_data -= 1
 
 
 class _SmtpServer(_Limits, SMTP):
@@ -311,8 +343,36 @@ class SmtpListener:
             _abandon(controller)
             raise
         self._controller = controller
+        if config.socket:
+            os.chmod(config.socket, int(config.socket_mode, 8))
         where = config.socket or f"{config.host}:{config.port}"
         log.info("%s listener on %s", config.protocol.upper(), where)
+
+    @property
+    def sessions_in_data(self) -> int:
+        return self._gate.in_data
+
+    def stop_accepting(self, timeout: float = 5.0) -> None:
+        """Close the listening socket now (new connections are refused) and answer 421 to a new
+        MAIL in an open session; sessions in DATA go on. Safe to call from any thread."""
+        controller = self._controller
+        if controller is None or not controller.loop.is_running():
+            return
+
+        async def close() -> None:
+            self._gate.closing = True
+            if controller.server is not None:
+                controller.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), controller.loop).result(timeout)
+        log.info("%s listener: no longer accepting", self.config.protocol.upper())
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the sessions in DATA to get their reply; True if none is left."""
+        deadline = time.monotonic() + timeout
+        while self._gate.in_data and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._gate.in_data
 
     def stop(self) -> None:
         if self._controller is None:
