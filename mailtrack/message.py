@@ -319,6 +319,24 @@ def _msg_ids(value: str | None) -> list[str]:
     return [f"<{m}>" for m in MSG_ID_RE.findall(value or "")]
 
 
+# Header fields that MTAs put on top of a mail on its way (and again on each new attempt)
+_TRACE_RE = re.compile(rb"^(?:return-path|received|delivered-to|x-original-to|x-envelope-[a-z-]+|"
+                       rb"authentication-results|received-spf|arc-[a-z-]+|x-mailtrack-[a-z-]+):", re.IGNORECASE)
+
+
+def hashed_message_id(raw: bytes) -> str:
+    """The Message-ID given to a mail that has none: a hash of its bytes less the trace fields
+    on top of it, so the same mail delivered again (a retried session, a second MTA attempt
+    with a new Received line) gets the same one."""
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    i = 1 if lines[0].startswith(b"From ") else 0  # an mbox separator is no part of the mail
+    while i < len(lines) and _TRACE_RE.match(lines[i]):
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):  # folded continuation lines
+            i += 1
+    return "<" + hashlib.sha1(b"\n".join(lines[i:])).hexdigest() + "@mailtrack.invalid>"
+
+
 def _message_id(value: str | None, raw: bytes) -> str:
     ids = _msg_ids(value)
     if ids:
@@ -326,7 +344,7 @@ def _message_id(value: str | None, raw: bytes) -> str:
     bare = (value or "").strip()
     if bare and re.fullmatch(r"[^<>\s]+", bare):
         return f"<{bare}>"
-    return "<" + hashlib.sha1(raw).hexdigest() + "@mailtrack.invalid>"
+    return hashed_message_id(raw)
 
 
 def _date(value: str | None) -> datetime | None:

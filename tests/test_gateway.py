@@ -483,3 +483,16 @@ def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gatew
     out = gateway.handle(reply.encode())
     assert ("commented", names[1]) == (out.action, out.issue)
     assert ["Still crashing."] == [c.text for c in read_comments(repo, names[1])]
+
+
+def test_mail_without_message_id_delivered_twice_by_the_mta_is_one_issue(repo: Path) -> None:
+    """No Message-ID: the hash that stands for one ignores the trace fields an MTA adds on top, so
+    a second delivery of the same mail (new Received and Delivered-To lines) changes nothing."""
+    body = b"From: Ann <ann@example.org>\nTo: issues@localhost\nSubject: No id\n\nNo Message-ID here.\n"
+    first = b"Return-Path: <ann@example.org>\nReceived: from a by b; Mon, 1 Jan 2024 10:00:00 +0000\n" + body
+    again = (b"Delivered-To: issues@localhost\nReceived: from a by b\n\tid 2; Mon, 1 Jan 2024 10:05:00 +0000\n"
+             b"Received: from c by a; Mon, 1 Jan 2024 09:59:00 +0000\n" + body)
+    assert [0, 0] == [deliver(repo, raw).returncode for raw in (first, again)]
+    [name] = read_names(repo)
+    assert (1, True) == (len(git(repo, "log", "--format=%s", "issues").splitlines()) - 1,
+                         read_issue(repo, name).message_id.endswith("@mailtrack.invalid>"))
