@@ -185,4 +185,8 @@ def merge_commits(store: Store, ours: bytes | None, theirs: bytes, author: Perso
     files, notes = merge_trees(store, base_tree, repo[ours].tree, repo[theirs].tree)  # type: ignore[attr-defined]
     message = f"merge {what}" + ("".join(f"\n\nconflict {n}" for n in notes[:1]) + "".join(f"\nconflict {n}" for n in notes[1:]))
     commit = store.write_commit([ours, theirs], repo[ours].tree, files, message, author)  # type: ignore[attr-defined]
+    if repo[commit].tree == repo[theirs].tree:  # type: ignore[attr-defined]
+        # all we did is in theirs already (our patch mails, applied there): be level with them,
+        # so that the next `push --mail` does not send those commits again
+        return theirs, "fast-forward (ours is in theirs)"
     return commit, "merge"

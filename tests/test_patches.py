@@ -151,7 +151,9 @@ def test_push_mail_sends_issues_comments_attachments_and_fields(tmp_path: Path) 
         assert ("open", "high", ["shot.png"]) == (issue.status, issue.priority, comment.attachments)
         assert png.read_bytes() == git_show_bytes(repo, f"issues:{a[:2]}/{a[2:]}/shot.png")
         assert 0 == run_cli(c, "pull").code
-        assert tree(repo) == tree(c)
+        assert (tree(repo), tip(repo)) == (tree(c), tip(c))  # level: the same tip, so nothing is sent twice
+        again = run_cli(c, "push", "--mail", "--to", ADDRESS)
+        assert (0, "", "nothing to send\n") == (again.code, again.out, again.err)
         # the report is queued just after the branch moves: wait for it as well
         [patch_reply] = wait_for(lambda: [m for m in outbox(repo) if "Re: [PATCH 0/3]" in str(m["Subject"])], what="the report")
         assert 3 == patch_reply.get_content().count("    applied as ")
