@@ -317,7 +317,13 @@ def cmd_close(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_reopen(store: Store, args: argparse.Namespace) -> int:
-    return _edit(store, args, reopen_edits, args.message)
+    snap = store.require()
+    name = snap.resolve(args.id)
+    issue = snap.issue(name)
+    if issue.status not in snap.project().closed:  # not even the comment: the command does nothing
+        print(f"nothing to change: issue {snap.short(name)} is not closed ({issue.status})")
+        return 0
+    return _edit(store, args, lambda s: reopen_edits(s, s.issue(s.resolve(args.id))), args.message)
 
 
 def cmd_assign(store: Store, args: argparse.Namespace) -> int:

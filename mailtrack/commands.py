@@ -181,6 +181,37 @@ def allowed(who: str, rules: list[str], issue: Issue | None, snap: Snapshot, acc
     return any(matches(who, r, issue, snap, access, known) for r in rules)
 
 
+def line_fields(line: Line) -> tuple[str, ...]:
+    """The fields whose own rule in [access.fields] a line needs: close and reopen count as status
+    (and as resolution too when `close` names one); subscribe and unsubscribe have none."""
+    if line.action == "edit":
+        return (line.field,)
+    if line.action == "close":
+        return ("status", "resolution") if line.value else ("status",)
+    if line.action == "reopen":
+        return ("status",)
+    return ()
+
+
+def _refusal(
+    line: Line, sender: str, rules: list[str], name: str, issue: Issue, snap: Snapshot, access: AccessConfig,
+    known: bool,
+) -> str:
+    """Why `sender` may not give `line`, or "": a field listed in [access.fields] by its own rule, the rest by `rules`."""
+    wanted = line_fields(line)
+    checks = [(f, access.fields[f]) for f in wanted if f in access.fields]
+    if len(checks) < len(wanted) or not wanted:
+        checks.append(("", rules))
+    for fieldname, rule in checks:
+        if allowed(sender, rule, issue, snap, access, known):
+            continue
+        if fieldname:
+            return (f"{sender} may not change the {fieldname} of issue {snap.short(name)} "
+                    f"(allowed by access.fields.{fieldname}: {', '.join(rule)})")
+        return f"{sender} may not change issue {snap.short(name)} (allowed: {', '.join(rule)})"
+    return ""
+
+
 # --- applying ---------------------------------------------------------------------------------
 
 
@@ -240,8 +271,12 @@ def apply(
         if not verified:
             line.refused = "commands need a sender address the receiving server vouches for (DKIM or DMARC)"
             continue
-        if not allowed(sender, rules, originals[name], snap, access, known):
-            line.refused = f"{sender} may not change issue {snap.short(name)} (allowed: {', '.join(rules)})"
+        refusal = _refusal(line, sender, rules, name, originals[name], snap, access, known)
+        if refusal:
+            line.refused = refusal
+            continue
+        if line.action == "reopen" and states[name].status not in project.closed:
+            line.result = f"issue {snap.short(name)} is not closed ({states[name].status}): nothing to reopen"
             continue
         try:
             before = states[name]
@@ -261,6 +296,9 @@ def apply(
             continue
         changes = changed_fields(before, after)
         line.result = ", ".join(f"{f}: {_show(getattr(before, f))} -> {_show(getattr(after, f))}" for f in changes) or "no change"
+        if line.action in ("subscribe", "unsubscribe"):  # whatever the sender's role (the gateway records it)
+            said = "you get no more mail about this issue" if line.action == "unsubscribe" else "you get mail about this issue"
+            line.result = said + (f" ({line.result})" if changes else "")
         states[name] = after
         result.edits.setdefault(name, []).extend(edits)
     if result.errors:

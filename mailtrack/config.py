@@ -173,6 +173,14 @@ class NotifyConfig:
     wrap: int = 72  # wrap notification text at this column (0: never)
 
 
+# The fields commands by mail change, for [access.fields]; and the other names people give them.
+ACCESS_FIELDS = (
+    "status", "resolution", "type", "severity", "priority", "components", "version", "milestone",
+    "assigned", "title", "tags", "carbons",
+)  # fmt: skip
+ACCESS_FIELD_ALIASES = {"component": "components", "assignee": "assigned", "tag": "tags", "cc": "carbons"}
+
+
 @dataclass(frozen=True)
 class AccessConfig:
     """Who may do what by mail. Each list names: anyone, known, reporter, assignee, owner, maintainer,
@@ -181,6 +189,7 @@ class AccessConfig:
     open: list[str] = field(default_factory=lambda: ["anyone"])  # who may open issues
     comment: list[str] = field(default_factory=lambda: ["anyone"])  # who may comment
     change: list[str] = field(default_factory=lambda: ["reporter", "assignee", "owner", "maintainer"])  # who may change fields
+    fields: dict[str, list[str]] = field(default_factory=dict)  # per field, who may change it instead of `change`
     change_project: list[str] = field(default_factory=lambda: ["maintainer"])  # who may change project.xml (patch mails)
     maintainers: list[str] = field(default_factory=list)  # addresses with every right
     unknown_senders: str = "accept"  # accept | hold (in failed, with the reason) | reject (with a reply)
@@ -190,6 +199,22 @@ class AccessConfig:
     def __post_init__(self) -> None:
         if self.unknown_senders not in ("accept", "hold", "reject"):
             raise ConfigError(f"access.unknown_senders must be accept, hold or reject, not {self.unknown_senders!r}")
+        rules: dict[str, list[str]] = {}
+        given: dict[str, str] = {}
+        for name, rule in self.fields.items():
+            key = ACCESS_FIELD_ALIASES.get(name.strip().lower(), name.strip().lower())
+            if key not in ACCESS_FIELDS:
+                raise ConfigError(f"access.fields: unknown field '{name}'; fields are: {', '.join(ACCESS_FIELDS)}")
+            if key in rules:
+                raise ConfigError(f"access.fields: {key} is given twice, as '{given[key]}' and as '{name}'")
+            rules[key], given[key] = rule, name
+        object.__setattr__(self, "fields", rules)
+
+    def rules_for(self, fieldname: str) -> tuple[str, list[str]]:
+        """Who may change `fieldname` by mail, and where that rule comes from: access.fields.<field> or access.change."""
+        if fieldname in self.fields:
+            return f"access.fields.{fieldname}", self.fields[fieldname]
+        return "access.change", self.change
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,11 @@ class Config:
 
 def _check(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin is dict:
+        _, inner = typing.get_args(typ)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        return {k: _check(v, inner, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(typ)
         if not isinstance(value, list):

@@ -239,7 +239,10 @@ def close_edits(snap: Snapshot, resolution: str = "") -> list[Edit]:
     return [Edit("status", "=", project.closed[0]), Edit("resolution", "=", resolution or project.default("resolution"))]
 
 
-def reopen_edits(snap: Snapshot) -> list[Edit]:
+def reopen_edits(snap: Snapshot, issue: Issue | None = None) -> list[Edit]:
+    """The first open status and no resolution; none at all when `issue` is given and is not closed."""
     project = snap.project()
+    if issue is not None and issue.status not in project.closed:
+        return []
     status = next((s for s in project.statuses if s not in project.closed), project.default("status"))
     return [Edit("status", "=", status), Edit("resolution", "=", "")]

@@ -277,3 +277,42 @@ def test_unsubscribe_by_the_list_unsubscribe_link(gw: Gateway, repo: Path) -> No
     out = gw.handle(make_mail(to="control@localhost", frm="carol@example.org", message_id="<un@x>",
                               subject=f"unsubscribe {name[:7]}", body=""))
     assert ("changed", []) == (out.action, read_issue(repo, name).carbons)
+
+
+def test_control_reopen_of_an_issue_not_closed_changes_nothing(gw: Gateway, repo: Path) -> None:
+    """`reopen ID` on an open issue keeps its status (open stays open, not new) and says it is not closed."""
+    name = filed(gw, repo)
+    assert 0 == run_cli(repo, "set", name[:7], "status=open").code
+    tip = git(repo, "rev-parse", "issues")
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ro@x>", body=f"reopen {name[:7]}\nthanks\n"))
+    assert ("nothing", tip, "open") == (out.action, git(repo, "rev-parse", "issues"), read_issue(repo, name).status)
+    [t] = replies(repo)
+    assert "Processed: Printer on fire" == t["Subject"]
+    assert f"Your commands were processed:\n\n> reopen {name[:7]}\nissue {name[:7]} is not closed (open): nothing to reopen\n\n" in text_of(t)
+
+
+def test_control_close_then_reopen_in_one_mail(gw: Gateway, repo: Path) -> None:
+    """A reopen after a close in the same control mail sees the issue closed, and reopens it."""
+    name = filed(gw, repo)
+    assert 0 == run_cli(repo, "set", name[:7], "status=open").code
+    gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cr@x>",
+                        body=f"close {name[:7]}\nreopen {name[:7]}\nthanks\n"))
+    issue = read_issue(repo, name)
+    assert ("new", "") == (issue.status, issue.resolution)
+    assert f"> reopen {name[:7]}\nstatus: closed -> new, resolution: fixed -> (none)\n" in text_of(replies(repo)[0])
+
+
+def test_cli_reopen_of_an_issue_not_closed_changes_nothing(gw: Gateway, repo: Path) -> None:
+    """`git issues reopen` on an open issue prints that there is nothing to change, and writes nothing, not even -m."""
+    name = filed(gw, repo)
+    assert 0 == run_cli(repo, "set", name[:7], "status=open").code
+    tip = git(repo, "rev-parse", "issues")
+    r = run_cli(repo, "reopen", name[:7], "-m", "again")
+    assert (0, f"nothing to change: issue {name[:7]} is not closed (open)\n", "") == (r.code, r.out, r.err)
+    assert (tip, "open", []) == (git(repo, "rev-parse", "issues"), read_issue(repo, name).status, read_comments(repo, name))
+    assert 0 == run_cli(repo, "close", name[:7]).code
+    r = run_cli(repo, "reopen", name[:7], "-m", "not fixed after all")
+    issue = read_issue(repo, name)
+    commit, subject = git(repo, "log", "-1", "--format=%h%n%s", "--abbrev=7", "issues").splitlines()
+    assert (0, f"[issues {commit}] {subject}\n", True) == (r.code, r.out, subject.endswith(f"; reopen {name[:7]}"))
+    assert ("new", "", ["not fixed after all"]) == (issue.status, issue.resolution, [c.text for c in read_comments(repo, name)])
