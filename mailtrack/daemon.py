@@ -52,6 +52,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     spool.recover()
     gateway = Gateway(config, store, spool)
     notifier = Notifier(config, spool, project=gateway.project)
+    notifier.begin(store)  # before any mail is taken: the first one's change is notified too
     sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")
     stop, wake = threading.Event(), threading.Event()
     addresses = Addresses(main=gw.address, control=gw.control_address)
@@ -132,12 +133,15 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
 
 
 def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
-    """Process one mail; one that ends in failed also goes to the failed folder of its mailbox."""
-    raw = claim.read() if pollers else b""
+    """Process one mail; one that ends in failed also goes to the failed folder of its mailbox:
+    only the mailbox it was fetched from (the source the spool recorded), none for other mail."""
+    source = gateway.spool.source(claim.id) if pollers else ""
+    mine = [poller for poller in pollers if source == poller.source]
+    raw = claim.read() if mine else b""
     out = gateway.work(claim)
     failed = out.action == "held" if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
-    mid = message_id(raw) if failed and pollers else ""
-    for poller in pollers if mid else []:
+    mid = message_id(raw) if failed and mine else ""
+    for poller in mine if mid else []:
         try:
             poller.move_to_failed(mid)
         except Exception as e:  # the mail is in the spool's failed queue either way

@@ -8,6 +8,8 @@ else has it. The mail leaves the queue only after its effect is committed (`done
     <root>/incoming/{tmp,new,cur}   mail received, waiting for or being processed
     <root>/failed/                  gave up or quarantined; `<name>.reason` beside each mail
     <root>/processed/               done, kept until `prune()`
+    <root>/sources/<id>             where a mail came from (`accept(keep_source=True)`), made
+                                    when first needed; deleted with the mail
     <root>/outbox/{tmp,new,cur}     mail we send; `outbox/env/<id>.json` holds its envelope
     <root>/outbox-failed/           mail we could not send; `<name>.reason` beside each mail
 
@@ -213,6 +215,7 @@ class Spool:
         )
         self._outbox = _Queue(self.root / "outbox", self.root / "outbox-failed", None)
         self._envelopes = self._outbox.dir / "env"
+        self._sources = self.root / "sources"
         self._counter = itertools.count()
         host = socket.gethostname() or "localhost"
         self._host = re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64]
@@ -222,11 +225,38 @@ class Spool:
 
     # --- incoming -----------------------------------------------------------------------------
 
-    def accept(self, raw: bytes, *, source: str = "") -> str:
-        """Keep `raw` (exactly these bytes) durably; return its spool id. OSError: not kept."""
-        spool_id = self._deliver(self._incoming, raw)
+    def accept(self, raw: bytes, *, source: str = "", keep_source: bool = False) -> str:
+        """Keep `raw` (exactly these bytes) durably; return its spool id. OSError: not kept.
+
+        With `keep_source`, `source` is recorded durably before the mail (`source(spool_id)`
+        reads it back), so the mail knows where it came from as long as it is kept: e.g. which
+        IMAP mailbox to file it back in when it fails. It costs two fsyncs more."""
+        spool_id = self._new_id()
+        if keep_source and source:
+            try:
+                self._sources.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                pass
+            else:
+                _fsync_dir(self.root)
+            write_durably(self._sources / spool_id, source.encode("utf-8", "replace"))
+        try:
+            self._deliver(self._incoming, raw, spool_id=spool_id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (self._sources / spool_id).unlink()
+            raise
         log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", message_id(raw))
         return spool_id
+
+    def source(self, spool_id: str) -> str:
+        """The `source` accept() recorded for this mail (keep_source), or "" when none was."""
+        if ID_RE.match(spool_id) is None:
+            return ""
+        try:
+            return (self._sources / spool_id).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
     def claim(self) -> Claim | None:
         """Take the oldest waiting mail (not one delayed by retry_later), or None."""
@@ -268,6 +298,8 @@ class Spool:
                 if path.stat().st_mtime < limit:
                     path.unlink()
                     pruned += 1
+                    with contextlib.suppress(FileNotFoundError):
+                        (self._sources / path.name).unlink()
         return pruned
 
     # --- outbox -------------------------------------------------------------------------------
@@ -409,6 +441,18 @@ class Spool:
         for path in self._envelopes.glob("*.json"):  # mail sent, or queue_out() interrupted
             if path.name[: -len(".json")] not in kept and path.stat().st_mtime < stale:
                 path.unlink()
+        if self._sources.is_dir():  # sources of mail deleted by hand, or of an interrupted accept()
+            incoming = self._incoming
+            assert incoming.done is not None
+            held = {
+                parsed[0]
+                for directory in (incoming.new, incoming.cur, incoming.failed, incoming.done)
+                for name in os.listdir(directory)
+                if (parsed := _parse_name(name)) is not None
+            }
+            for path in self._sources.iterdir():
+                if path.name not in held and path.stat().st_mtime < stale:
+                    path.unlink()
         if recovered:
             log.warning("recovered %d mail(s) left claimed by an earlier run", recovered)
         return recovered

@@ -15,6 +15,23 @@ def test_example_config_parses_to_the_defaults() -> None:
     assert config.Config() == config.parse((ROOT / "config.example.toml").read_text(), "config.example.toml")
 
 
+def test_example_imap_block_parses_to_the_defaults() -> None:
+    """The commented-out [[imap]] block, uncommented with a username and password filled in, parses
+    to ImapConfig's defaults with those two values; booleans are spelt the TOML way throughout."""
+    text = (ROOT / "config.example.toml").read_text()
+    start = text.index("\n# [[imap]]\n") + 1
+    end = text.index("\n\n", start)
+    lines = text[start:end].splitlines()
+    assert [] == [line for line in lines if not line.startswith("# ")]
+    block = "\n".join(line[2:] for line in lines)
+    for key, value in (("username", "alice"), ("password", "secret")):
+        block, n = re.subn(rf'^{key} = ""', f'{key} = "{value}"', block, count=1, flags=re.MULTILINE)
+        assert 1 == n, key
+    parsed = config.parse(text[:start] + block + text[end:], "config.example.toml, [[imap]] uncommented")
+    assert config.Config(imap=[config.ImapConfig(username="alice", password="secret")]) == parsed
+    assert [] == re.findall(r"\b(?:True|False)\b", text)
+
+
 def test_example_config_names_every_key() -> None:
     """Every key the code reads stands in config.example.toml, in its own section."""
     text = (ROOT / "config.example.toml").read_text()

@@ -338,6 +338,44 @@ def test_move_to_failed_by_message_id(
     )
 
 
+def test_move_to_failed_takes_only_kept_mail(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """move_to_failed() leaves alone a mail not yet kept that shares the Message-ID (new in INBOX)."""
+    dovecot.append(imap_user, mail(1))
+    poller = make_poller()
+    assert 1 == poller.poll_once()
+    dovecot.append(imap_user, mail(1).replace(b"Subject: mail 1", b"Subject: mail 1 again"))
+    assert 1 == poller.move_to_failed(mid(1))
+    expected = (["mail 1 again"], [], ["mail 1"])
+    assert expected == tuple(dovecot.subjects(imap_user, f) for f in ("INBOX", "Archive", "Failed"))
+
+
+def test_move_to_failed_finds_a_kept_mail_not_yet_filed_away(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller
+) -> None:
+    """A kept mail still in INBOX (the worker was quicker than the poller's MOVE) goes to Failed."""
+    dovecot.append(imap_user, mail(1))
+    dovecot.append(imap_user, mail(2))
+    with dovecot.client(imap_user) as client:
+        client.select_folder("INBOX")
+        client.add_flags(client.search(["ALL"]), [KEPT_KEYWORD])
+    poller = make_poller()  # action "move": the mail would have gone to Archive
+    assert 1 == poller.move_to_failed(mid(1))
+    assert (["mail 2"], ["mail 1"]) == (dovecot.subjects(imap_user), dovecot.subjects(imap_user, "Failed"))
+
+
+def test_spooled_mail_records_the_poller_as_its_source(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """Each mail the poller spools carries its source, `imap:<label>`, for the failed-folder move."""
+    dovecot.append(imap_user, mail(1))
+    poller = make_poller()
+    assert 1 == poller.poll_once()
+    (path,) = (spool.root / "incoming" / "new").iterdir()
+    assert f"imap:{imap_user}@127.0.0.1:{dovecot.imap_port}/INBOX" == spool.source(path.name) == poller.source
+
+
 def test_wrong_password_is_retried_with_backoff(
     dovecot: DovecotServer,
     imap_user: str,

@@ -318,6 +318,44 @@ def test_lmtp_replies_once_per_accepted_recipient(start: StartListener, spool: S
     )
 
 
+def lmtp_two_recipients(listener: SmtpListener, raw: bytes) -> tuple[list[int], int]:
+    """DATA to two recipients over LMTP: (the code of each DATA reply, then NOOP's code).
+
+    A reply missing fails by the client's timeout instead of hanging the test."""
+    with smtplib.LMTP("127.0.0.1", listener.config.port, timeout=10) as client:
+        rcpt_codes, replies = lmtp_send(client, ["issues@example.test", "control@example.test"], raw)
+        assert [250, 250] == rcpt_codes
+        return [code for code, _ in replies], client.noop()[0]
+
+
+def test_lmtp_oversized_mail_gets_a_552_per_recipient(start: StartListener, spool: Spool) -> None:
+    """LMTP, no SIZE given: a mail over the limit gets one 552 per accepted recipient, then the session goes on."""
+    listener = start(protocol="lmtp", max_message_size=2000)
+    raw = message(body=("x" * 70 + "\n") * 100).as_bytes(policy=SMTP_POLICY)
+    assert ([552, 552], 250, []) == (*lmtp_two_recipients(listener, raw), spooled(spool))
+
+
+def test_lmtp_line_too_long_gets_a_500_per_recipient(start: StartListener, spool: Spool) -> None:
+    """LMTP: aiosmtpd's "500 Line too long" after DATA is repeated for each accepted recipient."""
+    listener = start(protocol="lmtp")
+    raw = message().as_bytes(policy=SMTP_POLICY).replace(b"Some text.", b"y" * 70000)
+    assert ([500, 500], 250, []) == (*lmtp_two_recipients(listener, raw), spooled(spool))
+
+
+def test_lmtp_error_inside_data_gets_a_451_per_recipient(
+    start: StartListener, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LMTP: an exception of ours inside DATA (handle_exception's 451) is answered once per recipient."""
+    listener = start(protocol="lmtp")
+
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(listener.handler, "_stamp", broken)  # fault injection
+    raw = message().as_bytes(policy=SMTP_POLICY)
+    assert ([451, 451], 250, []) == (*lmtp_two_recipients(listener, raw), spooled(spool))
+
+
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     """A short temporary folder (tmp_path can be too long for a Unix socket's 108 bytes)."""

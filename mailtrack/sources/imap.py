@@ -66,6 +66,11 @@ class ImapPoller:
         self._client: IMAPClient | None = None
         self._idle_ok = False
 
+    @property
+    def source(self) -> str:
+        """The source recorded with each mail this poller spools (`Spool.source(spool_id)`)."""
+        return f"imap:{self.config.label}"
+
     # --- the public loop ------------------------------------------------------------------------
 
     def poll_once(self, stop: threading.Event | None = None) -> int:
@@ -117,8 +122,14 @@ class ImapPoller:
                 log.debug("%s: closing the socket failed", self.config.label, exc_info=True)
 
     def move_to_failed(self, message_id: str) -> int:
-        """Move the mail with this Message-ID to the failed folder; return how many were moved.
+        """Move the mail this poller kept with this Message-ID to the failed folder; return how
+        many were moved.
 
+        Only mail marked KEPT_KEYWORD counts: a mail not yet kept that shares the Message-ID
+        stays where it is. It is looked for in the polled folder first (kept, but not yet filed
+        away: the worker may be quicker than the poller's MOVE), then in the processed folder, so
+        a mail moved from one to the other meanwhile is found in the second. The caller makes
+        sure the mail came from this poller (`Spool.source(spool_id) == poller.source`).
         Uses a connection of its own, so any thread may call it while run() goes on.
         """
         config = self.config
@@ -128,16 +139,14 @@ class ImapPoller:
         try:
             self._ensure_folder(client, config.failed_folder)
             moved = 0
-            folders = (
-                [config.processed_folder, config.folder]
-                if config.action == "move"
-                else [config.folder]
-            )
+            folders = [config.folder] + ([config.processed_folder] if config.action == "move" else [])
             for folder in folders:
                 if not client.folder_exists(folder):
                     continue
                 client.select_folder(folder)
-                uids = client.search(["HEADER", "Message-ID", message_id, "UNDELETED"])
+                uids = client.search(
+                    ["HEADER", "Message-ID", message_id, "KEYWORD", KEPT_KEYWORD, "UNDELETED"]
+                )
                 if uids:
                     self._move(client, uids, config.failed_folder)
                     moved += len(uids)
@@ -196,7 +205,7 @@ class ImapPoller:
                 log.info("%s: UID %d vanished before it was fetched", config.label, uid)
                 continue
             raw = bytes(fetched[b"BODY[]"]).replace(b"\r\n", b"\n")
-            spool_id = self._spool.accept(raw, source=f"imap:{config.label}")
+            spool_id = self._spool.accept(raw, source=self.source, keep_source=True)
             client.add_flags([uid], [KEPT_KEYWORD])  # kept: from now on it may be filed away
             state = _State(uidvalidity=uidvalidity, last_uid=uid)
             self._save_state(state)

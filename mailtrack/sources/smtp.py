@@ -18,7 +18,6 @@ open session, while a session already in DATA goes on to its reply; `drain()` wa
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -37,6 +36,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailtrack.config import ListenConfig
+from mailtrack.message import hashed_message_id
 from mailtrack.spool import Spool, message_id
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def with_message_id(content: bytes) -> bytes:
     one the parser would make from these bytes, `<sha1 of content@mailtrack.invalid>`."""
     if _USABLE_ID_RE.search(message_id(content)):
         return content
-    made = "<" + hashlib.sha1(content).hexdigest() + "@mailtrack.invalid>"
-    return f"Message-ID: {made}\n".encode() + content
+    return f"Message-ID: {hashed_message_id(content)}\n".encode() + content
 
 
 @dataclass(frozen=True)
@@ -166,9 +165,7 @@ class SpoolHandler:
         else:
             status = f"250 2.0.0 OK queued as {spool_id}"
             self._notify(spool_id)
-        if self._config.protocol == "lmtp":  # one reply per accepted recipient
-            return "\r\n".join(f"{status[:9]} <{rcpt}> {status[10:]}" for rcpt in envelope.rcpt_tos)
-        return status
+        return status  # in LMTP, _LmtpServer repeats it once per accepted recipient
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("error in an SMTP session", exc_info=error)
@@ -285,7 +282,59 @@ class _SmtpServer(_Limits, SMTP):
     pass
 
 
-class _LmtpServer(_Limits, LMTP):
+_STATUS_RE = re.compile(r"^(?P<code>[0-9]{3})[ -](?P<enhanced>[245]\.[0-9]{1,3}\.[0-9]{1,3} )?(?P<text>.*)$")
+
+
+def per_recipient(status: str, rcpts: list[str]) -> str:
+    """One reply line per recipient (LMTP, RFC 2033 4.2): `250 2.0.0 <rcpt> OK ...` each."""
+    match = _STATUS_RE.match(status)
+    if match is None or not rcpts:
+        return status
+    code, enhanced, text = match["code"], match["enhanced"] or "", match["text"]
+    return "\r\n".join(f"{code} {enhanced}<{rcpt}> {text}" for rcpt in rcpts)
+
+
+class _OneReplyPerRecipient(LMTP):
+    """LMTP after DATA: every final reply once per accepted recipient, whoever made it.
+
+    aiosmtpd answers a mail that is too big (`552`, no SIZE given) or has a line too long
+    (`500`) with a single line, and an exception inside DATA becomes a single reply of
+    handle_exception() (our `451`) pushed outside smtp_DATA: an LMTP client with 2+ recipients
+    would wait forever for the rest. So between the `354` and the end of DATA, push() repeats a
+    one-line reply for each recipient, and an exception is answered here, inside DATA.
+    """
+
+    _in_data = False
+    _data_rcpts: list[str] | None = None  # set once the 354 is out, until the final reply
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data, self._data_rcpts = True, None
+        try:
+            await super().smtp_DATA(arg)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            if self._data_rcpts is None:  # before the 354: one reply to the DATA command
+                raise
+            status = await self.handle_exception(error)
+            self._set_post_data_state()
+            await self.push(status)
+        finally:
+            self._in_data, self._data_rcpts = False, None
+
+    async def push(self, status: Any) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
+        if self._in_data and self._data_rcpts is None and text.startswith("354"):
+            assert self.envelope is not None
+            self._data_rcpts = list(self.envelope.rcpt_tos)
+        elif self._data_rcpts is not None:  # the final reply to this DATA
+            rcpts, self._data_rcpts, self._in_data = self._data_rcpts, None, False
+            if "\r\n" not in text:
+                status = per_recipient(text, rcpts)
+        await super().push(status)
+
+
+class _LmtpServer(_Limits, _OneReplyPerRecipient):
     pass
 
 
