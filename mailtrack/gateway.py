@@ -20,7 +20,7 @@ from mailtrack.edits import Edit, comment_change, edit_issue, new_issue
 from mailtrack.index import Index
 from mailtrack.message import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.model import Person, now
-from mailtrack.router import Addressing, Route, route
+from mailtrack.router import Addressing, Route, our_message_id, route
 from mailtrack.spool import Claim, Spool
 from mailtrack.store import Change, Snapshot, Store
 
@@ -185,12 +185,26 @@ class Gateway:
             commit = None
         else:
             commit, result = self.store.update(change, author, self.identity)
+            self._record_subscriptions(mail, out)
         if result is not None and result.files:
             out.message, out.files = result.message, sorted(result.files)
             out.commit = commit.decode() if commit else ""
         self._replies(mail, out, dry_run)
         log.info("%s", out.line())
         return out
+
+    def _record_subscriptions(self, mail: ParsedMail, out: Outcome) -> None:
+        """After the commit: `unsubscribe ID` keeps the sender out of every notice about the issue,
+        whatever their role, until `subscribe ID` (kept outside the branch, see notify.OptOuts)."""
+        if out.commands is None or not out.commands.ok:
+            return
+        from mailtrack.notify import OptOuts
+
+        for ln in out.commands.lines:
+            if ln.action not in ("subscribe", "unsubscribe") or not ln.issue or ln.error or ln.refused:
+                continue
+            if OptOuts(self.spool.root).record(ln.issue, mail.from_addr, ln.action == "subscribe"):
+                log.info("%s: %s %s %s", mail.message_id, ln.action, ln.issue[:7], mail.from_addr)
 
     def _machine_action(self) -> str:
         return "held" if self.config.gateway.machine_mail == "keep" else "dropped"
@@ -368,9 +382,28 @@ class Gateway:
                 "Auto-Submitted": "auto-replied", "X-Auto-Response-Suppress": "All", LOOP_HEADER: gw.address, **headers,
             },  # fmt: skip
             domain=domain or "localhost",
+            message_id=self._reply_message_id(mail, template, out, domain or "localhost"),
             attachments=[(mail.raw, "message/rfc822", "original.eml")] if with_original else None,
         )
         self.spool.queue_out(bytes(msg), sender=gw.address, recipients=[mail.from_addr])
+
+    def _reply_message_id(self, mail: ParsedMail, template: str, out: Outcome, domain: str) -> str:
+        """For the ack and a transcript about an issue on the branch, a Message-ID that embeds the
+        issue's name as notifications do (router.OUR_MSGID), so a reply to it routes by In-Reply-To
+        alone; "" (a random one) for the other replies."""
+        kind = {"reply-ack.txt": "ack", "reply-transcript.txt": "transcript"}.get(template)
+        if kind is None:
+            return ""
+        issue = out.issue
+        if not issue and out.commands is not None:  # a control mail: when its commands name one issue
+            named = {ln.issue for ln in out.commands.lines if ln.issue}
+            issue = named.pop() if len(named) == 1 else ""
+        if not issue or not self.store.snapshot().exists(issue):  # e.g. a new issue refused: not written
+            return ""
+        import hashlib
+
+        of_mail = hashlib.sha1(mail.message_id.encode("utf-8", "replace")).hexdigest()[:12]
+        return our_message_id(issue, f"{kind}.{of_mail}", domain)
 
     # --- the runner ---------------------------------------------------------------------------
 

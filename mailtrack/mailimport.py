@@ -2,7 +2,9 @@
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
 branch already is skipped. Issues and comments keep the mail's Date as their creation time. No
-reply (acknowledgement, error, transcript) is queued to the archive's senders. A
+reply (acknowledgement, error, transcript) is queued to the archive's senders, and no
+notification either: `mailtrack import` runs `import_path` inside `Notifier.unnotified`, which
+notifies what was pending first and then marks the imported range as notified. A
 mail that cannot be processed is kept in the spool's failed queue with the traceback.
 """
 

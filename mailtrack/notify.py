@@ -14,7 +14,11 @@ between the tip it last notified and the tip now, so each change is told exactly
   mails of a range are queued, the state names the range and then each mail queued, so a crash
   in the middle resumes where it stopped instead of sending everything twice;
 - a first run (no state) records the tip and notifies nothing: installing the gateway on an old
-  repository does not mail everyone about every issue it ever had.
+  repository does not mail everyone about every issue it ever had. `begin` records it before the
+  first mail is processed, so that mail's change is notified;
+- who sent `unsubscribe ID` hears no more of that issue, whatever their role, until they send
+  `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`OptOuts`), outside the
+  branch, and the recipients of every notice are computed without them.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "notify-state.json"
 LOCK_FILE = "notify.lock"
+OPTOUT_FILE = "optouts.json"
+OPTOUT_LOCK = "optouts.lock"
 
 # Why a person gets a mail, in the order a person with several roles is told the first one.
 ROLES = (("reporters", "reporter"), ("owners", "owner"), ("assigned", "assignee"), ("carbons", "cc"))
@@ -217,9 +223,11 @@ def recipients(
     watchers: list[str],
     own: list[str],
     actor: Person | None,
+    optouts: set[str] | frozenset[str] = frozenset(),
 ) -> list[Recipient]:
     """Who hears of a change to `issue`: its people (and those a change just removed), the owners
-    of its components, the watchers; never a machine, never `actor`, nobody twice."""
+    of its components, the watchers; never a machine, never `actor`, never one who unsubscribed
+    from the issue (`optouts`, lower-case addresses), nobody twice."""
     candidates: list[tuple[str, str]] = []
     for issue_ in (issue, before):
         if issue_ is None:
@@ -232,7 +240,9 @@ def recipients(
     candidates += [(v, "watcher") for v in watchers]
     # A person with several roles is told the first in REASONS order.
     candidates.sort(key=lambda c: REASONS.index(c[1]))
-    skip = {actor.email.lower()} if actor is not None and actor.email else set()
+    skip = {a.lower() for a in optouts}
+    if actor is not None and actor.email:
+        skip.add(actor.email.lower())
     out = []
     for value, reason in candidates:
         person = Person.parse(value)
@@ -242,6 +252,49 @@ def recipients(
         skip.add(key)
         out.append(Recipient(person, reason))
     return out
+
+
+class OptOuts:
+    """Who unsubscribed from which issue: `{issue name: [address, ...]}` in `<spool>/optouts.json`.
+
+    Gateway state, so kept outside the branch (FORMAT.md); written with write-fsync-rename under
+    a lock, as serve, process and deliver may record at the same time.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / OPTOUT_FILE
+
+    def read(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {}
+        return {k: list(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def of(self, issue: str) -> set[str]:
+        """The lower-case addresses that unsubscribed from `issue`."""
+        return {a.lower() for a in self.read().get(issue, [])}
+
+    def record(self, issue: str, address: str, subscribed: bool) -> bool:
+        """`unsubscribe` (subscribed False) or `subscribe` again; True when that changed anything."""
+        address = address.strip().strip("<>").lower()
+        fd = os.open(self.root / OPTOUT_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self.read()
+            have = data.get(issue, [])
+            if subscribed == (address not in have):
+                return False
+            have = [a for a in have if a != address] if subscribed else sorted([*have, address])
+            if have:
+                data[issue] = have
+            else:
+                data.pop(issue, None)
+            write_durably(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+            return True
+        finally:
+            os.close(fd)
 
 
 # --- mails ------------------------------------------------------------------------------------
@@ -310,6 +363,7 @@ class Notifier:
         self.spool = spool
         self.project = project
         self._renderer = renderer
+        self.optouts = OptOuts(spool.root)
 
     @property
     def state_path(self) -> Path:
@@ -350,26 +404,60 @@ class Notifier:
 
     # --- the work ---------------------------------------------------------------------------
 
+    def begin(self, store: Store) -> bool:
+        """Record the current tip as the start of notifications when there is no state yet (a
+        fresh installation); True when it did. Call it before the first mail is processed, so the
+        change that mail makes is notified like every later one."""
+        with self._locked():
+            return self._begin(store)
+
+    def _begin(self, store: Store) -> bool:
+        ref = store.ref.decode()
+        state = self.read_state()
+        if state is not None and state.get("ref") == ref:
+            return False
+        tip = store.tip()
+        self._write_state({"ref": ref, "tip": tip.decode() if tip else None})
+        start = tip.decode()[:10] if tip else "(no branch yet)"
+        log.info("notifications start at %s: earlier changes are not notified", start)
+        return True
+
     def notify(self, store: Store) -> int:
         """Queue the notifications for every change since the last notified tip; return how many."""
         with self._locked():
-            ref = store.ref.decode()
-            tip = store.tip()
-            state = self.read_state()
-            if state is None or state.get("ref") != ref:
-                self._write_state({"ref": ref, "tip": tip.decode() if tip else None})
-                start = tip.decode()[:10] if tip else "(no branch yet)"
-                log.info("notifications start at %s: earlier changes are not notified", start)
-                return 0
-            queued = 0
-            pending = state.get("pending")
-            if pending:  # a range interrupted by a crash: finish it first
-                queued += self._notify_range(store, ref, state.get("tip"), pending, set(state.get("queued", [])))
-                state = {"ref": ref, "tip": pending}
-            last = state.get("tip")
-            if tip is None or (last and tip.decode() == last):
-                return queued
-            return queued + self._notify_range(store, ref, last, tip.decode(), set())
+            return self._notify(store)
+
+    @contextlib.contextmanager
+    def unnotified(self, store: Store) -> Iterator[int]:
+        """Changes made inside the block are never notified (`mailtrack import` of old mail).
+
+        What was pending before is notified first (the count is what the block gets); the
+        notifier stays locked throughout, so no other notifier mails the changes half-made; at
+        the end, even on an error, the notified tip moves to the branch's tip without a mail.
+        """
+        with self._locked():
+            queued = self._notify(store)
+            try:
+                yield queued
+            finally:
+                tip = store.tip()
+                self._write_state({"ref": store.ref.decode(), "tip": tip.decode() if tip else None})
+
+    def _notify(self, store: Store) -> int:
+        if self._begin(store):
+            return 0
+        ref = store.ref.decode()
+        tip = store.tip()
+        state = self.read_state() or {}
+        queued = 0
+        pending = state.get("pending")
+        if pending:  # a range interrupted by a crash: finish it first
+            queued += self._notify_range(store, ref, state.get("tip"), pending, set(state.get("queued", [])))
+            state = {"ref": ref, "tip": pending}
+        last = state.get("tip")
+        if tip is None or (last and tip.decode() == last):
+            return queued
+        return queued + self._notify_range(store, ref, last, tip.decode(), set())
 
     def _notify_range(self, store: Store, ref: str, old: str | None, new: str, done: set[str]) -> int:
         repo = store.repo
@@ -428,7 +516,8 @@ class Notifier:
             return []  # only bookkeeping changed (modified time, extensions)
         actor = notice.actor
         own = [gw.address, gw.control_address, *gw.own_addresses]
-        people = recipients(after, before, project, cfg.watchers, own, None if cfg.notify_actor else actor)
+        people = recipients(after, before, project, cfg.watchers, own, None if cfg.notify_actor else actor,
+                            self.optouts.of(notice.issue))
         if not people:
             return []
         project_name = self._project_name(store)

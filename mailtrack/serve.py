@@ -99,12 +99,14 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     # Kept: from here on the answer to the MTA is 0, whatever happens to the processing.
     try:
         gateway = _gateway(config, store, spool)
+        notifier = _notifier(config, spool, gateway)
+        notifier.begin(store)  # a first mail on a fresh installation: its change is notified too
         claim = spool.claim_id(spool_id)
         if claim is not None:  # else a running `mailtrack serve` took it first
             out = gateway.work(claim)
             if out is not None and args.verbose:
                 print(out.line(), file=sys.stderr)
-        _notifier(config, spool, gateway).notify(store)  # queued only: the MTA does not wait on the relay
+        notifier.notify(store)  # queued only: the MTA does not wait on the relay
     except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
         log.error("%s: processing deferred: %s", spool_id, e)
     return EX_OK
@@ -138,10 +140,12 @@ def cmd_process(args: argparse.Namespace) -> int:
     config, store, spool = _open(args)
     spool.recover()
     gateway = _gateway(config, store, spool)
+    notifier = _notifier(config, spool, gateway)
+    notifier.begin(store)  # a fresh installation: the changes of the mail about to be processed are notified
     n = gateway.drain()
     gateway.housekeeping()
     spool.prune(timedelta(days=config.gateway.processed_retention_days))
-    queued = _notifier(config, spool, gateway).notify(store)
+    queued = notifier.notify(store)
     print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)
     return EX_OK
 
@@ -221,10 +225,23 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     config, store, spool = _open(args)
     gateway = _gateway(config, store, spool)
-    try:
-        counts = import_path(gateway, Path(args.path), progress=sys.stderr)
-    except FileNotFoundError:
-        raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
+    path = Path(args.path)
+    if not path.exists():
+        raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}")
+    before = store.tip()
+    # Old mail: what was pending is notified first, the imported changes never (nor by a notifier
+    # running meanwhile: it waits).
+    with _notifier(config, spool, gateway).unnotified(store) as pending:
+        try:
+            counts = import_path(gateway, path, progress=sys.stderr)
+        except FileNotFoundError:
+            raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
+    after = store.tip()
+    if pending:
+        print(f"import: queued {pending} notification(s) for the changes made before the import", file=sys.stderr)
+    if after != before:
+        span = f"{before.decode()[:7] if before else '(root)'}..{after.decode()[:7] if after else ''}"
+        print(f"import: {span} marked as notified: nobody is mailed about the imported mail", file=sys.stderr)
     print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return EX_OK
 

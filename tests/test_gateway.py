@@ -73,7 +73,8 @@ def deliver(repo: Path, raw: bytes, *args: str) -> subprocess.CompletedProcess[b
 
 
 def test_deliver_new_issue_end_to_end(repo: Path) -> None:
-    """`mailtrack deliver` turns a mail into one commit by the sender and queues a threaded acknowledgement."""
+    """`mailtrack deliver` turns a mail into one commit by the sender, queues a threaded acknowledgement
+    to the sender and a notification to the Cc'd person (the first mail of a fresh gateway too)."""
     r = deliver(repo, make_mail(subject="Re: Fwd: Printer on fire", Cc="Bob <bob@example.org>"))
     assert (0, b"") == (r.returncode, r.stderr)
     [name] = read_names(repo)
@@ -91,7 +92,9 @@ def test_deliver_new_issue_end_to_end(repo: Path) -> None:
         f"Alice <alice@example.org>|repo <issues@localhost>|new {name[:7]}: Printer on fire"
         == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "issues").strip()
     )
-    [ack] = outbox(repo)
+    mails = {m["Auto-Submitted"]: m for m in outbox(repo)}
+    assert (["auto-generated", "auto-replied"], "bob@example.org") == (sorted(mails), mails["auto-generated"]["To"].addresses[0].addr_spec)
+    ack = mails["auto-replied"]
     assert (
         f"[repo #{name[:7]}] Printer on fire",
         "<m1@example.org>",
