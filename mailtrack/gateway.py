@@ -42,6 +42,7 @@ class Outcome:
     route: Route | None = None
     message: str = ""  # the commit message
     files: list[str] = field(default_factory=list)
+    written: dict[str, bytes] = field(default_factory=dict, repr=False)  # path -> content, for --dry-run
     replies: list[tuple[str, str]] = field(default_factory=list)  # (template, recipient)
     commands: commands.Applied | None = None
     verified: str = ""  # who vouched for the sender (Authentication-Results)
@@ -104,7 +105,8 @@ def verified_by(mail: ParsedMail, trusted: list[str]) -> str:
 
 
 class Gateway:
-    def __init__(self, config: Config, store: Store, spool: Spool) -> None:
+    def __init__(self, config: Config, store: Store, spool: Spool, *, read_only: bool = False) -> None:
+        """`read_only`: for dry runs, the index lives in memory (nothing is written to disk)."""
         self.config = config
         self.store = store
         self.spool = spool
@@ -112,7 +114,7 @@ class Gateway:
         self.project = project_name(config, store)
         self.addressing = Addressing(gw.address, gw.control_address, self.project)
         self.identity = Person(gw.name or self.project, gw.address)
-        self.index = Index.for_snapshot(store.snapshot())
+        self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self._renderer: Any = None
         self._limiter: Any = None
         self._quiet = False  # no replies at all (an import), see `handle`
@@ -188,6 +190,7 @@ class Gateway:
             self._record_subscriptions(mail, out)
         if result is not None and result.files:
             out.message, out.files = result.message, sorted(result.files)
+            out.written = {p: d for p, d in result.files.items() if d is not None}
             out.commit = commit.decode() if commit else ""
         self._replies(mail, out, dry_run)
         log.info("%s", out.line())
@@ -195,10 +198,10 @@ class Gateway:
 
     def _record_subscriptions(self, mail: ParsedMail, out: Outcome) -> None:
         """After the commit: `unsubscribe ID` keeps the sender out of every notice about the issue,
-        whatever their role, until `subscribe ID` (kept outside the branch, see notify.OptOuts)."""
+        whatever their role, until `subscribe ID` (kept outside the branch, see mailtrack.optouts)."""
         if out.commands is None or not out.commands.ok:
             return
-        from mailtrack.notify import OptOuts
+        from mailtrack.optouts import OptOuts
 
         for ln in out.commands.lines:
             if ln.action not in ("subscribe", "unsubscribe") or not ln.issue or ln.error or ln.refused:

@@ -8,6 +8,7 @@ again from the branch on next use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -47,10 +48,23 @@ def normalize_msgid(message_id: str) -> str:
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, *, copy_of: Path | None = None) -> None:
+        """The index kept in `path`; with None, one in memory that writes nothing to disk,
+        starting from a copy of the index in `copy_of` when there is one (`mailtrack deliver
+        --dry-run`)."""
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path if path is not None else ":memory:", timeout=60, isolation_level=None)
+        if path is None and copy_of is not None and copy_of.exists():
+            # immutable: no -wal/-shm files made beside it; what a live writer has not checkpointed
+            # is only older, and sync() brings the copy up to the snapshot from its recorded tree
+            try:
+                with contextlib.closing(sqlite3.connect(f"{copy_of.as_uri()}?immutable=1", uri=True)) as source:
+                    source.backup(self.db)
+            except sqlite3.Error:  # caught mid-checkpoint: build the copy from the branch instead
+                self.db.close()
+                self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
         self.db.executescript(SCHEMA)
@@ -59,8 +73,8 @@ class Index:
             self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
 
     @classmethod
-    def for_snapshot(cls, snap: Snapshot) -> Index:
-        return cls(default_path(snap))
+    def for_snapshot(cls, snap: Snapshot, *, read_only: bool = False) -> Index:
+        return cls(None, copy_of=default_path(snap)) if read_only else cls(default_path(snap))
 
     def close(self) -> None:
         self.db.close()

@@ -17,7 +17,7 @@ between the tip it last notified and the tip now, so each change is told exactly
   repository does not mail everyone about every issue it ever had. `begin` records it before the
   first mail is processed, so that mail's change is notified;
 - who sent `unsubscribe ID` hears no more of that issue, whatever their role, until they send
-  `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`OptOuts`), outside the
+  `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`mailtrack.optouts`), outside the
   branch, and the recipients of every notice are computed without them.
 """
 
@@ -44,6 +44,7 @@ from dulwich.repo import Repo
 from mailtrack.config import Config
 from mailtrack.edits import changed_fields
 from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
+from mailtrack.optouts import OptOuts
 from mailtrack.router import our_message_id
 from mailtrack.spool import Spool, write_durably
 from mailtrack.store import Snapshot, Store
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "notify-state.json"
 LOCK_FILE = "notify.lock"
-OPTOUT_FILE = "optouts.json"
-OPTOUT_LOCK = "optouts.lock"
 
 # Why a person gets a mail, in the order a person with several roles is told the first one.
 ROLES = (("reporters", "reporter"), ("owners", "owner"), ("assigned", "assignee"), ("carbons", "cc"))
@@ -252,49 +251,6 @@ def recipients(
         skip.add(key)
         out.append(Recipient(person, reason))
     return out
-
-
-class OptOuts:
-    """Who unsubscribed from which issue: `{issue name: [address, ...]}` in `<spool>/optouts.json`.
-
-    Gateway state, so kept outside the branch (FORMAT.md); written with write-fsync-rename under
-    a lock, as serve, process and deliver may record at the same time.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.path = root / OPTOUT_FILE
-
-    def read(self) -> dict[str, list[str]]:
-        try:
-            data = json.loads(self.path.read_text("utf-8"))
-        except FileNotFoundError:
-            return {}
-        return {k: list(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def of(self, issue: str) -> set[str]:
-        """The lower-case addresses that unsubscribed from `issue`."""
-        return {a.lower() for a in self.read().get(issue, [])}
-
-    def record(self, issue: str, address: str, subscribed: bool) -> bool:
-        """`unsubscribe` (subscribed False) or `subscribe` again; True when that changed anything."""
-        address = address.strip().strip("<>").lower()
-        fd = os.open(self.root / OPTOUT_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = self.read()
-            have = data.get(issue, [])
-            if subscribed == (address not in have):
-                return False
-            have = [a for a in have if a != address] if subscribed else sorted([*have, address])
-            if have:
-                data[issue] = have
-            else:
-                data.pop(issue, None)
-            write_durably(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
-            return True
-        finally:
-            os.close(fd)
 
 
 # --- mails ------------------------------------------------------------------------------------

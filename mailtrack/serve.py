@@ -81,8 +81,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if not raw.strip():
         raise Exit(EX_DATAERR, "no message on standard input")
     if args.dry_run:
-        config, store, spool = _open(args, durable=False)
-        return _dry_run(_gateway(config, store, spool), raw)
+        return _dry_run(args, raw)
     # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
     try:
         config, store, spool = _open(args)
@@ -112,11 +111,29 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _dry_run(gateway, raw: bytes) -> int:  # type: ignore[no-untyped-def]
-    from mailtrack.model import Person
+def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
+    """What `deliver` would do with this mail, written to nothing: the spool is a scratch folder,
+    the index a copy in memory, the commit and the replies only described."""
+    import tempfile
 
-    mail = gateway.parse(raw)
-    out = gateway.handle(raw, dry_run=True)
+    from mailtrack.config import ConfigError, load
+    from mailtrack.gateway import Gateway
+    from mailtrack.model import Person
+    from mailtrack.spool import Spool
+    from mailtrack.store import Store, StoreError
+
+    try:
+        config = load(args.config)
+        store = Store.open(args.repo or config.gateway.repo or None)
+    except (ConfigError, StoreError) as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="mailtrack-dry-run-") as scratch:
+        gateway = Gateway(config, store, Spool(Path(scratch)), read_only=True)
+        try:
+            mail = gateway.parse(raw)
+            out = gateway.handle(raw, dry_run=True)
+        finally:
+            gateway.close()
     r = out.route
     lines = [
         f"Message-ID: {mail.message_id}",
@@ -129,11 +146,33 @@ def _dry_run(gateway, raw: bytes) -> int:  # type: ignore[no-untyped-def]
     if mail.skipped:
         lines.append(f"Skipped:    {'; '.join(mail.skipped)}")
     lines.append(f"Route:      {r.kind if r else '?'}{' ' + out.short if out.short else ''} ({r.reason if r else ''})")
-    lines.append(f"Would:      {out.action}" + (f": {out.message}" if out.message else ""))
-    lines += [f"  write {f}" for f in out.files]
+    if out.commands is not None:
+        lines.append("Commands:")
+        lines += [f"  > {ln.text}\n    {ln.status}" for ln in out.commands.lines]
+    lines.append(f"Would:      {out.action}" + (f": {out.message}" if out.message else f" ({out.reason})" if out.reason else ""))
+    for path in out.files:
+        lines.append(f"  write {path}")
+        if path.endswith("/issue.xml") and path in out.written:
+            lines += [f"    {ln}" for ln in _fields(out.written[path], path)]
     lines += [f"  reply {t} to {to}" for t, to in out.replies]
     print("\n".join(lines))
     return EX_OK
+
+
+def _fields(data: bytes, path: str) -> list[str]:
+    """`field: value` lines of an issue.xml that would be written."""
+    from mailtrack.model import ISSUE_FIELDS, Issue
+
+    issue = Issue.from_bytes(data, path.replace("/", "")[: -len("issue.xml")])
+    out = []
+    for f in ISSUE_FIELDS:
+        if f in ("description", "created", "modified"):
+            continue
+        value = issue.get(f)
+        text = ", ".join(value) if isinstance(value, list) else str(value)
+        if text:
+            out.append(f"{f}: {text}")
+    return out
 
 
 def cmd_process(args: argparse.Namespace) -> int:

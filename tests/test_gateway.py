@@ -251,16 +251,20 @@ def test_attachments_and_html_only_mail(gateway: Gateway, repo: Path) -> None:
 
 
 def test_dry_run_writes_nothing(repo: Path) -> None:
-    """--dry-run prints the parse, the route and the planned commit; the branch and spool stay as they were."""
-    before = git(repo, "rev-parse", "issues")
-    r = deliver(repo, make_mail(), "--dry-run")
+    """--dry-run prints the parse, the route, the commands, the fields and the planned commit and
+    replies; not a byte changes under .git (no spool, no index, no object)."""
+    def files() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted((repo / ".git").rglob("*")) if p.is_file()}
+
+    assert 0 == deliver(repo, make_mail(message_id="<first@example.org>")).returncode  # the spool and index exist
+    before = files()
+    r = deliver(repo, make_mail(body="Severity: minor\n\nIt is on fire."), "--dry-run")
     out = r.stdout.decode()
-    assert (0, before) == (r.returncode, git(repo, "rev-parse", "issues"))
+    assert (0, before) == (r.returncode, files())
     assert "Route:      new " in out and "(no issue named by address, thread or subject)" in out
-    assert "Would:      created: new " in out and "reply reply-ack.txt to alice@example.org" in out
-    assert not (default_spool_path(repo) / "incoming" / "new").exists() or [] == list(
-        (default_spool_path(repo) / "incoming" / "new").iterdir()
-    )
+    assert "  > Severity: minor\n    severity: blocker -> minor\n" in out
+    assert "Would:      created: new " in out and "    severity: minor\n" in out and "    carbons: \n" not in out
+    assert "reply reply-ack.txt to alice@example.org" in out
 
 
 def test_exit_75_when_the_mail_cannot_be_kept(repo: Path, tmp_path: Path) -> None:
