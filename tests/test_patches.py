@@ -15,14 +15,14 @@ import pytest
 
 from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
-from mailtrack.config import Config, GatewayConfig
+from mailtrack.config import AccessConfig, Config, GatewayConfig
 from mailtrack.gateway import Gateway, default_spool
-MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
 from mailtrack.patches.series import file_diff
 from mailtrack.spool import Spool
 from mailtrack.store import Store
 from test_serve import Server
 
+MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
 SEND_EMAIL = "/usr/lib/git-core/git-send-email"
 
 
@@ -217,7 +217,30 @@ def test_change_by_someone_without_the_right_is_refused(gw: Gateway, tmp_path: P
     [f] = sorted(d.iterdir())
     out = gw.handle(f.read_bytes())
     assert ("rejected", before, "new") == (out.action, tip(repo), read_issue(repo, a).status)
-    assert f"carol@example.org may not change issue {a[:7]}" in " ".join(outbox(repo)[-1].get_content().split())
+    assert (f"carol@example.org may not change the status of issue {a[:7]} (allowed by access.change: reporter,"
+            " assignee, owner, maintainer)") in " ".join(outbox(repo)[-1].get_content().split())
+
+
+def test_access_fields_rule_the_fields_a_patch_changes(tmp_path: Path) -> None:
+    """[access.fields] holds for patch mails too: a stranger may tag (tags = anyone) but not close."""
+    repo = gateway_repo(tmp_path / "gw")
+    a = new_issue(repo, "Jane's issue")
+    store = Store.open(repo, durable=True)
+    config = Config(gateway=GatewayConfig(project="proj"), access=AccessConfig(fields={"tags": ["anyone"]}))
+    g = Gateway(config, store, Spool(default_spool(store)))
+    try:
+        c = clone(repo, tmp_path / "clone")
+        assert 0 == run_cli(c, "tag", a[:7], "+offline").code
+        assert 0 == run_cli(c, "push", "-o", str(tmp_path / "tag")).code
+        assert 0 == run_cli(c, "close", a[:7]).code
+        assert 0 == run_cli(c, "push", "--since", "issues^", "-o", str(tmp_path / "close")).code
+        [tagged], [closed] = (list((tmp_path / d).iterdir()) for d in ("tag", "close"))
+        assert "changed" == g.handle(tagged.read_bytes()).action
+        out = g.handle(closed.read_bytes())
+        assert ("rejected", ["offline"], "new") == (out.action, read_issue(repo, a).tags, read_issue(repo, a).status)
+    finally:
+        g.close()
+        store.close()
 
 
 def test_same_series_twice_changes_nothing(gw: Gateway, tmp_path: Path) -> None:

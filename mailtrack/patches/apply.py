@@ -21,6 +21,7 @@ from dulwich.objects import Blob
 from dulwich.patch import _parse_git_diff_header_paths, git_am_patch_split, git_base85_decode
 
 from mailtrack import commands
+from mailtrack.edits import changed_fields
 from mailtrack.merge import merge_issue, merge_project
 from mailtrack.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.patches import (
@@ -402,12 +403,17 @@ class _Series:
             try:
                 if leaf == "issue.xml":
                     issue = Issue.from_bytes(data, name)
-                    reasons += [f"{path}: {e}" for e in project.validate(issue, self.snap.tags())]
+                    stale = set(project.validate(before, self.snap.tags())) if before is not None else set()
+                    reasons += [f"{path}: {e}" for e in project.validate(issue, self.snap.tags()) if e not in stale]
                     if before is None or name in self.created:
                         if not self.allowed(patch.sender, access.open, issue):
                             reasons.append(f"{patch.sender} may not open issues")
-                    elif not self.allowed(patch.sender, access.change, before):
-                        reasons.append(f"{path}: {patch.sender} may not change issue {name[:7]}")
+                    else:  # each changed field by its own rule, as for commands by mail
+                        for f in changed_fields(before, issue):
+                            where, rules = access.rules_for(f)
+                            if not self.allowed(patch.sender, rules, before):
+                                reasons.append(f"{path}: {patch.sender} may not change the {f} of issue {name[:7]}"
+                                               f" (allowed by {where}: {', '.join(rules)})")
                 elif is_comment_filename(leaf):
                     Comment.from_bytes(data, leaf)
                     if before is None and f"{fan}/{rest}/issue.xml" not in writes:
