@@ -61,6 +61,16 @@ def test_pseudo_headers_on_a_new_issue(gw: Gateway, repo: Path) -> None:
     assert ["Processed: Printer on fire", f"[proj #{out.issue[:7]}] Printer on fire"] == subjects
 
 
+def rich_project(repo: Path) -> None:
+    """The branch again, with the golden project.xml (components, milestones) and a version v2.0 that is a tag."""
+    git(repo, "tag", "v2.0")
+    project = (Path(__file__).parent / "data" / "golden" / "project.xml").read_text().replace(
+        "<versions>\n<list/>", "<versions>\n<list>\n<item>\nv2.0\n</item>\n</list>")
+    (repo / "p.xml").write_text(project)
+    git(repo, "update-ref", "-d", "refs/heads/issues")
+    assert 0 == run_cli(repo, "init", "--project", str(repo / "p.xml")).code
+
+
 @pytest.mark.parametrize("header,field,expected", [
     ("Status: open", "status", "open"),
     ("Resolution: wontfix", "resolution", "wontfix"),
@@ -77,13 +87,7 @@ def test_pseudo_headers_on_a_new_issue(gw: Gateway, repo: Path) -> None:
 ])
 def test_every_field_by_pseudo_header(repo: Path, header: str, field: str, expected: object) -> None:
     """Each field can be set by a pseudo-header in a reply from the reporter; the transcript says old -> new."""
-    git(repo, "tag", "v2.0")
-    project = (Path(__file__).parent / "data" / "golden" / "project.xml").read_text().replace(
-        "<versions>\n<list/>", "<versions>\n<list>\n<item>\nv2.0\n</item>\n</list>").replace(
-        "<item>\nopen\n</item>", "<item>\nopen\n</item>")
-    (repo / "p.xml").write_text(project)
-    git(repo, "update-ref", "-d", "refs/heads/issues")
-    assert 0 == run_cli(repo, "init", "--project", str(repo / "p.xml")).code
+    rich_project(repo)
     g = make_gateway(repo)
     try:
         name = filed(g, repo)
@@ -97,6 +101,67 @@ def test_every_field_by_pseudo_header(repo: Path, header: str, field: str, expec
     finally:
         g.close()
         g.store.close()
+
+
+@pytest.mark.parametrize("command,field,expected", [
+    ("status {id} open", "status", "open"),
+    ("close {id} wontfix", "resolution", "wontfix"),
+    ("severity {id} minor", "severity", "minor"),
+    ("priority {id} low", "priority", "low"),
+    ("assign {id} Bob <bob@example.org>", "assigned", ["Bob <bob@example.org>"]),
+    ("retitle {id} A better title", "title", "A better title"),
+    ("component {id} core", "components", ["core"]),
+    ("milestone {id} 1.0", "milestone", "1.0"),
+    ("version {id} v2.0", "version", "v2.0"),
+    ("tag {id} +ui", "tags", ["ui"]),
+    ("cc {id} +dan@example.org", "carbons", ["dan@example.org"]),
+    ("subscribe {id}", "carbons", ["alice@example.org"]),
+])
+def test_every_control_command(repo: Path, command: str, field: str, expected: object) -> None:
+    """Each control command, from the reporter to control@: one commit with the new value, a comment
+    carrying the mail's Message-ID, and a transcript that echoes the line with its result."""
+    rich_project(repo)
+    g = make_gateway(repo)
+    try:
+        name = filed(g, repo)
+        line = command.format(id=name[:7])
+        before = int(git(repo, "rev-list", "--count", "issues"))
+        out = g.handle(make_mail(to="control@localhost", message_id="<ctl@x>", body=f"{line}\nthanks\n"))
+        assert ("changed", expected, before + 1) == (out.action, getattr(read_issue(repo, name), field),
+                                                     int(git(repo, "rev-list", "--count", "issues")))
+        assert "&lt;ctl@x&gt;" in git(repo, "show", "issues", "--", f"{name[:2]}/{name[2:]}")  # the record of this mail
+        [transcript] = replies(repo)
+        assert ("Processed: Printer on fire", True) == (transcript["Subject"], f"> {line}\n" in text_of(transcript))
+    finally:
+        g.close()
+        g.store.close()
+
+
+@pytest.mark.parametrize("line,error", [
+    ("severity {id} huge", "huge"),
+    ("milestone {id} 9.9", "9.9"),
+    ("component {id} nowhere", "nowhere"),
+    ("status deadbeef open", "no issue deadbeef"),
+])
+def test_control_errors_change_nothing_and_say_why(gw: Gateway, repo: Path, line: str, error: str) -> None:
+    """An illegal value or an unknown issue in a control mail: nothing is written, the transcript marks the line."""
+    name = filed(gw, repo)
+    tip = git(repo, "rev-parse", "issues")
+    text = line.format(id=name[:7])
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<bad@x>", body=f"tag {name[:7]} +ok\n{text}\n"))
+    assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
+    [t] = replies(repo)
+    body = text_of(t)
+    assert (True, True) == (f"> {text}\nerror: " in body, error in body.split(f"> {text}\n", 1)[1].split("\n", 1)[0]), body
+
+
+def test_unauthorised_control_sender_is_refused(gw: Gateway, repo: Path) -> None:
+    """A stranger's control mail changes nothing, and the transcript says which rule refused it."""
+    name = filed(gw, repo)
+    tip = git(repo, "rev-parse", "issues")
+    gw.handle(make_mail(to="control@localhost", frm="mallory@example.net", message_id="<evil@x>", body=f"close {name[:7]}\n"))
+    [t] = replies(repo)
+    assert (tip, True) == (git(repo, "rev-parse", "issues"), f"> close {name[:7]}\nrefused: mallory@example.net may not change" in text_of(t))
 
 
 def test_status_closed_alone_sets_the_default_resolution(gw: Gateway, repo: Path) -> None:
