@@ -14,13 +14,19 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 from mailtrack.edits import (
-    Edit, close_edits, edit_issue, field_name, new_issue, parse_assignment, reopen_edits,
-)  # fmt: skip
+    Edit,
+    close_edits,
+    edit_issue,
+    field_name,
+    new_issue,
+    parse_assignment,
+    reopen_edits,
+)
 from mailtrack.model import Issue, Person, Project, is_comment_filename
 from mailtrack.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.xmlformat import FormatError
@@ -279,8 +285,8 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(d: object) -> str:
-    return d.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")  # type: ignore[attr-defined]
+def _when(d: datetime) -> str:
+    return d.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _edit(store: Store, args: argparse.Namespace, edits: Callable[[Snapshot], list[Edit]], comment: str | None = None,

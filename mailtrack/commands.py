@@ -140,7 +140,7 @@ def control_lines(text: str) -> list[Line]:
             continue
         rest = stripped.split(None, 2)[2] if len(words) > 2 else ""
         if arity == 0 and rest or arity == 1 and len(words) != 3 or arity == "rest" and not rest:
-            form = {0: f"{verb} ID", 1: f"{verb} ID VALUE", "rest": f"{verb} ID VALUE...", "optional": f"{verb} ID [RESOLUTION]"}[arity]  # type: ignore[index]
+            form = {0: f"{verb} ID", 1: f"{verb} ID VALUE", "rest": f"{verb} ID VALUE...", "optional": f"{verb} ID [RESOLUTION]"}[arity]
             lines.append(Line(stripped, action="note", error=f"usage: {form}"))
             continue
         action = target if target in ("close", "reopen", "subscribe", "unsubscribe", "show") else "edit"
@@ -155,7 +155,10 @@ def matches(who: str, rule: str, issue: Issue | None, snap: Snapshot, access: Ac
     """Whether the address `who` fits one entry of an access list."""
     who = who.lower()
     rule = rule.strip().lower()
-    people = lambda values: {Person.parse(v).email.lower() or v.lower() for v in values}  # noqa: E731
+
+    def people(values: list[str]) -> set[str]:
+        return {Person.parse(v).email.lower() or v.lower() for v in values}
+
     if rule == "anyone":
         return True
     if rule == "known":

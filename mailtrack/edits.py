@@ -11,9 +11,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailtrack.model import (
-    EDITABLE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, Comment, Issue, Person, dedupe, is_reserved_filename,
-    make_name, now,
-)  # fmt: skip
+    EDITABLE_FIELDS,
+    LIST_FIELDS,
+    PEOPLE_FIELDS,
+    Comment,
+    Issue,
+    Person,
+    dedupe,
+    is_reserved_filename,
+    make_name,
+    now,
+)
 from mailtrack.store import Change, Snapshot, StoreError, ValidationError, issue_dir
 from mailtrack.xmlformat import Node, clean_text
 
@@ -171,12 +179,12 @@ def comment_change(
             n += 1
         files[f"{issue_dir(name)}/{unique}"] = data
         names.append(unique)
-    ext = []
+    extensions: list[Node] = []  # not `ext`: the loop above uses that name for a str
     if message_id:
-        ext.append(Node("message-id", message_id))
+        extensions.append(Node("message-id", message_id))
     if in_reply_to:
-        ext.append(Node("in-reply-to", in_reply_to))
-    comment = Comment.new(author, text, created=created, attachments=names, extensions=ext)
+        extensions.append(Node("in-reply-to", in_reply_to))
+    comment = Comment.new(author, text, created=created, attachments=names, extensions=extensions)
     files[f"{issue_dir(name)}/{comment.filename}"] = comment.to_bytes()
     return comment, files
 

@@ -255,13 +255,13 @@ class Gateway:
                 ch.files.update(files)
             out.action, out.reason = "created", r.reason
             return ch
-        applied = commands.apply(lines, snap, mail.from_addr, r.issue, self.config.access,
-                                 self.index.known(snap, mail.from_addr), self._verified_for_commands(mail)) if lines else None
-        out.commands = applied
-        if applied is not None and not applied.ok:
-            out.action, out.reason = "rejected", f"{len(applied.errors)} command error(s)"
+        reply_commands = commands.apply(lines, snap, mail.from_addr, r.issue, self.config.access,
+                                        self.index.known(snap, mail.from_addr), self._verified_for_commands(mail)) if lines else None
+        out.commands = reply_commands
+        if reply_commands is not None and not reply_commands.ok:
+            out.action, out.reason = "rejected", f"{len(reply_commands.errors)} command error(s)"
             return None
-        edits = applied.edits.get(r.issue, []) if applied else []
+        edits = reply_commands.edits.get(r.issue, []) if reply_commands else []
         _, ch = edit_issue(snap, r.issue, author, edits, comment=text, attachments=attachments, when=when,
                            message_id=mail.message_id, in_reply_to=mail.in_reply_to or "")
         out.action, out.reason = ("changed" if edits else "commented"), r.reason

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from dulwich.diff_tree import tree_changes
+from dulwich.objects import ObjectID
 
 from mailtrack.model import NAME_RE, Comment, Issue, Person, is_comment_filename
 from mailtrack.store import Snapshot
@@ -98,14 +99,14 @@ class Index:
         try:
             current = self._meta("tree") or None
             if current != target:
-                self._apply(snap, current.encode() if current else None, snap.tree)
+                self._apply(snap, ObjectID(current.encode()) if current else None, snap.tree)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tree', ?)", (target,))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
 
-    def _apply(self, snap: Snapshot, old: bytes | None, new: bytes | None) -> None:
+    def _apply(self, snap: Snapshot, old: ObjectID | None, new: ObjectID | None) -> None:
         store = snap.repo.object_store
         if old is not None and old not in store:
             old = None  # the tree we described is gone (a rewritten branch): start over

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TextIO
@@ -25,7 +26,7 @@ from mailtrack.gateway import Gateway
 def messages(path: Path) -> tuple[int, Iterator[bytes]]:
     """(how many, the raw messages) of an mbox file or a Maildir directory."""
     if path.is_dir():
-        box: mailbox.Mailbox = mailbox.Maildir(str(path), factory=None, create=False)  # type: ignore[type-arg]
+        box: mailbox.Mailbox = mailbox.Maildir(str(path), factory=None, create=False)
     elif path.is_file():
         box = mailbox.mbox(str(path), factory=None, create=False)
     else:
@@ -34,7 +35,7 @@ def messages(path: Path) -> tuple[int, Iterator[bytes]]:
     return len(keys), (box.get_bytes(k) for k in keys)
 
 
-def _date(raw: bytes):  # type: ignore[no-untyped-def]
+def _date(raw: bytes) -> datetime | None:
     head = raw.split(b"\n\n", 1)[0]
     for line in head.splitlines():
         if line[:5].lower() == b"date:":

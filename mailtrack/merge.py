@@ -9,9 +9,11 @@ the value with the later `modified` time); project.xml likewise, element by elem
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from typing import Any
 
 from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.graph import find_merge_base
+from dulwich.objects import ObjectID
 
 from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Component, Issue, Person, Project
 from mailtrack.store import Store
@@ -49,17 +51,19 @@ def _later(ours_time: object, theirs_time: object, ours: object, theirs: object)
 
 def merge_issue(base: Issue | None, ours: Issue, theirs: Issue) -> tuple[Issue, list[str]]:
     """Three-way merge of one issue's fields; the notes name each field both sides set differently."""
-    base = base or replace(ours, **{f: ([] if f in LIST_FIELDS else "") for f in ISSUE_FIELDS if f not in _NOT_MERGED})
+    # field name -> value: the value's type depends on the field, so Any for dataclasses.replace
+    blank: dict[str, Any] = {f: ([] if f in LIST_FIELDS else "") for f in ISSUE_FIELDS if f not in _NOT_MERGED}
+    base = base or replace(ours, **blank)
     notes: list[str] = []
     ours_later = _later(ours.modified, theirs.modified, ours.to_bytes(), theirs.to_bytes())
-    values = {
+    values: dict[str, Any] = {
         f: _merge_value(f, getattr(base, f), getattr(ours, f), getattr(theirs, f), ours_later, notes)
         for f in ISSUE_FIELDS
         if f not in _NOT_MERGED
     }
     values["modified"] = max(ours.modified or ours.created, theirs.modified or theirs.created)
     values["extensions"] = _merge_extensions(base.extensions, ours.extensions, theirs.extensions)
-    return replace(ours, **values), notes  # type: ignore[arg-type]
+    return replace(ours, **values), notes
 
 
 def _merge_extensions(base: list, ours: list, theirs: list) -> list:  # type: ignore[type-arg]
@@ -76,7 +80,7 @@ def merge_project(base: Project | None, ours: Project, theirs: Project) -> tuple
     base = base or Project()
     notes: list[str] = []
     ours_wins = _later(None, None, ours.to_bytes(), theirs.to_bytes())
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(Project):
         b, o, t = getattr(base, f.name), getattr(ours, f.name), getattr(theirs, f.name)
         if f.name == "extensions":
@@ -102,7 +106,7 @@ def _merge_components(base: list[Component], ours: list[Component], theirs: list
     return out  # type: ignore[return-value]
 
 
-def _blob(store: Store, sha: bytes | None) -> bytes | None:
+def _blob(store: Store, sha: ObjectID | None) -> bytes | None:
     return store.repo.object_store[sha].as_raw_string() if sha else None
 
 
@@ -112,7 +116,7 @@ def _path(change: TreeChange) -> bytes:
     return entry.path
 
 
-def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) -> tuple[dict[str, bytes | None], list[str]]:
+def merge_trees(store: Store, base: ObjectID | None, ours: ObjectID, theirs: ObjectID) -> tuple[dict[str, bytes | None], list[str]]:
     """The files to write over `ours` so that it also holds what `theirs` did since `base`."""
     objects = store.repo.object_store
     mine = {_path(c): c.new.sha if c.new else None for c in tree_changes(objects, base, ours)}
@@ -157,7 +161,8 @@ def merge_trees(store: Store, base: bytes | None, ours: bytes, theirs: bytes) ->
 def is_ancestor(store: Store, ancestor: bytes, commit: bytes) -> bool:
     """Whether `ancestor` is `commit` or in its history (exact: no commit-time heuristics)."""
     objects = store.repo.object_store
-    seen, todo = set(), [commit]
+    seen: set[ObjectID] = set()
+    todo = [ObjectID(commit)]
     while todo:
         c = todo.pop()
         if c == ancestor:
@@ -179,7 +184,7 @@ def merge_commits(store: Store, ours: bytes | None, theirs: bytes, author: Perso
         return ours, "up to date"
     if is_ancestor(store, ours, theirs):
         return theirs, "fast-forward"
-    bases = find_merge_base(store.repo, [ours, theirs])
+    bases = find_merge_base(store.repo, [ObjectID(ours), ObjectID(theirs)])
     repo = store.repo
     base_tree = repo[bases[0]].tree if bases else None  # type: ignore[attr-defined]
     files, notes = merge_trees(store, base_tree, repo[ours].tree, repo[theirs].tree)  # type: ignore[attr-defined]

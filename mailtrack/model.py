@@ -250,7 +250,7 @@ class Issue:
         for f in TEXT_FIELDS:
             if f in by_tag:
                 values[f] = _text(by_tag[f])
-        if values.get("status", "").strip() == "TODO":  # type: ignore[union-attr]
+        if str(values.get("status", "")).strip() == "TODO":
             values["status"] = "new"  # the original script's open state
         for f in ("status", "resolution", "type", "version", "milestone", "severity", "priority"):
             if f in values:

@@ -13,7 +13,14 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # only for the types: the commands import what they need, when they need it
+    from mailtrack.config import Config
+    from mailtrack.gateway import Gateway
+    from mailtrack.notify import Notifier
+    from mailtrack.spool import Spool
+    from mailtrack.store import Store
 
 EX_OK = 0
 EX_USAGE = 64
@@ -40,7 +47,7 @@ class Exit(Exception):
         self.code = code
 
 
-def _open(args: argparse.Namespace, durable: bool = True):  # type: ignore[no-untyped-def]
+def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store, Spool]:
     """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
     from mailtrack.config import ConfigError, load
     from mailtrack.gateway import default_spool
@@ -63,7 +70,7 @@ def _open(args: argparse.Namespace, durable: bool = True):  # type: ignore[no-un
     return config, store, spool
 
 
-def _gateway(config, store, spool):  # type: ignore[no-untyped-def]
+def _gateway(config: Config, store: Store, spool: Spool) -> Gateway:
     from mailtrack.gateway import Gateway
 
     return Gateway(config, store, spool)
@@ -189,7 +196,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _notifier(config, spool, gateway):  # type: ignore[no-untyped-def]
+def _notifier(config: Config, spool: Spool, gateway: Gateway) -> Notifier:
     from mailtrack.notify import Notifier
 
     return Notifier(config, spool, project=gateway.project)
@@ -287,7 +294,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mailtrack", description="The mail gateway of an issues branch.")
-    common = argparse.ArgumentParser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
+    common = Parser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
     for parser, default in ((p, None), (common, argparse.SUPPRESS)):
         parser.add_argument("--config", metavar="FILE", default=default, help="a TOML configuration (default: the embedded one)")
         parser.add_argument("--repo", metavar="PATH", default=default, help="the git repository (default: the one around the current directory)")

@@ -18,7 +18,8 @@ from pathlib import Path
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
 from dulwich.object_store import commit_tree_changes, tree_lookup_path
-from dulwich.objects import Blob, Commit, Tree, ZERO_SHA
+from dulwich.objects import ZERO_SHA, Blob, Commit, ObjectID, Tree
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
@@ -78,10 +79,10 @@ class Snapshot:
     def __init__(self, repo: Repo, commit: bytes | None) -> None:
         self.repo = repo
         self.commit = commit
-        self.tree: bytes | None = repo[commit].tree if commit else None  # type: ignore[attr-defined]
+        self.tree: ObjectID | None = repo[commit].tree if commit else None  # type: ignore[attr-defined]
         self._project: Project | None = None
 
-    def _entry(self, path: str) -> tuple[int, bytes] | None:
+    def _entry(self, path: str) -> tuple[int, ObjectID] | None:
         if self.tree is None:
             return None
         try:
@@ -99,7 +100,7 @@ class Snapshot:
         """(name, mode, sha) of a directory's entries, sorted; [] when there is none."""
         if self.tree is None:
             return []
-        sha = self.tree if not path else (self._entry(path) or (0, b""))[1]
+        sha = self.tree if not path else (self._entry(path) or (0, ObjectID(b"")))[1]
         if not sha:
             return []
         obj = self.repo.object_store[sha]
@@ -115,7 +116,7 @@ class Snapshot:
 
     def tags(self) -> set[str]:
         """The repository's tag names: a version must name one of them."""
-        return {r.decode("utf-8", "replace") for r in self.repo.refs.keys(base=b"refs/tags/")}
+        return {r.decode("utf-8", "replace") for r in self.repo.refs.keys(base=Ref(b"refs/tags/"))}
 
     def issue_names(self) -> Iterator[str]:
         for fan, mode, _ in self.listdir():
@@ -203,12 +204,12 @@ def find_repo(path: str | os.PathLike[str] | None = None) -> Repo:
         raise StoreError(f"not a git repository: {where}") from None
 
 
-def branch_ref(repo: Repo) -> bytes:
+def branch_ref(repo: Repo) -> Ref:
     try:
         name = repo.get_config_stack().get((b"issues",), b"branch")
     except KeyError:
         name = DEFAULT_BRANCH.encode()
-    return name if name.startswith(b"refs/") else b"refs/heads/" + name
+    return Ref(name if name.startswith(b"refs/") else b"refs/heads/" + name)
 
 
 class Store:
@@ -216,9 +217,9 @@ class Store:
 
     def __init__(self, repo: Repo, ref: bytes | None = None, durable: bool = False) -> None:
         self.repo = repo
-        self.ref = ref or branch_ref(repo)
+        self.ref = Ref(ref) if ref else branch_ref(repo)
         if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
-            self.repo.object_store.fsync_object_files = True  # type: ignore[attr-defined]
+            self.repo.object_store.fsync_object_files = True
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, durable: bool = False) -> Store:
@@ -237,7 +238,7 @@ class Store:
     def branch(self) -> str:
         return self.ref.decode().removeprefix("refs/heads/")
 
-    def tip(self) -> bytes | None:
+    def tip(self) -> ObjectID | None:
         try:
             return self.repo.refs[self.ref]
         except KeyError:
@@ -253,7 +254,7 @@ class Store:
             raise NoBranch(f"no {self.branch} branch here; run 'git issues init' first")
         return snap
 
-    def init(self, project: Project, author: Person) -> bytes:
+    def init(self, project: Project, author: Person) -> ObjectID:
         """Create the branch: a root commit holding project.xml. StoreError when it exists."""
         if self.tip() is not None:
             raise StoreError(f"the {self.branch} branch exists already")
@@ -271,10 +272,10 @@ class Store:
         author: Person,
         committer: Person | None = None,
         when: tuple[int, int] | None = None,
-    ) -> bytes:
+    ) -> ObjectID:
         """Objects for a commit of `files` over `base_tree`; returns its id. Moves no ref."""
         store = self.repo.object_store
-        changes: list[tuple[bytes, int | None, bytes | None]] = []
+        changes: list[tuple[bytes, int | None, ObjectID | None]] = []
         for path, content in sorted(files.items()):
             if content is None:
                 changes.append((path.encode(), None, None))
@@ -282,10 +283,10 @@ class Store:
                 blob = Blob.from_string(content)
                 store.add_object(blob)
                 changes.append((path.encode(), FILE_MODE, blob.id))
-        tree = commit_tree_changes(store, base_tree if base_tree is not None else Tree(), changes)
+        tree = commit_tree_changes(store, ObjectID(base_tree) if base_tree is not None else Tree(), changes)
         c = Commit()
         c.tree = tree
-        c.parents = parents
+        c.parents = [ObjectID(p) for p in parents]
         c.author = _ident(author)
         c.committer = _ident(committer or author)
         stamp, offset = when or (int(time.time()), 0)
@@ -299,7 +300,7 @@ class Store:
     def move(self, old: bytes | None, new: bytes) -> bool:
         """Compare-and-swap the branch from `old` (None: must not exist) to `new`."""
         try:
-            return bool(self.repo.refs.set_if_equals(self.ref, old or ZERO_SHA, new))
+            return bool(self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, ObjectID(new)))
         except FileLocked:
             return False
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
-from dulwich.objects import ZERO_SHA
+from dulwich.objects import ZERO_SHA, ObjectID
+from dulwich.refs import Ref
 
 from mailtrack.merge import merge_commits
 from mailtrack.model import Person
@@ -22,7 +24,7 @@ def remote_location(store: Store, remote: str | None) -> tuple[str | None, str]:
     return name, url
 
 
-def _remote_tip(store: Store, url: str) -> bytes | None:
+def _remote_tip(store: Store, url: str) -> ObjectID | None:
     from dulwich.client import get_transport_and_path
 
     client, path = get_transport_and_path(url)
@@ -30,7 +32,7 @@ def _remote_tip(store: Store, url: str) -> bytes | None:
         refs = client.get_refs(path.encode() if isinstance(path, str) else path)
     except Exception as e:  # network, path, permissions: a one-line reason
         raise StoreError(f"cannot read {url}: {e}") from None
-    return getattr(refs, "refs", refs).get(store.ref)
+    return refs.refs.get(store.ref)  # dulwich >= 1.2 (our floor): an LsRemoteResult, not a dict
 
 
 def pull(store: Store, remote: str | None, author: Person) -> str:
@@ -47,7 +49,7 @@ def pull(store: Store, remote: str | None, author: Person) -> str:
     if theirs is None:
         return f"{name} has no {store.branch} branch"
     if remote_name:  # like git: remember where the remote was, for `push --mail` to start from
-        store.repo.refs[f"refs/remotes/{remote_name}/{store.branch}".encode()] = theirs
+        store.repo.refs[Ref(f"refs/remotes/{remote_name}/{store.branch}".encode())] = theirs
     for _ in range(20):
         ours = store.tip()
         commit, how = merge_commits(store, ours, theirs, author, f"{name} into {store.branch}")
@@ -56,7 +58,7 @@ def pull(store: Store, remote: str | None, author: Person) -> str:
     raise StoreError("the branch kept moving during the merge; try again")
 
 
-def _push_local(store: Store, url: str, theirs: bytes | None, ours: bytes) -> bool:
+def _push_local(store: Store, url: str, theirs: ObjectID | None, ours: ObjectID) -> bool:
     """Push to a repository on this machine: copy the objects, then compare-and-swap its ref.
 
     Returns False for a remote that is not a local path (dulwich's client pushes those).
@@ -67,8 +69,11 @@ def _push_local(store: Store, url: str, theirs: bytes | None, ours: bytes) -> bo
     client, path = get_transport_and_path(url)
     if not isinstance(client, LocalGitClient):
         return False
+    def wants(refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
+        return [ours]
+
     with Repo(path) as target:
-        store.repo.fetch(target, determine_wants=lambda refs, depth=None: [ours])
+        store.repo.fetch(target, determine_wants=wants)
         if not target.refs.set_if_equals(store.ref, theirs or ZERO_SHA, ours):
             raise StoreError(f"{url} moved while pushing; run 'git issues pull' and push again")
     return True

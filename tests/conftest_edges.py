@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dovecot import DovecotError, DovecotServer, free_port
 
 

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import git, read_comments, read_issue
-from test_commands import filed, make_gateway, replies, text_of
-from test_gateway import make_mail
 
+from conftest import git, read_comments, read_issue
 from mailtrack.config import AccessConfig, ConfigError, parse
 from mailtrack.gateway import Gateway
+from test_commands import filed, make_gateway, replies, text_of
+from test_gateway import make_mail
 
 
 def test_fields_table_is_read_with_aliases() -> None:

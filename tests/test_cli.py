@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_issue, read_names, git, git_bytes, make_repo, new_issue, run_cli
+from conftest import git, git_bytes, make_repo, new_issue, read_issue, read_names, run_cli
 from mailtrack.model import Comment, Issue
 from mailtrack.store import Store
 
@@ -150,9 +150,10 @@ def test_git_subcommand_works(repo: Path) -> None:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["set", "{id}", "colour=red"], "error: unknown field 'colour'; fields are: title, summary, description, reporters, owners, assigned, carbons, status, resolution, type, components, version, milestone, severity, priority, tags\n"),
+        (["set", "{id}", "colour=red"], "error: unknown field 'colour'; fields are: title, summary, description, reporters, owners, "
+                                        "assigned, carbons, status, resolution, type, components, version, milestone, severity, priority, tags\n"),
         (["set", "{id}", "severity=huge"], "error: illegal severity 'huge'; legal values are: blocker, critical, major, minor, cosmetic\n"),
-        (["set", "{id}", "version=9.9"], "error: illegal version '9.9'; legal values are: (none: project.xml lists no versions)\n".replace("illegal version '9.9'; legal values are: (none: project.xml lists no versions)", "version '9.9' names no tag of this repository; tags are: (none)")),
+        (["set", "{id}", "version=9.9"], "error: version '9.9' names no tag of this repository; tags are: (none)\n"),
         (["close", "{id}", "--resolution", "nah"], "error: illegal resolution 'nah'; legal values are: fixed, wontfix, dup\n"),
         (["show", "deadbeef"], "error: no issue deadbeef\n"),
         (["show", "xyz"], "error: 'xyz' is not an issue ID (4 to 40 hex digits)\n"),

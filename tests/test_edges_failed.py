@@ -10,8 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from dovecot import DovecotServer, free_port
 
+from dovecot import DovecotServer, free_port
 from mailtrack.config import Config, GatewayConfig, ImapConfig, ListenConfig
 from mailtrack.daemon import work
 from mailtrack.gateway import Gateway, default_spool

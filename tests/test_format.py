@@ -135,7 +135,8 @@ def test_wrong_root_is_refused() -> None:
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 
 
-@given(title=text.filter(lambda t: t.strip()), description=text, tags=st.lists(text.filter(lambda t: t.strip() and "," not in t and t == t.strip()), max_size=4))
+@given(title=text.filter(lambda t: t.strip()), description=text,
+       tags=st.lists(text.filter(lambda t: t.strip() and "," not in t and t == t.strip()), max_size=4))
 def test_any_text_round_trips(title: str, description: str, tags: list[str]) -> None:
     """Any text survives write -> read -> write byte for byte (after XML's forbidden characters go)."""
     issue = Issue(created=datetime(2020, 1, 1, tzinfo=UTC), author=Person("A", "a@x"), title=title, description=description, tags=tags)

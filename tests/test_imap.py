@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dovecot import DovecotServer, wait_for
 
+from dovecot import DovecotServer, wait_for
 from mailtrack.sources.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
 from mailtrack.spool import Spool, message_id
 

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import git, read_comments, read_issue, read_names, run_cli
-from test_commands import OUTBOX, filed, make_gateway, replies, text_of
-from test_gateway import make_mail
 
+from conftest import git, read_comments, read_issue, read_names, run_cli
 from mailtrack.gateway import Gateway
 from mailtrack.message import parse
 from mailtrack.model import Person
 from mailtrack.store import Change, Snapshot
+from test_commands import OUTBOX, filed, make_gateway, replies, text_of
+from test_gateway import make_mail
 
 CTL = "control@localhost"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import read_comments, read_issue, read_names, git, make_repo, new_issue, run_cli
+from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
 
 
 def clone(src: Path, dst: Path) -> Path:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from conftest import git, make_repo, read_comments, run_cli
-from test_outbox import Sink
 
+from conftest import git, make_repo, read_comments, run_cli
 from mailtrack.config import Config, GatewayConfig, NotifyConfig
 from mailtrack.edits import Edit, close_edits, comment_change, edit_issue, new_issue, reopen_edits
 from mailtrack.gateway import Gateway
@@ -21,6 +20,7 @@ from mailtrack.notify import Notifier, is_machine_address
 from mailtrack.outbox import OutboxSender
 from mailtrack.spool import Spool
 from mailtrack.store import Change, Snapshot, Store, issue_dir
+from test_outbox import Sink
 
 ALICE = Person("Alice Reporter", "alice@example.org")
 BOB = Person("Bob Cc", "bob@example.org")

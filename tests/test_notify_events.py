@@ -27,7 +27,7 @@ EVENTS = {
 
 
 @pytest.mark.parametrize("event", sorted(EVENTS))
-def test_every_event_has_the_headers_that_thread_and_filter(tracker: Tracker, event: str) -> None:
+def test_every_event_has_the_headers_that_thread_and_filter(tracker: Tracker, event: str) -> None:  # noqa: F811  (the fixture)
     """For each kind of change: threaded under the issue's first mail, Reply-To the issue, From
     "Name via project", List-Id and List-Unsubscribe, the auto-mail headers, our loop header and
     the X-Mailtrack-* headers; the actor (Bob) is not told."""

@@ -13,15 +13,14 @@ import pytest
 
 from conftest import make_repo, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
-from test_gateway import make_mail
-from test_notify import ALICE, DAN, Tracker, by_rcpt, h, reasons
-from test_outbox import Sink
-from test_serve import Server
-
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.gateway import Gateway, Outcome
 from mailtrack.model import Component, Project
 from mailtrack.store import Change, Store
+from test_gateway import make_mail
+from test_notify import ALICE, DAN, Tracker, by_rcpt, h, reasons
+from test_outbox import Sink
+from test_serve import Server
 
 
 @pytest.fixture

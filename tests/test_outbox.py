@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from dovecot import free_port, wait_for
 
+from dovecot import free_port, wait_for
 from mailtrack.config import RelayConfig
 from mailtrack.outbox import OutboxSender, next_due, outbox_listing, retry_now, waiting
 from mailtrack.spool import Spool

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dovecot import free_port, wait_for
 
+from dovecot import free_port, wait_for
 from mailtrack.message import parse
 from mailtrack.sources.smtp import Addresses, ListenConfig, SmtpListener
 from mailtrack.spool import Spool

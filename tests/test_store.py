@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_comments, read_issue, git, new_issue
+from conftest import git, new_issue, read_comments, read_issue
 from mailtrack.edits import Edit, edit_issue
 from mailtrack.model import Person
 from mailtrack.store import Change, Snapshot, Store, ValidationError

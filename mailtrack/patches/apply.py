@@ -17,7 +17,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dulwich.objects import Blob
+from dulwich.objects import Blob, ObjectID
 from dulwich.patch import _parse_git_diff_header_paths, git_am_patch_split, git_base85_decode
 
 from mailtrack import commands
@@ -25,8 +25,15 @@ from mailtrack.edits import changed_fields
 from mailtrack.merge import merge_issue, merge_project
 from mailtrack.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.patches import (
-    _HEX2, _HEX38, _HUNK, _SUBJECT, FILE_MODE, MAX_PATCHES, patch_numbers, thread_root,
-)  # fmt: skip
+    _HEX2,
+    _HEX38,
+    _HUNK,
+    _SUBJECT,
+    FILE_MODE,
+    MAX_PATCHES,
+    patch_numbers,
+    thread_root,
+)
 from mailtrack.store import Snapshot, Store, StoreError
 from mailtrack.xmlformat import FormatError
 
@@ -250,7 +257,8 @@ def _lookup_blob(store: Store, prefix: bytes) -> bytes | None:
     objects = store.repo.object_store
     try:
         if len(prefix) == 40:
-            return objects[prefix].as_raw_string() if prefix in objects else None
+            sha = ObjectID(prefix)
+            return objects[sha].as_raw_string() if sha in objects else None
         for sha in objects.iter_prefix(prefix):
             obj = objects[sha]
             if isinstance(obj, Blob):
@@ -460,7 +468,7 @@ def apply_series(gw: Gateway, raws: list[bytes]) -> tuple[list[PatchResult], byt
         series = _Series(gw, snap)
         refused = False
         per_patch: list[dict[str, bytes | None]] = []
-        for p, r in zip(parsed, results):
+        for p, r in zip(parsed, results, strict=True):
             r.reasons, r.status, r.commit = [], "", ""
             known = gw.index.known(snap, p.sender) or p.sender in {a.lower() for a in access.maintainers}
             if not known and access.unknown_senders != "accept":
@@ -484,7 +492,7 @@ def apply_series(gw: Gateway, raws: list[bytes]) -> tuple[list[PatchResult], byt
         tip, tree = snap.commit, snap.tree
         for blob_data in series.extra_blobs:
             store.repo.object_store.add_object(Blob.from_string(blob_data))
-        for p, r, writes in zip(parsed, results, per_patch):
+        for p, r, writes in zip(parsed, results, per_patch, strict=True):
             if not writes:
                 continue
             commit = store.write_commit([tip] if tip else [], tree, writes, p.message, p.author, gw.identity, when=p.when)

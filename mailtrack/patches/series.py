@@ -18,7 +18,8 @@ from email.header import Header
 from typing import Any
 
 from dulwich.diff_tree import tree_changes
-from dulwich.objects import Blob, Commit
+from dulwich.objects import Blob, Commit, ObjectID
+from dulwich.refs import Ref
 from dulwich.walk import ORDER_TOPO
 
 from mailtrack.model import Person
@@ -32,7 +33,7 @@ def series_commits(store: Store, since: bytes | None) -> list[Commit]:
     tip = store.tip()
     if tip is None:
         raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
-    walker = store.repo.get_walker(include=[tip], exclude=[since] if since else None, order=ORDER_TOPO, reverse=True)
+    walker = store.repo.get_walker(include=[tip], exclude=[ObjectID(since)] if since else None, order=ORDER_TOPO, reverse=True)
     return [e.commit for e in walker if len(e.commit.parents) <= 1]
 
 
@@ -46,7 +47,10 @@ def resolve_rev(store: Store, rev: str) -> bytes:
         commit = parse_commit(store.repo, m.group(1).encode())
         for step in re.findall(r"~\d*|\^", m.group(2)):  # dulwich reads neither suffix: walk them here
             for _ in range(int(step[1:] or 1) if step.startswith("~") else 1):
-                commit = store.repo[commit.parents[0]]
+                parent = store.repo[commit.parents[0]]
+                if not isinstance(parent, Commit):  # a commit's parent always is one
+                    raise ValueError(parent.id)
+                commit = parent
     except (KeyError, ValueError, IndexError):
         raise StoreError(f"unknown revision {rev}") from None
     return commit.id
@@ -57,7 +61,7 @@ def last_pulled(store: Store, remote: str | None) -> bytes:
     from mailtrack.sync import remote_location
 
     name, _ = remote_location(store, remote)
-    ref = f"refs/remotes/{name or remote or 'origin'}/{store.branch}".encode()
+    ref = Ref(f"refs/remotes/{name or remote or 'origin'}/{store.branch}".encode())
     if ref not in store.repo.refs:
         raise StoreError(f"no {ref.decode()}: run 'git issues pull' first, or give --since REV")
     return store.repo.refs[ref]
@@ -130,7 +134,7 @@ def commit_diff(store: Store, commit: Commit) -> bytes:
         old = objects[c.old.sha].as_raw_string() if c.old and c.old.sha else None
         new = objects[c.new.sha].as_raw_string() if c.new and c.new.sha else None
         if c.old and c.new and c.old.path != c.new.path:  # tree_changes without renames never pairs paths
-            parts += [file_diff(c.old.path.decode(), old, None), file_diff(path, None, new)]  # type: ignore[union-attr]
+            parts += [file_diff(c.old.path.decode(), old, None), file_diff(path, None, new)]
         else:
             parts.append(file_diff(path, old, new))
     return b"".join(parts)
@@ -256,7 +260,7 @@ def smtp_settings(store: Store) -> SmtpSettings:
 
     to: tuple[str, ...] = ()
     try:
-        to = tuple(v.decode() for v in config.get_multivar((b"sendemail",), b"to"))  # type: ignore[attr-defined]
+        to = tuple(v.decode() for v in config.get_multivar((b"sendemail",), b"to"))
     except (KeyError, AttributeError, NotImplementedError):
         to = (get("to"),) if get("to") else ()
     port = get("smtpServerPort") or get("smtpserverport")
