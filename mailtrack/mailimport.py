@@ -1,7 +1,7 @@
 """`mailtrack import`: every mail of an mbox or a Maildir down the gateway's path.
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
-branch already is skipped. Issues and comments keep the mail's Date as their creation time. No
+branch already is skipped, and what an earlier run kept in the failed queue is not kept again. Issues and comments keep the mail's Date as their creation time. No
 reply (acknowledgement, error, transcript) is queued to the archive's senders, and no
 notification either: `mailtrack import` runs `import_path` inside `Notifier.unnotified`, which
 notifies what was pending first and then marks the imported range as notified. A
@@ -73,23 +73,28 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     total, raws = messages(path)
     counts: Counter[str] = Counter()
     bar = Progress(progress, total)
+    kept = gateway.spool.failed_message_ids()  # held by an earlier run: not kept twice
     done = 0
     for raw in raws:
         try:
             out = gateway.handle(raw, received=_date(raw), replies=False)  # old mail: nobody is mailed
             counts[out.action] += 1
             if out.action == "held":
-                _keep_failed(gateway, raw, out.reason)
+                _keep_failed(gateway, raw, out.reason, kept)
         except Exception:
             counts["failed"] += 1
-            _keep_failed(gateway, raw, traceback.format_exc())
+            _keep_failed(gateway, raw, traceback.format_exc(), kept)
         done += 1
         bar.show(done, counts)
     bar.show(done, counts, final=True)
     return counts
 
 
-def _keep_failed(gateway: Gateway, raw: bytes, reason: str) -> None:
+def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str]) -> None:
+    mid = gateway.parse(raw).message_id
+    if mid in kept:
+        return
+    kept.add(mid)
     spool_id = gateway.spool.accept(raw, source="import")
     claim = gateway.spool.claim_id(spool_id)
     if claim is not None:

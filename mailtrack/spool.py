@@ -288,6 +288,18 @@ class Spool:
         """(id, first line of the reason) of every mail in failed/, oldest first."""
         return self._failures(self._incoming)
 
+    def failed_message_ids(self) -> set[str]:
+        """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
+        from mailtrack.message import hashed_message_id
+
+        ids = set()
+        for name in os.listdir(self._incoming.failed):
+            if ID_RE.match(name):
+                with contextlib.suppress(OSError):
+                    raw = (self._incoming.failed / name).read_bytes()
+                    ids.add(message_id(raw) or hashed_message_id(raw))
+        return ids
+
     def prune(self, older_than: timedelta) -> int:
         """Delete processed mail finished more than `older_than` ago; return how many."""
         assert self._incoming.done is not None
