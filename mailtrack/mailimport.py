@@ -1,11 +1,12 @@
 """`mailtrack import`: every mail of an mbox or a Maildir down the gateway's path.
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
-branch already is skipped, and what an earlier run kept in the failed queue is not kept again. Issues and comments keep the mail's Date as their creation time. No
-reply (acknowledgement, error, transcript) is queued to the archive's senders, and no
-notification either: `mailtrack import` runs `import_path` inside `Notifier.unnotified`, which
-notifies what was pending first and then marks the imported range as notified. A
-mail that cannot be processed is kept in the spool's failed queue with the traceback.
+branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
+Issues and comments keep the mail's Date as their creation time. No reply (acknowledgement,
+error, transcript) is queued to the archive's senders, and no notification either: `mailtrack
+import` runs `import_path` inside `Notifier.unnotified`, which notifies what was pending first and
+then marks the imported range as notified. A mail that cannot be processed is kept in the spool's
+failed queue with the traceback.
 """
 
 from __future__ import annotations
