@@ -151,7 +151,9 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     if text == "-":
         text = sys.stdin.read()
     elif text is None:
-        text = edit_text(store, f"\n# Describe: {args.title}\n# Lines starting with '#' are ignored.\n")
+        text = edit_text(store, f"\n# Describe: {args.title}\n# Lines starting with '#' are ignored; an empty text aborts.\n")
+        if not text.strip():  # as git commit: an editor that leaves nothing means "do not"
+            raise StoreError("aborting: empty description")
     made: list[Issue] = []
 
     def change(snap: Snapshot) -> Change:
@@ -208,12 +210,11 @@ def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], li
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
-    snap = store.snapshot()
-    if snap.commit is None:
-        raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
+    snap = store.require()
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
     records, unreadable = all_records(snap)
+    _check_filters(project, filters, records)
     shorts = shortest_names([n for n, _ in records])
     rows = []
     for name, record in records:
@@ -319,7 +320,13 @@ def cmd_set(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_close(store: Store, args: argparse.Namespace) -> int:
-    return _edit(store, args, lambda s: close_edits(s, args.resolution or ""), args.message)
+    snap = store.require()
+    name = snap.resolve(args.id)
+    issue = snap.issue(name)
+    if issue.status in snap.project().closed and not args.resolution:  # as reopen: not even the comment
+        print(f"nothing to change: issue {snap.short(name)} is already closed ({issue.resolution or issue.status})")
+        return 0
+    return _edit(store, args, lambda s: close_edits(s, args.resolution or "", s.issue(s.resolve(args.id))), args.message)
 
 
 def cmd_reopen(store: Store, args: argparse.Namespace) -> int:
@@ -407,7 +414,9 @@ def _push_mail(store: Store, args: argparse.Namespace) -> int:
         print("nothing to send", file=sys.stderr)
         return 0
     me = identity(store)
-    mails = patches.format_series(store, commits, me, me.email.rpartition("@")[2] or "localhost")
+    settings = patches.smtp_settings(store)
+    to = list(args.to or settings.to)
+    mails = patches.format_series(store, commits, me, me.email.rpartition("@")[2] or "localhost", to)
     if args.stdout:
         for p in mails:
             sys.stdout.write(p.data.decode("utf-8", "replace"))
@@ -419,8 +428,6 @@ def _push_mail(store: Store, args: argparse.Namespace) -> int:
             (out / patches.patch_filename(p)).write_bytes(p.data)
             print(out / patches.patch_filename(p))
         return 0
-    settings = patches.smtp_settings(store)
-    to = list(args.to or settings.to)
     patches.send_series(mails, me, to, settings)
     print(f"sent {len(commits)} commit(s) as {len(mails)} mail(s) to {', '.join(to)}")
     return 0

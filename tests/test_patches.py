@@ -393,3 +393,26 @@ def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_p
     assert reason.startswith("incomplete patch series: got 2 of 3")
     [kept] = [p for p in (gw.spool.root / "failed").iterdir() if not p.name.endswith(".reason")]
     assert part == kept.read_bytes()
+
+
+def test_push_mail_files_are_addressed_and_go_out_with_git_send_email(tmp_path: Path) -> None:
+    """`push --mail -o DIR --to ADDR` writes files with `To:` ADDR, so `git send-email --suppress-cc=all DIR/*`
+    (as the README says) needs no --to; the gateway applies them."""
+    repo = gateway_repo(tmp_path / "gw")
+    server = MailServer(repo)
+    server.start()
+    try:
+        c = clone(repo, tmp_path / "clone")
+        new_issue(c, "Sent by hand")
+        out = tmp_path / "out"
+        r = run_cli(c, "push", "--mail", "-o", str(out), "--to", ADDRESS)
+        [patch] = [Path(p) for p in r.out.split()]
+        assert f"\nTo: {ADDRESS}\n" in patch.read_text()
+        sent = subprocess.run(
+            [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={server.port}", "--smtp-encryption=none",
+             "--smtp-domain=localhost", "--confirm=never", "--suppress-cc=all", "--quiet", str(patch)],
+            cwd=c, capture_output=True, text=True, check=False)
+        assert (0, "") == (sent.returncode, sent.stderr)
+        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the series applied")
+    finally:
+        assert 0 == server.stop()

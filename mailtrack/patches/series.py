@@ -193,18 +193,21 @@ def issues_touched(store: Store, commits: list[Commit]) -> list[str]:
     return lines + ["", "Files:"] + [f" {p} |" for p in paths]
 
 
-def format_series(store: Store, commits: list[Commit], sender: Person, domain: str = "localhost") -> list[PatchMail]:
-    """The series as format-patch mails: a cover letter (when more than one commit), then one per commit."""
+def format_series(store: Store, commits: list[Commit], sender: Person, domain: str = "localhost",
+                  to: list[str] | None = None) -> list[PatchMail]:
+    """The series as format-patch mails: a cover letter (when more than one commit), then one per
+    commit; addressed `To:` the gateway when it is known (as `git format-patch --to`)."""
     m = len(commits)
     stamp = f"{int(time.time())}.{os.urandom(6).hex()}.{hashlib.sha1(b''.join(c.id for c in commits)).hexdigest()[:12]}"
     mails: list[PatchMail] = []
     root = ""
     me = _formataddr(sender.name, sender.email)
+    to_line = f"To: {', '.join(to)}\n" if to else ""
     if m > 1:
         root = f"<cover.{stamp}@{domain}>"
         body = (f"{m} commits of the issues branch, for the issue tracker's gateway to apply.\n\n"
                 "Issues touched:\n" + "".join(f"  {ln}\n" if ln else "\n" for ln in issues_touched(store, commits)))
-        head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {me}\nDate: {email.utils.formatdate(usegmt=True)}\n"
+        head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {me}\n{to_line}Date: {email.utils.formatdate(usegmt=True)}\n"
                 f"Subject: {_header(f'[PATCH 0/{m}] issues: {m} commits')}\nMessage-ID: {root}\n{SERIES_HEADER}: {m}\n"
                 "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n")
         mails.append(PatchMail(0, f"[PATCH 0/{m}] issues: {m} commits", (head + body + "-- \nmailtrack\n").encode(), root))
@@ -215,7 +218,7 @@ def format_series(store: Store, commits: list[Commit], sender: Person, domain: s
         subject = f"{tag} {subject_line.strip()}"
         mid = f"<{stamp}.{i}@{domain}>"
         name, addr = _ident_str(c.author)
-        lines = [f"From {c.id.decode()} Mon Sep 17 00:00:00 2001", f"From: {me}",
+        lines = [f"From {c.id.decode()} Mon Sep 17 00:00:00 2001", f"From: {me}", *([to_line.rstrip()] if to_line else []),
                  f"Date: {_date(c.author_time, c.author_timezone)}", f"Subject: {_header(subject)}", f"Message-ID: {mid}"]
         if root:
             lines += [f"In-Reply-To: {root}", f"References: {root}"]
@@ -289,7 +292,8 @@ def send_series(mails: list[PatchMail], sender: Person, to: list[str], settings:
             for p in mails:
                 data = p.data.split(b"\n", 1)[1]  # the mbox `From ` line is not part of the mail
                 head, _, body = data.partition(b"\n\n")
-                head += ("\nTo: " + ", ".join(to)).encode()
+                if not re.search(rb"^To:", head, re.M | re.I):
+                    head += ("\nTo: " + ", ".join(to)).encode()
                 smtp.sendmail(sender.email, to, (head + b"\n\n" + body).replace(b"\n", b"\r\n"))
     except (OSError, smtplib.SMTPException) as e:
         raise StoreError(f"cannot send to {settings.server}:{port}: {e}") from None
