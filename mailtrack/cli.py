@@ -27,7 +27,7 @@ from mailtrack.edits import (
     parse_assignment,
     reopen_edits,
 )
-from mailtrack.model import Issue, Person, Project, is_comment_filename
+from mailtrack.model import LIST_OF, Issue, Person, Project, is_comment_filename
 from mailtrack.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.xmlformat import FormatError
 
@@ -166,8 +166,39 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_filters(project: Project, filters: list[tuple[str, str]], records: list[tuple[str, dict[str, object]]]) -> None:
+    """A filter on a field with legal values must name one of them (in any case), or one an issue still
+    holds from an older project.xml; UsageError listing the legal ones otherwise, as `new` does."""
+    for fieldname, wanted in filters:
+        legal = project.legal(fieldname)
+        if fieldname not in LIST_OF or (fieldname == "version" and not legal):  # versions: any tag, unless listed
+            continue
+        if wanted.lower() in {v.lower() for v in legal}:
+            continue
+        held = (r[fieldname] for _, r in records)
+        if wanted.lower() in {v.lower() for h in held for v in (h if isinstance(h, list) else [str(h)])}:
+            continue
+        shown = ", ".join(legal) if legal else f"(none: project.xml lists no {LIST_OF[fieldname]})"
+        raise UsageError(f"illegal {fieldname} '{wanted}'; legal values are: {shown}")
+
+
+def _sort_key(project: Project, key: str) -> Callable[[dict[str, object]], tuple[tuple[int, str], ...]]:
+    """How `list --sort KEY` orders rows: a field with legal values in project.xml's order, as Bugzilla
+    does (empty first, values project.xml does not list last); any other field alphabetically."""
+    rank = {v: i for i, v in enumerate(project.legal(key))}
+
+    def sort_key(row: dict[str, object]) -> tuple[tuple[int, str], ...]:
+        value = row.get(key, "")
+        values = [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+        return tuple((rank.get(v, len(rank)), v) for v in values)
+
+    return sort_key
+
+
 def _matches(record: dict[str, object], fieldname: str, wanted: str) -> bool:
     value = record[fieldname]
+    if isinstance(value, list) and fieldname in LIST_OF:  # components: a legal value, matched whole
+        return any(wanted.lower() == v.lower() for v in value)
     if isinstance(value, list):
         return any(wanted.lower() in v.lower() for v in value)
     if fieldname in SUBSTRING_FILTERS:
@@ -229,7 +260,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
         key = key.lstrip("-")
         if key not in ("id", "short", "created", "modified"):
             key = field_name(key)
-        rows.sort(key=lambda r: _value(r.get(key, "")), reverse=desc)
+        rows.sort(key=_sort_key(project, key), reverse=desc)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()
@@ -462,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-a", "--all", action="store_true", help="include closed issues")
     for f in FILTERS:
         sp.add_argument(f"--{f}", dest=f"filter_{f}", metavar="VALUE", help=f"only issues whose {f} matches")
-    sp.add_argument("--sort", help="fields to sort by, comma-separated, '-' for descending (default: created)")
+    sp.add_argument("--sort", help="fields to sort by, comma-separated, '-' for descending (default: created); "
+                    "status, severity and the like in project.xml's order")
     sp.add_argument("--format", help="table (default), json, id, or a template such as '{short} {title}'")
 
     sp = cmd("show", cmd_show, "show an issue and its comments")

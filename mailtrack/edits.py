@@ -242,8 +242,15 @@ def describe_edit(snap: Snapshot, old: Issue, new: Issue, short: str) -> str:
     return f"set {short} {text}" if len(text) <= 60 else f"set {short} {', '.join(changed_fields(old, new))}"
 
 
-def close_edits(snap: Snapshot, resolution: str = "") -> list[Edit]:
+def close_edits(snap: Snapshot, resolution: str = "", issue: Issue | None = None) -> list[Edit]:
+    """The first closed status and `resolution` (default: the project's first).
+
+    When `issue` is given and is closed already, its status stays: the edit is `resolution` alone,
+    or none at all without one (closing a closed issue again must not reset its resolution).
+    """
     project = snap.project()
+    if issue is not None and issue.status in project.closed:
+        return [Edit("resolution", "=", resolution)] if resolution else []
     return [Edit("status", "=", project.closed[0]), Edit("resolution", "=", resolution or project.default("resolution"))]
 
 

@@ -251,8 +251,20 @@ class Store:
         """The current snapshot of a branch that must exist."""
         snap = self.snapshot()
         if snap.commit is None:
-            raise NoBranch(f"no {self.branch} branch here; run 'git issues init' first")
+            raise NoBranch(f"no {self.branch} branch here; run '{self._first_step()}' first")
         return snap
+
+    def _first_step(self) -> str:
+        """`git issues pull [REMOTE]` where a remote-tracking ref of the branch exists (a fresh
+        clone), else `git issues init`."""
+        if not self.ref.startswith(b"refs/heads/"):
+            return "git issues init"
+        tail = b"/" + self.ref.removeprefix(b"refs/heads/")
+        remotes = sorted(r[: -len(tail)].decode("utf-8", "replace")
+                         for r in self.repo.refs.keys(base=Ref(b"refs/remotes/")) if r.endswith(tail))
+        if not remotes:
+            return "git issues init"
+        return "git issues pull" if "origin" in remotes else f"git issues pull {remotes[0]}"
 
     def init(self, project: Project, author: Person) -> ObjectID:
         """Create the branch: a root commit holding project.xml. StoreError when it exists."""
