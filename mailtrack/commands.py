@@ -218,11 +218,11 @@ def _refusal(
 # --- applying ---------------------------------------------------------------------------------
 
 
-def _edits_for(line: Line, snap: Snapshot, sender: str) -> list[Edit]:
+def _edits_for(line: Line, snap: Snapshot, sender: str, issue: Issue) -> list[Edit]:
     if line.action == "close":
-        return close_edits(snap, line.value)
+        return close_edits(snap, line.value, issue)
     if line.action == "reopen":
-        return reopen_edits(snap)
+        return reopen_edits(snap, issue)
     if line.action == "subscribe":
         return [Edit("carbons", "+", sender)]
     if line.action == "unsubscribe":
@@ -281,9 +281,12 @@ def apply(
         if line.action == "reopen" and states[name].status not in project.closed:
             line.result = f"issue {snap.short(name)} is not closed ({states[name].status}): nothing to reopen"
             continue
+        if line.action == "close" and states[name].status in project.closed and line.value in ("", states[name].resolution):
+            line.result = f"issue {snap.short(name)} is already closed ({states[name].resolution or states[name].status}): nothing to close"
+            continue
         try:
             before = states[name]
-            edits = _edits_for(line, snap, sender)
+            edits = _edits_for(line, snap, sender, before)
             after = apply_edits(before, edits)
             if after.status in project.closed and not after.resolution and before.status not in project.closed:
                 edits.append(Edit("resolution", "=", project.default("resolution")))  # `Status: closed` alone

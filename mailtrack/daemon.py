@@ -11,6 +11,7 @@ backs off and goes on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -82,6 +83,8 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                 listener.start()
             except OSError as e:
                 reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
+                if e.errno == errno.EADDRINUSE and not listener.config.socket:
+                    reason += "; to listen on another port, set port in a [[listen]] table of a --config file"
                 raise ListenError(f"cannot listen on {where(listener.config)}: {reason}") from None
         pollers = [ImapPoller(ic, spool, on_accept=lambda _id: wake.set()) for ic in config.imap]
         for poller in pollers:

@@ -285,11 +285,14 @@ class Gateway:
         recorded = False
         for name, edits in applied.edits.items():
             _, ch = edit_issue(snap, name, author, edits, when=when)
-            if ch.files and not recorded:
-                # The mail's one record (FORMAT.md): a comment on the first issue it changes, naming
-                # the commands and carrying its Message-ID, so that a repeat is a duplicate.
-                _, ch = edit_issue(snap, name, author, edits, comment=_control_record(applied), when=when,
-                                   message_id=mail.message_id, in_reply_to=mail.in_reply_to or "")
+            if ch.files:
+                # Each changed issue says in a comment which lines of the mail changed it, and only
+                # those (its followers are told of this comment). The first one is the mail's one
+                # record (FORMAT.md): it carries the Message-ID, so that a repeat is a duplicate.
+                first = not recorded
+                _, ch = edit_issue(snap, name, author, edits, comment=_control_record(applied, name), when=when,
+                                   message_id=mail.message_id if first else "",
+                                   in_reply_to=(mail.in_reply_to or "") if first else "")
                 recorded = True
             files.update(ch.files)
             if ch.files:
@@ -420,7 +423,8 @@ class Gateway:
             self.spool.retry_later(claim, error)
             return None
         if out.action == "held":
-            self.spool.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}")
+            # a decision about the mail, not a failure: logged as a warning (ERROR is for retries exhausted)
+            self.spool.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
         else:
             self.spool.done(claim)
         return out
@@ -467,8 +471,8 @@ def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:
 
 
 
-def _control_record(applied: commands.Applied) -> str:
-    """The text of a control mail's record: the command lines that were applied, one a line."""
+def _control_record(applied: commands.Applied, issue: str) -> str:
+    """The comment a control mail leaves on `issue`: the command lines applied to it, one a line."""
     done = [ln.text for ln in applied.lines
-            if ln.issue and not ln.error and not ln.refused and ln.action not in ("note", "help", "show")]
+            if ln.issue == issue and not ln.error and not ln.refused and ln.action not in ("note", "help", "show")]
     return "Commands by mail to the control address:\n\n" + "\n".join(done)

@@ -11,6 +11,7 @@ failed queue with the traceback.
 
 from __future__ import annotations
 
+import logging
 import mailbox
 import time
 import traceback
@@ -81,17 +82,17 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
             out = gateway.handle(raw, received=_date(raw), replies=False)  # old mail: nobody is mailed
             counts[out.action] += 1
             if out.action == "held":
-                _keep_failed(gateway, raw, out.reason, kept)
+                _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault
         except Exception:
             counts["failed"] += 1
-            _keep_failed(gateway, raw, traceback.format_exc(), kept)
+            _keep_failed(gateway, raw, traceback.format_exc(), kept, logging.ERROR)
         done += 1
         bar.show(done, counts)
     bar.show(done, counts, final=True)
     return counts
 
 
-def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str]) -> None:
+def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str], level: int) -> None:
     mid = gateway.parse(raw).message_id
     if mid in kept:
         return
@@ -99,4 +100,4 @@ def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str]) -> N
     spool_id = gateway.spool.accept(raw, source="import")
     claim = gateway.spool.claim_id(spool_id)
     if claim is not None:
-        gateway.spool.fail(claim, reason)
+        gateway.spool.fail(claim, reason, level=level)

@@ -32,6 +32,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 log = logging.getLogger("mailtrack")
+MAIL_LOGGERS = ("mailtrack.gateway", "mailtrack.patches.apply")  # the loggers of the line per mail (Outcome.line)
 
 
 class Parser(argparse.ArgumentParser):
@@ -152,10 +153,19 @@ def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
     ]
     if mail.skipped:
         lines.append(f"Skipped:    {'; '.join(mail.skipped)}")
-    lines.append(f"Route:      {r.kind if r else '?'}{' ' + out.short if out.short else ''} ({r.reason if r else ''})")
+    if r is not None and r.kind == "new":  # the name hashes the time of receipt: a real delivery makes another
+        lines.append(f"Route:      new (its name comes from the time of receipt; {r.reason})")
+    else:
+        lines.append(f"Route:      {r.kind if r else '?'}{' ' + out.short if out.short else ''} ({r.reason if r else ''})")
     if out.commands is not None:
         lines.append("Commands:")
         lines += [f"  > {ln.text}\n    {ln.status}" for ln in out.commands.lines]
+    text = _text(out.written, out.action == "created")
+    if text:
+        lines.append("Text:")
+        lines += [f"  {ln}".rstrip() for ln in text[:TEXT_LINES]]
+        if len(text) > TEXT_LINES:
+            lines.append(f"  ({len(text) - TEXT_LINES} more line(s))")
     lines.append(f"Would:      {out.action}" + (f": {out.message}" if out.message else f" ({out.reason})" if out.reason else ""))
     for path in out.files:
         lines.append(f"  write {path}")
@@ -164,6 +174,22 @@ def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
     lines += [f"  reply {t} to {to}" for t, to in out.replies]
     print("\n".join(lines))
     return EX_OK
+
+
+TEXT_LINES = 8  # of the text a dry run shows
+
+
+def _text(written: dict[str, bytes], created: bool) -> list[str]:
+    """The lines of the text a mail would leave: a new issue's description, else its (first) comment's."""
+    from mailtrack.model import Comment, Issue, is_comment_filename
+
+    for path, data in sorted(written.items()):
+        directory, _, filename = path.rpartition("/")
+        if created and filename == "issue.xml":
+            return Issue.from_bytes(data, directory.replace("/", "")).description.strip("\n").splitlines()
+        if not created and is_comment_filename(filename):
+            return Comment.from_bytes(data, filename).text.strip("\n").splitlines()
+    return []
 
 
 def _fields(data: bytes, path: str) -> list[str]:
@@ -208,7 +234,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     config, _, spool = _open(args, durable=False)
     if args.action == "retry":
         counts = retry_now(spool, config.relay)
-        print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        released = f"{counts.pop('released')} delayed mail(s) made due now"
+        if config.relay.host:
+            print(f"{released}; " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("sent", "deferred", "failed")))
+        else:
+            print(f"{released}; no relay is configured ([relay] host): nothing sent")
     elif args.action == "send":
         counts = OutboxSender(config.relay, spool).send_pending()
         print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -231,13 +261,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     _, _, spool = _open(args)
-    for spool_id in args.ids:
+    failed = [i for i, _ in spool.failures()] + [i for i, _ in spool.failures_out()]
+    for given in args.ids:
+        spool_id = _failed_id(given, failed)
         try:
             spool.requeue(spool_id)
         except KeyError as e:
             raise Exit(EX_USAGE, str(e.args[0])) from None
         print(f"requeued {spool_id}")
     return EX_OK
+
+
+def _failed_id(given: str, failed: list[str]) -> str:
+    """The failed mail's spool ID that `given` is, or a unique prefix of; Exit when it is neither."""
+    if given in failed:
+        return given
+    candidates = [i for i in failed if i.startswith(given)] if given else []
+    if len(candidates) > 1:
+        raise Exit(EX_USAGE, f"ambiguous spool ID {given!r}: {len(candidates)} failed mails start with it: {', '.join(candidates)}")
+    if not candidates:
+        raise Exit(EX_USAGE, f"no failed mail with id {given!r}")
+    return candidates[0]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -311,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path")
     sp.set_defaults(func=cmd_import)
     sp = sub.add_parser("requeue", parents=[common], help="put failed mail back in its queue")
-    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.add_argument("ids", nargs="+", metavar="ID", help="a failed mail's spool ID (as `status` lists it), or a unique prefix of one")
     sp.set_defaults(func=cmd_requeue)
     sp = sub.add_parser("status", parents=[common], help="what the spool and the outbox hold")
     sp.set_defaults(func=cmd_status)
@@ -330,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "serve" and not args.verbose:
+        # A daemon's log, as Postfix keeps one: a line per mail (its Message-ID, what became of it,
+        # the issue's short name). `deliver` stays quiet: an MTA may mail its stderr back.
+        for name in MAIL_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except Exit as e:

@@ -382,9 +382,10 @@ class Spool:
             not_before = time.time() + delay.total_seconds()
             os.utime(target, (not_before, not_before))
 
-    def fail(self, claim: Claim, reason: str) -> None:
-        """Straight to the failed directory with `reason` (a decision, e.g. quarantine)."""
-        self._to_failed(self._queue_of(claim), claim, reason)
+    def fail(self, claim: Claim, reason: str, *, level: int = logging.ERROR) -> None:
+        """Straight to the failed directory with `reason`; logged at `level`: ERROR for a failure
+        (a mail that cannot be delivered), WARNING for a decision (a mail held by policy)."""
+        self._to_failed(self._queue_of(claim), claim, reason, level)
 
     def hold(self, raw: bytes, reason: str) -> str:
         """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
@@ -393,7 +394,7 @@ class Spool:
         spool_id = self._new_id()
         write_durably(queue.failed / f"{spool_id}{_REASON}", reason.encode("utf-8", "replace"))
         write_durably(queue.failed / spool_id, raw, tmp=queue.tmp / spool_id)
-        log.error("%s kept in %s: %s", spool_id, queue.failed.name, _first_line(reason))
+        log.warning("%s kept in %s: %s", spool_id, queue.failed.name, _first_line(reason))  # a decision
         return spool_id
 
     def requeue(self, spool_id: str) -> None:
@@ -537,12 +538,12 @@ class Spool:
                 return queue
         raise ValueError(f"{claim.path} is not a claimed mail of this spool")
 
-    def _to_failed(self, queue: _Queue, claim: Claim, reason: str) -> None:
+    def _to_failed(self, queue: _Queue, claim: Claim, reason: str, level: int = logging.ERROR) -> None:
         write_durably(queue.failed / f"{claim.id}{_REASON}", reason.encode("utf-8", "replace"))
         os.rename(claim.path, queue.failed / claim.id)
         claim.release()
         _fsync_dir(queue.failed)
-        log.error("%s moved to %s: %s", claim.id, queue.failed.name, _first_line(reason))
+        log.log(level, "%s moved to %s: %s", claim.id, queue.failed.name, _first_line(reason))
 
     def _failures(self, queue: _Queue) -> list[tuple[str, str]]:
         result = []

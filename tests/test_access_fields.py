@@ -63,7 +63,7 @@ def test_reporter_may_close_but_not_set_the_severity(strict: Gateway, repo: Path
     assert ("changed", "blocker", "closed", "fixed") == (out.action, issue.severity, issue.status, issue.resolution)
     assert ["Done, I think."] == [c.text for c in read_comments(repo, name)]
     [t] = replies(repo)
-    assert "Processed: Printer on fire" == t["Subject"]
+    assert "Processed (with 1 refusal): Printer on fire" == t["Subject"]
     assert (
         "Your commands were processed:\n\n"
         "> Severity: minor\n"

@@ -381,3 +381,16 @@ def test_cli_reopen_of_an_issue_not_closed_changes_nothing(gw: Gateway, repo: Pa
     commit, subject = git(repo, "log", "-1", "--format=%h%n%s", "--abbrev=7", "issues").splitlines()
     assert (0, f"[issues {commit}] {subject}\n", True) == (r.code, r.out, subject.endswith(f"; reopen {name[:7]}"))
     assert ("new", "", ["not fixed after all"]) == (issue.status, issue.resolution, [c.text for c in read_comments(repo, name)])
+
+
+def test_control_close_of_a_closed_issue_changes_nothing_unless_the_resolution_differs(gw: Gateway, repo: Path) -> None:
+    """`close ID` on an issue closed already writes nothing and says so; `close ID dup` changes only the resolution."""
+    a = filed(gw, repo)
+    assert 0 == run_cli(repo, "close", a[:7], "--resolution", "wontfix").code
+    tip = git(repo, "rev-parse", "issues")
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cc1@x>", body=f"close {a[:7]}\n"))
+    [t] = replies(repo)
+    assert ("nothing", tip) == (out.action, git(repo, "rev-parse", "issues"))
+    assert f"> close {a[:7]}\nissue {a[:7]} is already closed (wontfix): nothing to close\n" in text_of(t)
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cc2@x>", body=f"close {a[:7]} dup\n"))
+    assert ("changed", "closed", "dup") == (out.action, read_issue(repo, a).status, read_issue(repo, a).resolution)

@@ -91,16 +91,19 @@ def test_control_mail_twice_is_a_duplicate(gw: Gateway, repo: Path) -> None:
 
 
 def test_control_mail_over_two_issues_leaves_one_record(gw: Gateway, repo: Path) -> None:
-    """A batch over two issues leaves its record on the first issue it changes only."""
+    """A batch over two issues leaves its record (the Message-ID) on the first issue it changes only;
+    each issue's comment holds only the lines about that issue."""
     a = filed(gw, repo)
     gw.handle(make_mail(subject="Second", message_id="<two@x>"))
     b = next(n for n in read_names(repo) if n != a)
     out = gw.handle(make_mail(to=CTL, frm="boss@example.org", message_id="<ctl2@x>",
                               body=f"reopen {b[:7]}\nseverity {b[:7]} minor\npriority {a[:7]} low\n"))
     assert "changed" == out.action
-    assert ([], [f"Commands by mail to the control address:\n\nreopen {b[:7]}\nseverity {b[:7]} minor\npriority {a[:7]} low"]) == (
+    head = "Commands by mail to the control address:\n\n"
+    assert ([head + f"priority {a[:7]} low"], [head + f"reopen {b[:7]}\nseverity {b[:7]} minor"]) == (
         [c.text for c in read_comments(repo, a)], [c.text for c in read_comments(repo, b)])
-    assert ("<ctl2@x>", "minor", "low") == (read_comments(repo, b)[0].message_id, read_issue(repo, b).severity, read_issue(repo, a).priority)
+    assert ("", "<ctl2@x>", "minor", "low") == (read_comments(repo, a)[0].message_id, read_comments(repo, b)[0].message_id,
+                                                read_issue(repo, b).severity, read_issue(repo, a).priority)
 
 
 # --- 3. subject-tag commands whatever found the issue -----------------------------------------
@@ -264,7 +267,7 @@ def test_refused_command_transcript_attaches_the_original(gw: Gateway, repo: Pat
     out = gw.handle(raw)
     assert ("commented", "new") == (out.action, read_issue(repo, name).status)
     [t] = replies(repo)
-    assert ("Processed: Printer on fire", "<s@x>") == (t["Subject"], t["In-Reply-To"])
+    assert ("Processed (with 1 refusal): Printer on fire", "<s@x>") == (t["Subject"], t["In-Reply-To"])
     assert (
         "Your commands were processed:\n\n> Status: closed\n"
         f"refused: mallory@evil.example may not change issue {name[:7]} (allowed:\nreporter, assignee, owner, maintainer)\n\n"

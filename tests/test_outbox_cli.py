@@ -31,7 +31,7 @@ def test_outbox_waits_without_a_relay_and_retry_sends_once_there_is_one(repo: Pa
         config = tmp_path / "relay.toml"
         config.write_text(f'[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n')
         sent = mailtrack(repo, "outbox", "retry", config=config)
-        assert (0, "deferred 0, failed 0, released 0, sent 1\n") == (sent.returncode, sent.stdout)
+        assert (0, "0 delayed mail(s) made due now; sent 1, deferred 0, failed 0\n") == (sent.returncode, sent.stdout)
         assert (["alice@example.org"], "the outbox is empty\n") == (
             [r.recipients[0] for r in sink.received], mailtrack(repo, "outbox", config=config).stdout)
     finally:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -26,6 +27,8 @@ class Server:
         self.config = repo / "mailtrack.toml"
         self.config.write_text(f'[gateway]\nproject = "proj"\n{extra}\n[[listen]]\nport = {port}\n')
         self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []  # serve's stderr after the first line, read as it comes (the pipe never fills)
+        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         args = ["--repo", str(self.repo), "--config", str(self.config), "serve"]
@@ -42,14 +45,26 @@ class Server:
             self.proc.wait()
             self.proc.stderr.close()
             pytest.fail(f"serve did not start: {line}")
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.log.append(line.rstrip("\n"))
+
+    def finish(self) -> int:
+        """Wait for serve to exit (SIGTERM sent) and for the rest of its stderr; its exit code."""
+        assert self.proc is not None and self.proc.stderr is not None
+        code = self.proc.wait(timeout=60)
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+        self.proc.stderr.close()
+        return code
 
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return code
+        return self.finish()
 
 
 @pytest.fixture
@@ -246,16 +261,15 @@ def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, mo
         in_data.close()
         idle.close()
     go.touch()
-    code = server.proc.wait(timeout=60)
-    assert server.proc.stderr is not None
-    server.proc.stderr.close()
+    code = server.finish()
     assert (0, ["At hand"]) == (code, titles(repo))
     r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
     assert (0, ["At hand", "In DATA"]) == (r.returncode, titles(repo))
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
-    """serve on a port another process listens on exits 71 (EX_OSERR) with one line, no traceback."""
+    """serve on a port another process listens on exits 71 (EX_OSERR) with one line, no traceback,
+    that says how to choose another port."""
     repo = make_repo(tmp_path / "gw")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -264,13 +278,14 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         (repo / "mailtrack.toml").write_text(f"[[listen]]\nport = {port}\n")
         r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "--config", str(repo / "mailtrack.toml"),
                             "serve"], capture_output=True, text=True, check=False, timeout=60)
-    expected = (71, [f"mailtrack: cannot listen on smtp 127.0.0.1:{port}: Address already in use"])
+    expected = (71, [f"mailtrack: cannot listen on smtp 127.0.0.1:{port}: Address already in use;"
+                     " to listen on another port, set port in a [[listen]] table of a --config file"])
     assert expected == (r.returncode, r.stderr.splitlines())
 
 
 def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Path) -> None:
     """The README's first command: `mailtrack serve` in a repository, no file: SMTP on 127.0.0.1:8025
-    for issues@localhost, one line on stderr, and a mail to it becomes an issue."""
+    for issues@localhost, one line on stderr, and a mail to it becomes an issue (and one log line)."""
     if not refused(8025):
         pytest.fail("something else listens on 127.0.0.1:8025; the default port must be free for this test")
     repo = make_repo(tmp_path / "gw")
@@ -288,4 +303,38 @@ def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Pa
         code = proc.wait(timeout=60)
         rest = proc.stderr.read()
         proc.stderr.close()
-    assert (0, "") == (code, rest)
+    short = read_names(repo)[0][:7]
+    expected = [f"INFO mailtrack.gateway: <default@example.org>: created {short} (no issue named by address, thread or subject)"]
+    assert (0, expected) == (code, [ln.split(" ", 2)[2] for ln in rest.splitlines()])
+
+
+def without_time(lines: list[str]) -> list[str]:
+    """Log lines without their date and time (the first two words)."""
+    return [ln.split(" ", 2)[2] for ln in lines if ln.count(" ") >= 2]
+
+
+def test_serve_logs_one_info_line_per_mail_and_a_hold_as_a_warning(tmp_path: Path) -> None:
+    """At its default level serve logs one INFO line per mail (Message-ID, what became of it, the
+    issue's short name); a mail held by policy is a WARNING, not an ERROR; nothing else is logged."""
+    repo = make_repo(tmp_path / "gw")
+    server = Server(repo, free_port(), extra='[access]\nunknown_senders = "hold"\nmaintainers = ["alice@example.org"]\n')
+    server.start()
+    try:
+        send(server.port, "Logged", "<logged@example.org>")
+        wait_for(lambda: titles(repo) == ["Logged"], timeout=30, what="the mail on the branch")
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "stranger@example.net", "issues@localhost", "Hi", "<held@x>"
+        msg.set_content("who am I\n")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+            smtp.send_message(msg)
+        wait_for(lambda: len(server.log) >= 3, timeout=30, what="the log lines of the held mail")
+    finally:
+        assert 0 == server.stop()
+    short = read_names(repo)[0][:7]
+    spool_id = server.log[-1].split()[4]
+    expected = [
+        f"INFO mailtrack.gateway: <logged@example.org>: created {short} (no issue named by address, thread or subject)",
+        "INFO mailtrack.gateway: <held@x>: held (stranger@example.net is not known to proj)",
+        f"WARNING mailtrack.spool: {spool_id} moved to failed: stranger@example.net is not known to proj",
+    ]
+    assert expected == without_time(server.log)
