@@ -1,4 +1,4 @@
-"""The field-wise three-way merge of ../shared/FORMAT.md.
+"""The field-wise three-way merge of docs/FORMAT.md.
 
 Two clones or two gateways that wrote to the branch independently are merged file by file: new
 issues, comments and attachments are a union; an issue.xml changed on both sides is merged field

@@ -1,4 +1,4 @@
-"""Issue, Comment and Project: the records of ../shared/FORMAT.md and their files.
+"""Issue, Comment and Project: the records of docs/FORMAT.md and their files.
 
 Each record converts to and from `xmlformat.Node` trees; `to_bytes` / `from_bytes` are the files.
 Reading accepts the original git-issues script's dialect too (inline values, zone-less times,

@@ -1,4 +1,4 @@
-"""The XML dialect of ../shared/FORMAT.md: a small generic tree, parsed safely, written canonically.
+"""The XML dialect of docs/FORMAT.md: a small generic tree, parsed safely, written canonically.
 
 Every file on the branch (issue.xml, comment files, project.xml) is read into `Node` trees and
 written back from them. The writer puts every element and every text value on a line of its own,
