@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from mailtrack import cli
+from mailtrack.config import AccessConfig, Config, GatewayConfig
+from mailtrack.gateway import Gateway, default_spool
 from mailtrack.model import Comment, Issue
+from mailtrack.spool import Spool
 from mailtrack.store import Store
 
 DATA = Path(__file__).parent / "data"
-pytest_plugins = ["conftest_edges"]  # Dovecot, IMAP users and TLS certificates for the network edges
+pytest_plugins = ["conftest_edges", "tracker"]  # Dovecot, IMAP users, TLS certificates, the relay sink; the notify tracker
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +113,29 @@ def read_comments(repo: Path, name: str) -> list[Comment]:
 def read_names(repo: Path) -> list[str]:
     with Store.open(repo) as store:
         return sorted(store.snapshot().issue_names())
+
+
+def make_gateway(repo: Path, project: str = "proj", reply_rate_limit: int = 100, **access: object) -> Gateway:
+    """A gateway on `repo` (its spool in the repository), with the [access] settings given."""
+    store = Store.open(repo, durable=True)
+    config = Config(gateway=GatewayConfig(project=project, reply_rate_limit=reply_rate_limit),
+                    access=AccessConfig(**access))  # type: ignore[arg-type]
+    return Gateway(config, store, Spool(default_spool(store)))
+
+
+@pytest.fixture
+def gateway(repo: Path) -> Iterator[Gateway]:
+    """The gateway of project "proj" with the default configuration (replies rate-limited as shipped)."""
+    g = make_gateway(repo, reply_rate_limit=GatewayConfig().reply_rate_limit)
+    yield g
+    g.close()
+    g.store.close()
+
+
+@pytest.fixture
+def gw(repo: Path) -> Iterator[Gateway]:
+    """The gateway of project "proj", boss@example.org a maintainer, replies not rate-limited in practice."""
+    g = make_gateway(repo, maintainers=["boss@example.org"])
+    yield g
+    g.close()
+    g.store.close()

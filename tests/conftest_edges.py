@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dovecot import DovecotError, DovecotServer, free_port
+from sink import Sink
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +66,11 @@ def tls_cert() -> Iterator[tuple[Path, Path]]:
         yield cert, key
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A running relay sink that accepts everything (tests/sink.py)."""
+    s = Sink().start()
+    yield s
+    s.stop()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, read_comments, read_issue
+from conftest import git, make_gateway, read_comments, read_issue
 from mailtrack.config import AccessConfig, ConfigError, parse
 from mailtrack.gateway import Gateway
-from test_commands import filed, make_gateway, replies, text_of
+from test_commands import filed, replies, text_of
 from test_gateway import make_mail
 
 

@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import email
-from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from conftest import git, read_comments, read_issue, read_names, run_cli
-from mailtrack.config import AccessConfig, Config, GatewayConfig
+from conftest import git, make_gateway, read_comments, read_issue, read_names, run_cli
+from mailtrack.config import Config, GatewayConfig
 from mailtrack.gateway import Gateway, default_spool
 from mailtrack.spool import Spool
 from mailtrack.store import Store
 from test_gateway import make_mail
 
 OUTBOX = Path(".git") / "mailtrack" / "spool" / "outbox" / "new"
-
-
-def make_gateway(repo: Path, **access: object) -> Gateway:
-    store = Store.open(repo, durable=True)
-    config = Config(gateway=GatewayConfig(project="proj", reply_rate_limit=100), access=AccessConfig(**access))  # type: ignore[arg-type]
-    return Gateway(config, store, Spool(default_spool(store)))
-
-
-@pytest.fixture
-def gw(repo: Path) -> Iterator[Gateway]:
-    g = make_gateway(repo, maintainers=["boss@example.org"])
-    yield g
-    g.close()
-    g.store.close()
 
 
 def replies(repo: Path) -> list[EmailMessage]:

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from dovecot import DovecotServer, free_port
-from mailtrack.config import Config, GatewayConfig, ImapConfig, ListenConfig
+from mailtrack.config import ImapConfig, ListenConfig
 from mailtrack.daemon import work
-from mailtrack.gateway import Gateway, default_spool
+from mailtrack.gateway import Gateway
 from mailtrack.sources.imap import ImapPoller
 from mailtrack.sources.smtp import Addresses, SmtpListener
 from mailtrack.spool import Spool
-from mailtrack.store import Store
 
 FOLDERS = ("INBOX", "Archive", "Failed")
 
@@ -26,15 +25,6 @@ FOLDERS = ("INBOX", "Archive", "Failed")
 def held_mail(subject: str, message_id: str = "<same@example.test>") -> bytes:
     """A mail the gateway holds (it has no From), so it ends in the spool's failed queue."""
     return f"To: issues@localhost\nSubject: {subject}\nMessage-ID: {message_id}\n\nbody\n".encode()
-
-
-@pytest.fixture
-def gateway(repo: Path) -> Iterator[Gateway]:
-    store = Store.open(repo, durable=True)
-    gw = Gateway(Config(gateway=GatewayConfig(project="proj")), store, Spool(default_spool(store)))
-    yield gw
-    gw.close()
-    store.close()
 
 
 @pytest.fixture

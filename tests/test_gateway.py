@@ -6,7 +6,6 @@ import email
 import mailbox
 import subprocess
 import sys
-from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -40,15 +39,6 @@ def make_mail(
         msg[k.replace("_", "-")] = v
     msg.set_content(body)
     return msg.as_bytes()
-
-
-@pytest.fixture
-def gateway(repo: Path) -> Iterator[Gateway]:
-    store = Store.open(repo, durable=True)
-    gw = Gateway(Config(gateway=GatewayConfig(project="proj")), store, Spool(default_spool(store)))
-    yield gw
-    gw.close()
-    store.close()
 
 
 def outbox(repo: Path) -> list[email.message.EmailMessage]:

@@ -7,28 +7,19 @@ from __future__ import annotations
 import mailbox
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import git, read_comments, read_issue, read_names, run_cli
+from conftest import git, make_gateway, read_comments, read_issue, read_names, run_cli
 from mailtrack.gateway import Gateway
 from mailtrack.message import parse
 from mailtrack.model import Person
 from mailtrack.store import Change, Snapshot
-from test_commands import OUTBOX, filed, make_gateway, replies, text_of
+from test_commands import OUTBOX, filed, replies, text_of
 from test_gateway import make_mail
 
 CTL = "control@localhost"
-
-
-@pytest.fixture
-def gw(repo: Path) -> Iterator[Gateway]:
-    g = make_gateway(repo, maintainers=["boss@example.org"])
-    yield g
-    g.close()
-    g.store.close()
 
 
 def comment_files(repo: Path, name: str) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 
 from mailtrack.edits import Edit, close_edits, reopen_edits
 from mailtrack.store import Change, issue_dir
-from test_notify import ALICE, BOB, DAN, Tracker, body, by_rcpt, h, sink, tracker  # noqa: F401  (fixtures)
+from tracker import BOB, DAN, Tracker, body, by_rcpt, h
 
 CONSTANT = {"List-Id": "proj <proj.localhost>", "Auto-Submitted": "auto-generated", "Precedence": "bulk",
             "X-Auto-Response-Suppress": "All", "X-Mailtrack-Loop": "issues@localhost"}

@@ -5,39 +5,18 @@ from __future__ import annotations
 import mailbox
 import subprocess
 import sys
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-
-import pytest
 
 from conftest import make_repo, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.gateway import Gateway, Outcome
-from mailtrack.model import Component, Project
-from mailtrack.store import Change, Store
+from mailtrack.store import Store
+from sink import Sink
 from test_gateway import make_mail
-from test_notify import ALICE, DAN, Tracker, by_rcpt, h, reasons
-from test_outbox import Sink
 from test_serve import Server
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def tracker(repo: Path, sink: Sink) -> Tracker:
-    """As in test_notify: a project with component core (owner Olga), notified up to now."""
-    t = Tracker(repo, sink)
-    project = Project(components=[Component("core", ["Olga Owner <olga@example.org>"])], closed_statuses=["closed"])
-    t.change(ALICE, lambda s: Change("project", {"project.xml": project.to_bytes()}))
-    assert 0 == t.notify()
-    return t
+from tracker import DAN, Tracker, by_rcpt, h, reasons
 
 
 def mailtrack(repo: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

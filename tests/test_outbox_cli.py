@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sink import Sink
 from test_gateway import deliver, make_mail
-from test_outbox import Sink
 
 
 def mailtrack(repo: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,28 +6,16 @@ from __future__ import annotations
 import email
 import subprocess
 import sys
-from collections.abc import Iterator
 from email import policy
 from pathlib import Path
-
-import pytest
 
 from conftest import git, read_comments, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.gateway import Gateway
 from mailtrack.notify import Notifier
-from test_commands import filed, make_gateway, replies, text_of
+from sink import Sink
+from test_commands import filed, replies, text_of
 from test_gateway import deliver, make_mail
-from test_outbox import Sink
-
-
-@pytest.fixture
-def gw(repo: Path) -> Iterator[Gateway]:
-    """The gateway of test_commands: project "proj", boss@example.org a maintainer."""
-    g = make_gateway(repo, maintainers=["boss@example.org"])
-    yield g
-    g.close()
-    g.store.close()
 
 
 def two_issues(gw: Gateway, repo: Path) -> tuple[str, str]:
