@@ -26,6 +26,9 @@ def test_outbox_waits_without_a_relay_and_retry_sends_once_there_is_one(repo: Pa
     listing = mailtrack(repo, "outbox").stdout.splitlines()
     assert (listing[0].endswith("  due now"), "    to: alice@example.org", listing[-1]) == (
         True, listing[1], "no relay is configured ([relay] host): outgoing mail waits here")
+    nothing = mailtrack(repo, "outbox", "retry")
+    assert (0, "0 delayed mail(s) made due now; no relay is configured ([relay] host): nothing sent\n") == (
+        nothing.returncode, nothing.stdout)
     sink = Sink().start()
     try:
         config = tmp_path / "relay.toml"

@@ -13,7 +13,6 @@ from conftest import git, read_comments, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.gateway import Gateway
 from mailtrack.notify import Notifier
-from sink import Sink
 from test_commands import filed, replies, text_of
 from test_gateway import deliver, make_mail
 
@@ -148,18 +147,3 @@ def test_requeue_takes_a_unique_prefix_of_a_spool_id(repo: Path) -> None:
     done = mailtrack(repo, "requeue", ids[1][:common + 1])
     assert (0, f"requeued {ids[1]}\n") == (done.returncode, done.stdout)
     assert [ids[0]] == [ln.split()[0] for ln in mailtrack(repo, "status").stdout.splitlines() if "no sender address" in ln]
-
-
-def test_outbox_retry_says_what_it_did(repo: Path, tmp_path: Path) -> None:
-    """`outbox retry` says how many delayed mails it made due, then what it sent, or that no relay is set."""
-    assert 0 == deliver(repo, make_mail()).returncode
-    r = mailtrack(repo, "outbox", "retry")
-    assert (0, "0 delayed mail(s) made due now; no relay is configured ([relay] host): nothing sent\n") == (r.returncode, r.stdout)
-    sink = Sink().start()
-    try:
-        config = tmp_path / "relay.toml"
-        config.write_text(f'[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n')
-        sent = mailtrack(repo, "outbox", "retry", config=config)
-        assert (0, "0 delayed mail(s) made due now; sent 1, deferred 0, failed 0\n") == (sent.returncode, sent.stdout)
-    finally:
-        sink.stop()
