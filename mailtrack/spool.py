@@ -122,6 +122,15 @@ def message_id(raw: bytes) -> str:
     return " ".join(match.group(1).decode("ascii", "replace").split())
 
 
+def _claimed_id(claim: Claim) -> str:
+    """The Message-ID of a claimed mail, for a log line ("none", or "?" when it cannot be read)."""
+    try:
+        with open(claim.path, "rb") as f:
+            return message_id(f.read(65536)) or "none"
+    except OSError:
+        return "?"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -372,9 +381,8 @@ class Spool:
             summary = f"failed {attempts} times, last error: {_last_line(error)}"
             self._to_failed(queue, claim, f"{summary}\n\n{error}")
             return
-        log.warning(
-            "%s failed (attempt %d of %d): %s", claim.id, attempts, MAX_ATTEMPTS, _last_line(error)
-        )
+        log.warning("%s (Message-ID %s) failed (attempt %d of %d): %s",
+                    claim.id, _claimed_id(claim), attempts, MAX_ATTEMPTS, _last_line(error))
         target = queue.new / _name(claim.id, attempts)
         os.rename(claim.path, target)
         claim.release()
@@ -394,7 +402,8 @@ class Spool:
         spool_id = self._new_id()
         write_durably(queue.failed / f"{spool_id}{_REASON}", reason.encode("utf-8", "replace"))
         write_durably(queue.failed / spool_id, raw, tmp=queue.tmp / spool_id)
-        log.warning("%s kept in %s: %s", spool_id, queue.failed.name, _first_line(reason))  # a decision
+        log.warning("%s (Message-ID %s) kept in %s: %s",  # a decision
+                    spool_id, message_id(raw) or "none", queue.failed.name, _first_line(reason))
         return spool_id
 
     def requeue(self, spool_id: str) -> None:
@@ -540,10 +549,11 @@ class Spool:
 
     def _to_failed(self, queue: _Queue, claim: Claim, reason: str, level: int = logging.ERROR) -> None:
         write_durably(queue.failed / f"{claim.id}{_REASON}", reason.encode("utf-8", "replace"))
+        mid = _claimed_id(claim)
         os.rename(claim.path, queue.failed / claim.id)
         claim.release()
         _fsync_dir(queue.failed)
-        log.log(level, "%s moved to %s: %s", claim.id, queue.failed.name, _first_line(reason))
+        log.log(level, "%s (Message-ID %s) moved to %s: %s", claim.id, mid, queue.failed.name, _first_line(reason))
 
     def _failures(self, queue: _Queue) -> list[tuple[str, str]]:
         result = []

@@ -342,6 +342,6 @@ def test_serve_logs_one_info_line_per_mail_and_a_hold_as_a_warning(tmp_path: Pat
     expected = [
         f"INFO mailtrack.gateway: <logged@example.org>: created {short} (no issue named by address, thread or subject)",
         "INFO mailtrack.gateway: <held@x>: held (stranger@example.net is not known to proj)",
-        f"WARNING mailtrack.spool: {spool_id} moved to failed: stranger@example.net is not known to proj",
+        f"WARNING mailtrack.spool: {spool_id} (Message-ID <held@x>) moved to failed: stranger@example.net is not known to proj",
     ]
     assert expected == without_time(server.log)
