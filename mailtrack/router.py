@@ -80,20 +80,20 @@ def _tag_commands(mail: ParsedMail, snap: Snapshot, addressing: Addressing, name
     return list(tag[1]) if _resolve(snap, tag[0]) == name else []
 
 
-def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str] | None:
-    """(issue, why) for a reply: In-Reply-To, then References newest first, against the Message-IDs
-    on the branch and our own (which embed the issue's name). ("", why) when it answers our mail
-    about an issue we do not have; None when the mail is in no thread we know."""
+def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str, str] | None:
+    """(issue, why, the ID our mail named) for a reply: In-Reply-To, then References newest first,
+    against the Message-IDs on the branch and our own (which embed the issue's name). The issue is
+    "" when the mail answers our mail about an issue we do not have; None: in no thread we know."""
     refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
     for ref in refs:
         m = OUR_MSGID.match(ref.strip())
         if m:
             if snap.exists(m.group(1)):
-                return m.group(1), f"a reply to our mail {ref}"
-            return "", f"it replies to our mail {ref} about an issue we do not have"
+                return m.group(1), f"a reply to our mail {ref}", m.group(1)[:7]
+            return "", f"it replies to our mail {ref} about an issue we do not have", m.group(1)[:7]
         name = index.lookup(snap, ref)
         if name:
-            return name, f"a reply to {ref}"
+            return name, f"a reply to {ref}", name[:7]
     return None
 
 
@@ -126,9 +126,9 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing
 
     threaded = _thread(mail, snap, index)
     if threaded is not None:
-        name, why = threaded
+        name, why, ident = threaded
         if not name:
-            return Route("unknown-issue", reason=why, ident=why.split()[-1] if False else "")
+            return Route("unknown-issue", reason=why, ident=ident)
         return Route("comment", name, why, commands=_tag_commands(mail, snap, addressing, name))
 
     tag = subject_tag(mail.subject, addressing.project)

@@ -493,3 +493,14 @@ def test_mail_without_message_id_delivered_twice_by_the_mta_is_one_issue(repo: P
     [name] = read_names(repo)
     assert (1, True) == (len(git(repo, "log", "--format=%s", "issues").splitlines()) - 1,
                          read_issue(repo, name).message_id.endswith("@mailtrack.invalid>"))
+
+
+def test_reply_to_our_mail_about_an_issue_we_lack_names_it_in_the_error(gateway: Gateway, repo: Path) -> None:
+    """A reply to one of our notifications for an issue this branch does not have: no new issue, and
+    the error reply names the issue the notification was about."""
+    ghost = "f00d" + "e" * 36
+    tip = git(repo, "rev-parse", "issues")
+    out = gateway.handle(make_mail(subject="Re: [proj #f00deee] Gone", In_Reply_To=f"<mailtrack.{ghost}.issue@localhost>"))
+    [reply] = outbox(repo)
+    assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
+    assert "Your mail names issue f00deee, and proj has no such issue" in " ".join(reply.get_content().split())
