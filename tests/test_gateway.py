@@ -503,4 +503,5 @@ def test_reply_to_our_mail_about_an_issue_we_lack_names_it_in_the_error(gateway:
     out = gateway.handle(make_mail(subject="Re: [proj #f00deee] Gone", In_Reply_To=f"<mailtrack.{ghost}.issue@localhost>"))
     [reply] = outbox(repo)
     assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
-    assert "Your mail names issue f00deee, and proj has no such issue" in " ".join(reply.get_content().split())
+    text = reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Your mail names issue f00deee, and proj has no such issue" in " ".join(text.split())
