@@ -7,13 +7,14 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from email import policy
 from pathlib import Path
 
 import pytest
 
-from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
+from conftest import git, make_gateway, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
 from mailtrack.config import AccessConfig, Config, GatewayConfig
 from mailtrack.gateway import Gateway, default_spool
@@ -416,3 +417,91 @@ def test_push_mail_files_are_addressed_and_go_out_with_git_send_email(tmp_path: 
         wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the series applied")
     finally:
         assert 0 == server.stop()
+
+
+# --- the second reader's cases --------------------------------------------------------------
+
+
+def _part(n: int, m: int, frm: str, mid: str, root: str, path: str) -> bytes:
+    raw = patch_mail(f"part {n}", file_diff(path, None, f"{mid}\n".encode()), frm=frm, mid=mid)
+    return raw.replace(b"[PATCH]", f"[PATCH {n}/{m}]".encode()).replace(
+        b"To: ", f"In-Reply-To: {root}\nReferences: {root}\nTo: ".encode())
+
+
+def test_two_senders_series_in_one_thread_are_kept_apart(tmp_path: Path) -> None:
+    """Alice's and Bob's [PATCH 1/2] in the same thread never replace each other: each series is
+    applied with its own parts, and a v2 sent later in the same thread is applied too."""
+    repo = gateway_repo(tmp_path / "gw")
+    a = new_issue(repo, "Shared")
+    g = make_gateway(repo, unknown_senders="accept")
+    try:
+        d = f"{a[:2]}/{a[2:]}"
+        for who in ("alice", "bob"):
+            assert "pending" == g.handle(_part(1, 2, f"{who}@example.org", f"<{who}1@x>", "<thread@x>", f"{d}/{who}1.txt")).action
+        for who in ("alice", "bob"):
+            assert "changed" == g.handle(_part(2, 2, f"{who}@example.org", f"<{who}2@x>", "<thread@x>", f"{d}/{who}2.txt")).action
+        v2 = [g.handle(_part(n, 2, "alice@example.org", f"<alice-v2-{n}@x>", "<thread@x>", f"{d}/v2-{n}.txt")).action for n in (1, 2)]
+        assert ["pending", "changed"] == v2
+        files = sorted(git(repo, "ls-tree", "--name-only", f"issues:{d}").split())
+        assert ["alice1.txt", "alice2.txt", "bob1.txt", "bob2.txt", "issue.xml", "v2-1.txt", "v2-2.txt"] == files
+    finally:
+        g.close()
+        g.store.close()
+
+
+def test_patch_mails_obey_the_senders_rules(tmp_path: Path) -> None:
+    """A patch is a change: with require_auth_for_commands it needs a vouched sender, and an unknown
+    sender is held (in failed) when unknown_senders = "hold"."""
+    repo = gateway_repo(tmp_path / "gw")
+    a = new_issue(repo, "Jane's issue")
+    diff = file_diff(f"{a[:2]}/{a[2:]}/note.txt", None, b"forged\n")
+    tip0 = tip(repo)
+    strict = make_gateway(repo, require_auth_for_commands=True, maintainers=["boss@example.org"])
+    try:
+        out = strict.handle(patch_mail("forged", diff, frm="Boss <boss@example.org>", mid="<forged@x>"))
+        assert ("rejected", tip0) == (out.action, tip(repo))
+        assert "vouches for" in out.reason
+    finally:
+        strict.close()
+        strict.store.close()
+    holding = make_gateway(repo, unknown_senders="hold")
+    try:
+        out = holding.handle(patch_mail("stranger", diff, frm="Eve <eve@example.net>", mid="<eve@x>"))
+        assert ("held", tip0) == (out.action, tip(repo))
+    finally:
+        holding.close()
+        holding.store.close()
+
+
+def test_a_small_mail_cannot_inflate_into_a_huge_file(gw: Gateway) -> None:
+    """A GIT binary patch whose zlib data inflates past max_attachment_size is refused before it is inflated whole."""
+    from mailtrack.patches.series import _b85_lines
+
+    repo = gw_path(gw)
+    a = new_issue(repo, "Target")
+    bomb = zlib.compress(b"\0" * (GatewayConfig().max_attachment_size + 1), 9)
+    path = f"{a[:2]}/{a[2:]}/bomb.bin"
+    diff = (f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex {'0' * 40}..{'1' * 40}\nGIT binary patch\n"
+            f"literal {GatewayConfig().max_attachment_size + 1}\n").encode() + _b85_lines(bomb) + b"\nliteral 0\nHcmV?d00001\n\n"
+    assert len(diff) < 100_000
+    before = tip(repo)
+    out = gw.handle(patch_mail("bomb", diff, frm="Jane Doe <jane@example.org>"))
+    assert ("rejected", before) == (out.action, tip(repo))
+    assert "too large" in out.reason
+
+
+def test_a_code_patch_is_an_issue_not_a_patch_of_ours(gw: Gateway) -> None:
+    """A [PATCH] for another tree (.github/, db/) is no patch of the issues branch: it opens an issue."""
+    diff = file_diff(".github/workflows/ci.yml", b"on: push\n", b"on: [push, pull_request]\n") + file_diff(
+        "db/schema.sql", None, b"create table t (x int);\n")
+    out = gw.handle(patch_mail("ci: fix workflow", diff, frm="Jane Doe <jane@example.org>"))
+    assert ("created", "ci: fix workflow") == (out.action, read_issue(gw_path(gw), out.issue).title)
+
+
+def test_a_malformed_diff_header_is_refused_not_a_crash(gw: Gateway) -> None:
+    """A quoted path that does not decode is a refusal with a report, not an exception."""
+    repo = gw_path(gw)
+    before = tip(repo)
+    diff = f'diff --git "a/ab/{NAME[2:]}/\\303" "b/ab/{NAME[2:]}/\\3"\nnew file mode 100644\n'.encode()
+    out = gw.handle(patch_mail("broken", diff, frm="Jane Doe <jane@example.org>"))
+    assert ("rejected", before) == (out.action, tip(repo))

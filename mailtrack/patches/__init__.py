@@ -51,7 +51,10 @@ def patch_numbers(subject: str) -> tuple[int, int] | None:
 def _diff_paths(body: bytes) -> list[str]:
     out = []
     for m in _DIFF_PATH.finditer(body):
-        old, new = _parse_git_diff_header_paths(b"diff --git " + m.group(1).rstrip(b"\r"))
+        try:
+            old, new = _parse_git_diff_header_paths(b"diff --git " + m.group(1).rstrip(b"\r"))
+        except ValueError:  # a malformed quoted path: what it names is for the parser to refuse
+            old, new = None, None
         for p in (old, new) if old is not None else (m.group(1).split(b" ")[0],):
             if p is not None:
                 out.append(p.decode("utf-8", "replace").partition("/")[2])
@@ -59,9 +62,11 @@ def _diff_paths(body: bytes) -> list[str]:
 
 
 def _touches_issues(path: str) -> bool:
+    """A path of the issues branch's layout (an issue directory, project.xml) or an attempt on its
+    `.git`: a diff of some other tree (`.github/`, `db/schema.sql`) is no patch of ours."""
     parts = path.split("/")
-    return (path == "project.xml" or bool(_HEX2.match(parts[0])) or ".." in parts
-            or any(x.lower().startswith(".git") for x in parts))
+    return (path == "project.xml" or parts[0].lower() == ".git"
+            or (len(parts) > 1 and bool(_HEX2.match(parts[0])) and bool(_HEX38.match(parts[1]))))
 
 
 def is_patch_mail(mail: ParsedMail) -> bool:
@@ -72,8 +77,9 @@ def is_patch_mail(mail: ParsedMail) -> bool:
         return False
     if nm[0] == 0:
         return mail.header(SERIES_HEADER) is not None or bool(_STAT_LINE.search(mail.body))
-    paths = _diff_paths(mail.raw.replace(b"\r\n", b"\n")) + _diff_paths(mail.body.encode("utf-8", "replace"))
-    return any(_touches_issues(p) for p in paths)
+    if mail.header(SERIES_HEADER) is not None:  # written by `git issues push --mail`
+        return True
+    return any(_touches_issues(p) for p in _diff_paths(mail.body.encode("utf-8", "replace")))
 
 
 def thread_root(mail: ParsedMail) -> str:

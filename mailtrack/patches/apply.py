@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.utils
 import hashlib
@@ -90,7 +91,35 @@ class Patch:
     problems: list[str] = field(default_factory=list)
 
 
-def parse_diff(diff: bytes) -> list[FilePatch]:
+def _inflate(data: bytes, limit: int) -> bytes:
+    """zlib data inflated to at most `limit` bytes; ValueError past that (a bomb or just too big)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ValueError(f"over the size limit of {limit} bytes")
+    return out
+
+
+def _delta_target_size(delta: bytes) -> int:
+    """The size a git delta makes: its second header varint (the first is the base's size)."""
+    at, sizes = 0, []
+    for _ in range(2):
+        size = shift = 0
+        while True:
+            if at >= len(delta):
+                raise ValueError("a truncated delta")
+            byte = delta[at]
+            at += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        sizes.append(size)
+    return sizes[1]
+
+
+def parse_diff(diff: bytes, max_file: int = 10 * 1024 * 1024) -> list[FilePatch]:
+    """The file patches of a `git diff` (text hunks and `GIT binary patch` data, no file over `max_file`)."""
     lines = diff.replace(b"\r\n", b"\n").splitlines(keepends=True)
     files: list[FilePatch] = []
     i = 0
@@ -98,7 +127,10 @@ def parse_diff(diff: bytes) -> list[FilePatch]:
     while i < len(lines):
         line = lines[i]
         if line.startswith(b"diff --git "):
-            old, new = _parse_git_diff_header_paths(line.rstrip(b"\n"))
+            try:
+                old, new = _parse_git_diff_header_paths(line.rstrip(b"\n"))
+            except ValueError:  # a malformed quoted path
+                old = new = None
             if old is None or new is None:
                 cur = FilePatch("?", "?", problems=[f"cannot read the paths of '{line.decode('utf-8', 'replace').strip()}'"
                                                      " (renames and copies are refused)"])
@@ -142,9 +174,16 @@ def parse_diff(diff: bytes) -> list[FilePatch]:
                 while i < len(lines) and not lines[i].strip():
                     i += 1
                 try:
-                    cur.binary.append((kind, zlib.decompress(git_base85_decode(b"\n".join(data_lines)))))
-                except (ValueError, zlib.error):
+                    data = _inflate(git_base85_decode(b"\n".join(data_lines)), max_file)
+                    if kind == "delta":
+                        size = _delta_target_size(data)
+                        if size > max_file:
+                            raise ValueError(f"over the size limit of {max_file} bytes")
+                    cur.binary.append((kind, data))
+                except zlib.error:
                     cur.problems.append("a binary patch that does not decode")
+                except ValueError as e:
+                    cur.problems.append(f"a binary patch that does not decode or is too large ({e})")
             continue
         elif (m := _HUNK.match(text)) is not None:
             old_len = int(m.group(2)) if m.group(2) is not None else 1
@@ -204,7 +243,7 @@ def _decode_header(value: str) -> str:
         return value
 
 
-def parse_patch(raw: bytes, sender: str) -> Patch:
+def parse_patch(raw: bytes, sender: str, max_file: int = 10 * 1024 * 1024) -> Patch:
     """One patch mail: its commit (as git am would make it) and its file patches."""
     raw = raw.replace(b"\r\n", b"\n")
     msg = email.message_from_bytes(raw, policy=policy.compat32)
@@ -221,7 +260,7 @@ def parse_patch(raw: bytes, sender: str) -> Patch:
         when = (int(date.timestamp()), offset)
     except (TypeError, ValueError, IndexError):
         when = (int(time.time()), 0)
-    patch = Patch(n, m, subject, message, Person(name, addr.lower()), when, parse_diff(diff), sender)
+    patch = Patch(n, m, subject, message, Person(name, addr.lower()), when, parse_diff(diff, max_file), sender)
     if not patch.files:
         patch.problems.append("no diff in this mail")
     if not addr:
@@ -430,6 +469,8 @@ class _Series:
                         reasons.append(f"{path}: {patch.sender} may not comment on issue {name[:7]}")
                 elif before is None and f"{fan}/{rest}/issue.xml" not in writes:
                     reasons.append(f"{path}: an attachment of no issue")
+                elif before is not None and name not in self.created and not self.allowed(patch.sender, access.comment, before):
+                    reasons.append(f"{path}: {patch.sender} may not add to issue {name[:7]}")
             except (FormatError, ValueError, TypeError) as e:  # whatever a hostile file makes the parser raise
                 reasons.append(f"{path}: does not parse: {e}")
         return reasons
@@ -443,20 +484,14 @@ class _Series:
 
 def apply_series(gw: Gateway, raws: list[bytes]) -> tuple[list[PatchResult], bytes | None]:
     """Apply a complete series onto the tip: every patch or none. Returns the results and the new tip."""
-    parsed = []
-    for raw in raws:
-        mail = gw.parse(raw)
-        parsed.append(parse_patch(raw, mail.from_addr))
-    parsed.sort(key=lambda p: p.number)
-    results = [PatchResult(p.number, p.subject) for p in parsed]
     total = sum(len(r) for r in raws)
     limit = gw.config.gateway.max_patch_series_size
-    if total > limit or len(parsed) > MAX_PATCHES:
-        for r in results:
-            r.status = "refused"
-            r.reasons = [f"the series is too large ({len(parsed)} patches, {total} bytes; "
-                         f"at most {MAX_PATCHES} patches and {limit} bytes)"]
-        return results, None
+    if total > limit or len(raws) > MAX_PATCHES:  # before anything is decoded
+        why = f"the series is too large ({len(raws)} patches, {total} bytes; at most {MAX_PATCHES} patches and {limit} bytes)"
+        return [PatchResult(i, gw.parse(raw).subject, "refused", [why]) for i, raw in enumerate(raws, 1)], None
+    max_file = gw.config.gateway.max_attachment_size
+    parsed = sorted((parse_patch(raw, gw.parse(raw).from_addr, max_file) for raw in raws), key=lambda p: p.number)
+    results = [PatchResult(p.number, p.subject) for p in parsed]
     store = gw.store
     for _attempt in range(20):
         snap = store.snapshot()
@@ -509,8 +544,70 @@ def apply_series(gw: Gateway, raws: list[bytes]) -> tuple[list[PatchResult], byt
 # --- in: the gateway's patch path -------------------------------------------------------------
 
 
-def _series_dir(gw: Gateway, root: str) -> Path:
-    return gw.spool.root / "patches" / hashlib.sha1(root.encode()).hexdigest()[:20]
+def _series_base(gw: Gateway, mail: ParsedMail, total: int) -> Path:
+    """Where the parts of one sender's series in one thread are gathered: one folder a generation."""
+    key = f"{mail.from_addr.lower()} {thread_root(mail)} {total}"
+    return gw.spool.root / "patches" / hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def _done_ids(folder: Path) -> set[str]:
+    """The Message-IDs a finished generation took (one a line after its outcome line)."""
+    return set((folder / "done").read_text("utf-8", "replace").split("\n")[1:]) - {""}
+
+
+def _slot(base: Path, n: int, message_id: str) -> Path | None:
+    """The generation folder this part goes to; None when it is a part seen already.
+
+    A part whose number is taken by another mail (a second series of the same sender in the same
+    thread, a v2 in reply to v1) opens a new generation rather than replacing what is kept.
+    """
+    generations = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if base.is_dir() else []
+    for folder in generations:
+        if (folder / "done").exists():
+            if message_id in _done_ids(folder):
+                return None
+            continue
+        part = folder / f"{n:04d}.eml"
+        if not part.exists():
+            return folder
+        if message_id_of(part.read_bytes()) == message_id:
+            return None
+    return base / str(int(generations[-1].name) + 1 if generations else 0)
+
+
+def message_id_of(raw: bytes) -> str:
+    from mailtrack.message import hashed_message_id
+    from mailtrack.spool import message_id
+
+    return message_id(raw) or hashed_message_id(raw)
+
+
+def _admit(gw: Gateway, mail: ParsedMail, out: Outcome) -> bool:
+    """The gateway's admission for a patch mail: machine mail, no sender, unknown senders, and the
+    DKIM/DMARC requirement for changes (a patch is a change). False with `out` filled when refused."""
+    from mailtrack.gateway import verified_by
+
+    access = gw.config.access
+    if mail.machine:
+        out.action, out.reason = "dropped", f"machine mail: {mail.machine}"
+        return False
+    if not mail.from_addr:
+        out.action, out.reason = "held", "the mail has no sender address (From)"
+        return False
+    snap = gw.store.snapshot()
+    known = gw.index.known(snap, mail.from_addr) or mail.from_addr.lower() in {a.lower() for a in access.maintainers}
+    if not known and access.unknown_senders != "accept":
+        out.action = "held" if access.unknown_senders == "hold" else "rejected"
+        out.reason = f"{mail.from_addr} is not known to {gw.project}"
+    elif access.require_auth_for_commands and not verified_by(mail, access.trusted_authserv_ids):
+        out.action = "rejected"
+        out.reason = "patch mails need a sender address the receiving server vouches for (DKIM or DMARC)"
+    elif len(mail.raw) > gw.config.gateway.max_patch_series_size:
+        out.action = "rejected"
+        out.reason = f"the series is too large ({len(mail.raw)} bytes in one mail; at most {gw.config.gateway.max_patch_series_size})"
+    else:
+        return True
+    return False
 
 
 def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
@@ -518,47 +615,67 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     from mailtrack.gateway import Outcome
 
     out = Outcome("nothing", message_id=mail.message_id)
-    if mail.machine:
-        out.action, out.reason = "dropped", f"machine mail: {mail.machine}"
-        return out
-    if not mail.from_addr:
-        out.action, out.reason = "held", "the mail has no sender address (From)"
+    if not _admit(gw, mail, out):
+        if out.action == "rejected":
+            gw._reply(mail, "reply-patches.txt", out, dry_run, patches=[PatchResult(0, mail.subject, "refused", [out.reason])],
+                      refused=True, total=1, error=out.reason, hint="")
         return out
     n, m = patch_numbers(mail.subject) or (1, 1)
     if m <= 1 and n <= 1:
         return _apply(gw, mail, [mail.raw], dry_run, out)
-    folder = _series_dir(gw, thread_root(mail))
-    if (folder / "done").exists():
-        out.action, out.reason = "duplicate", "that patch series was processed already"
+    base = _series_base(gw, mail, m)
+    folder = _slot(base, n, mail.message_id)
+    if folder is None:
+        out.action, out.reason = "duplicate", f"patch {n}/{m} of that series was received already"
         return out
     if dry_run:
         out.action, out.reason = "pending", f"patch {n}/{m} of a series"
         return out
     folder.mkdir(parents=True, exist_ok=True)
     _write(folder / f"{n:04d}.eml", mail.raw)
-    _expire(gw, folder)
+    _expire(gw, keep=folder)
     held = sum(p.stat().st_size for p in folder.glob("*.eml"))
     limit = gw.config.gateway.max_patch_series_size
     if m > MAX_PATCHES or held > limit:  # refuse now: a partial series may not fill the disk
-        reason = (f"the series is too large ({m} patches, {held} bytes so far; "
-                  f"at most {MAX_PATCHES} patches and {limit} bytes)")
-        out.action, out.reason = "rejected", reason
-        first = gw.parse((folder / "0000.eml").read_bytes()) if (folder / "0000.eml").exists() else mail
-        gw._reply(first, "reply-patches.txt", out, dry_run, patches=[PatchResult(0, first.subject, "refused", [reason])],
-                  refused=True, total=m, error=reason, hint="")
-        _close(gw, folder, out)
+        _refuse(gw, folder, mail, m, f"the series is too large ({m} patches, {held} bytes so far; "
+                                     f"at most {MAX_PATCHES} patches and {limit} bytes)", out)
         return out
     have = {int(p.stem) for p in folder.glob("*.eml")}
     if not set(range(1, m + 1)) <= have:
         out.action, out.reason = "pending", f"patch {n}/{m}: waiting for {', '.join(str(i) for i in sorted(set(range(1, m + 1)) - have))}"
         return out
     raws = [(folder / f"{i:04d}.eml").read_bytes() for i in range(1, m + 1)]
-    first = gw.parse((folder / "0000.eml").read_bytes()) if (folder / "0000.eml").exists() else gw.parse(raws[0])
-    out = _apply(gw, first, raws, dry_run, out)
-    _write(folder / "done", out.line().encode() + b"\n")
-    for p in folder.glob("*.eml"):
-        p.unlink()
+    out = _apply(gw, _first(gw, folder, mail), raws, dry_run, out)
+    _finish(folder, out)
     return out
+
+
+def _first(gw: Gateway, folder: Path, fallback: ParsedMail) -> ParsedMail:
+    """The mail a report answers: the cover letter, else patch 1, else the mail at hand."""
+    for name in ("0000.eml", "0001.eml"):
+        if (folder / name).exists():
+            return gw.parse((folder / name).read_bytes())
+    return fallback
+
+
+def _finish(folder: Path, out: Outcome) -> None:
+    """Mark a generation done with the Message-IDs it took, and let its mails go."""
+    parts = sorted(folder.glob("*.eml"))
+    ids = [message_id_of(p.read_bytes()) for p in parts]
+    _write(folder / "done", "\n".join([out.line(), *ids]).encode() + b"\n")
+    for p in parts:
+        p.unlink()
+
+
+def _refuse(gw: Gateway, folder: Path, mail: ParsedMail, total: int, reason: str, out: Outcome) -> None:
+    """Refuse a partial series: tell its sender, keep its mails in the spool's failed queue."""
+    out.action, out.reason = "rejected", reason
+    first = _first(gw, folder, mail)
+    gw._reply(first, "reply-patches.txt", out, False, patches=[PatchResult(0, first.subject, "refused", [reason])],
+              refused=True, total=total, error=reason, hint="")
+    for p in sorted(folder.glob("*.eml")):
+        gw.spool.hold(p.read_bytes(), f"{reason}\nMessage-ID: {message_id_of(p.read_bytes())}")
+    _finish(folder, out)
 
 
 def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], dry_run: bool, out: Outcome) -> Outcome:
@@ -579,19 +696,20 @@ def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], dry_run: bool, 
     return out
 
 
-def _close(gw: Gateway, folder: Path, out: Outcome) -> None:
-    """Mark a refused series done; its mails go to the spool's failed queue with the reason."""
-    _write(folder / "done", out.line().encode() + b"\n")
-    for p in sorted(folder.glob("*.eml")):
-        gw.spool.hold(p.read_bytes(), f"{out.reason}\nMessage-ID: {out.message_id}")
-        p.unlink()
-
-
-def _expire(gw: Gateway, keep: Path) -> None:
-    """Report partial series that waited longer than gateway.patch_series_timeout, and drop them."""
+def _expire(gw: Gateway, keep: Path | None = None) -> None:
+    """Report partial series that waited longer than gateway.patch_series_timeout, and keep their
+    mails in failed; forget finished ones after the spool's retention."""
     now, timeout = time.time(), gw.config.gateway.patch_series_timeout
-    for folder in (gw.spool.root / "patches").iterdir():
-        if folder == keep or (folder / "done").exists():
+    retention = gw.config.gateway.processed_retention_days * 86400
+    for folder in sorted((gw.spool.root / "patches").glob("*/*")):
+        if folder == keep or not folder.is_dir():
+            continue
+        if (folder / "done").exists():
+            if now - (folder / "done").stat().st_mtime > retention:
+                (folder / "done").unlink()
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                    folder.parent.rmdir()
             continue
         parts = sorted(folder.glob("*.eml"))
         if not parts or now - max(p.stat().st_mtime for p in parts) < timeout:
@@ -599,17 +717,14 @@ def _expire(gw: Gateway, keep: Path) -> None:
         first = gw.parse(parts[0].read_bytes())
         from mailtrack.gateway import Outcome
 
-        n, m = patch_numbers(first.subject) or (1, 1)
+        _, m = patch_numbers(first.subject) or (1, 1)
         have = sorted(int(p.stem) for p in parts)
-        out = Outcome("rejected", message_id=first.message_id,
-                      reason=f"incomplete patch series: got {', '.join(map(str, have))} of {m} within {timeout} s")
-        result = PatchResult(0, first.subject, "refused", [out.reason])
-        gw._reply(first, "reply-patches.txt", out, False, patches=[result], refused=True, total=m, error=out.reason, hint="")
-        _close(gw, folder, out)
+        out = Outcome("rejected", message_id=first.message_id)
+        _refuse(gw, folder, first, m, f"incomplete patch series: got {', '.join(map(str, have))} of {m} within {timeout} s", out)
         log.info("%s", out.line())
 
 
 def expire_pending(gw: Gateway) -> None:
     """Report every partial series past its timeout (for a periodic caller)."""
     if (gw.spool.root / "patches").is_dir():
-        _expire(gw, Path("/nonexistent"))
+        _expire(gw)
