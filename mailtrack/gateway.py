@@ -22,7 +22,7 @@ from mailtrack.message import ParsedMail, parse, split_pseudo_headers, strip_sub
 from mailtrack.model import Person, now
 from mailtrack.router import Addressing, Route, our_message_id, route
 from mailtrack.spool import Claim, Spool
-from mailtrack.store import Change, Snapshot, Store
+from mailtrack.store import IMPORTED_TRAILER, Change, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Gateway:
         self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self._renderer: Any = None
         self._limiter: Any = None
-        self._quiet = False  # no replies at all (an import), see `handle`
+        self._quiet = False  # an import: no replies at all, commits marked as imported (see `handle`)
 
     def close(self) -> None:
         self.index.close()
@@ -131,13 +131,14 @@ class Gateway:
         own = (gw.address, gw.control_address, *gw.own_addresses)
         return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, own_addresses=own)
 
-    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, replies: bool = True) -> Outcome:
+    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False) -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for.
 
-        `replies=False` (`mailtrack import` of an old archive) applies the mail the same way but
-        queues no reply of any kind: the senders of old mail must not hear from us.
+        `imported` (`mailtrack import` of an old archive) applies the mail the same way, but queues
+        no reply of any kind and marks its commit with IMPORTED_TRAILER, which the notifier skips:
+        the people of old mail must not hear from us.
         """
-        self._quiet = not replies
+        self._quiet = imported
         try:
             return self._handle(raw, dry_run, received)
         finally:
@@ -178,8 +179,9 @@ class Gateway:
                 ch = self._control(snap, mail, author, when, out)
             else:
                 ch = self._issue_mail(snap, mail, author, r, when, out)
-            if ch is not None and out.verified:
-                ch.message += f"\n\nVerified-By: {out.verified}"
+            trailers = ([f"Verified-By: {out.verified}"] if out.verified else []) + ([IMPORTED_TRAILER] if self._quiet else [])
+            if ch is not None and trailers:
+                ch.message += "\n\n" + "\n".join(trailers)
             return ch
 
         if dry_run:

@@ -3,9 +3,9 @@
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
 branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
 Issues and comments keep the mail's Date as their creation time. No reply (acknowledgement,
-error, transcript) is queued to the archive's senders, and no notification either: `mailtrack
-import` runs `import_path` inside `Notifier.unnotified`, which notifies what was pending first and
-then marks the imported range as notified. A mail that cannot be processed is kept in the spool's
+error, transcript) is queued to the archive's senders, and no notification either: each commit
+carries IMPORTED_TRAILER, which the notifier skips, while live mail arriving meanwhile is
+notified as usual. A mail that cannot be processed is kept in the spool's
 failed queue with the traceback.
 """
 
@@ -79,7 +79,7 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     done = 0
     for raw in raws:
         try:
-            out = gateway.handle(raw, received=_date(raw), replies=False)  # old mail: nobody is mailed
+            out = gateway.handle(raw, received=_date(raw), imported=True)  # old mail: nobody is mailed
             counts[out.action] += 1
             if out.action == "held":
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault

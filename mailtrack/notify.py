@@ -47,7 +47,7 @@ from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment
 from mailtrack.optouts import OptOuts
 from mailtrack.router import our_message_id
 from mailtrack.spool import Spool, write_durably
-from mailtrack.store import Snapshot, Store
+from mailtrack.store import IMPORTED_TRAILER, Snapshot, Store
 from mailtrack.xmlformat import FormatError
 
 if TYPE_CHECKING:
@@ -156,6 +156,8 @@ def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
     commits.reverse()  # parents before children
     notices: dict[tuple[bytes, str], Notice] = {}
     for order, commit in enumerate(commits):
+        if IMPORTED_TRAILER.encode() in commit.message.splitlines():
+            continue  # old mail brought in by `mailtrack import`: nobody is told
         parent_trees = [_tree_of(repo, p) for p in commit.parents]
         first = parent_trees[0] if parent_trees else None
         for change in tree_changes(store, first, commit.tree):
@@ -382,22 +384,6 @@ class Notifier:
         """Queue the notifications for every change since the last notified tip; return how many."""
         with self._locked():
             return self._notify(store)
-
-    @contextlib.contextmanager
-    def unnotified(self, store: Store) -> Iterator[int]:
-        """Changes made inside the block are never notified (`mailtrack import` of old mail).
-
-        What was pending before is notified first (the count is what the block gets); the
-        notifier stays locked throughout, so no other notifier mails the changes half-made; at
-        the end, even on an error, the notified tip moves to the branch's tip without a mail.
-        """
-        with self._locked():
-            queued = self._notify(store)
-            try:
-                yield queued
-            finally:
-                tip = store.tip()
-                self._write_state({"ref": store.ref.decode(), "tip": tip.decode() if tip else None})
 
     def _notify(self, store: Store) -> int:
         if self._begin(store):

@@ -318,20 +318,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}")
-    before = store.tip()
-    # Old mail: what was pending is notified first, the imported changes never (nor by a notifier
-    # running meanwhile: it waits).
-    with _notifier(config, spool, gateway).unnotified(store) as pending:
-        try:
-            counts = import_path(gateway, path, progress=sys.stderr)
-        except FileNotFoundError:
-            raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
-    after = store.tip()
-    if pending:
-        print(f"import: queued {pending} notification(s) for the changes made before the import", file=sys.stderr)
-    if after != before:
-        span = f"{before.decode()[:7] if before else '(root)'}..{after.decode()[:7] if after else ''}"
-        print(f"import: {span} marked as notified: nobody is mailed about the imported mail", file=sys.stderr)
+    try:
+        counts = import_path(gateway, path, progress=sys.stderr)  # its commits are never notified
+    except FileNotFoundError:
+        raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
+    _notifier(config, spool, gateway).notify(store)  # what others changed meanwhile, as usual
     print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return EX_OK
 

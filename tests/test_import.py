@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import make_gateway
 from test_gateway import make_mail
+from tracker import Tracker
 
 
 def test_a_held_mail_is_kept_once_however_often_the_import_runs(repo: Path, tmp_path: Path) -> None:
@@ -24,3 +26,20 @@ def test_a_held_mail_is_kept_once_however_often_the_import_runs(repo: Path, tmp_
     failed = [ln for ln in subprocess.run(status, capture_output=True, text=True, check=True).stdout.splitlines()
               if "the mail has no sender address" in ln]
     assert 2 == len(failed)
+
+
+def test_live_mail_during_an_import_is_notified_the_imported_is_not(tracker: Tracker) -> None:
+    """An imported commit and a live change in the same range: the notifier tells the live one only."""
+    g = make_gateway(tracker.repo)
+    try:
+        old = make_mail(subject="Old report", frm="Carol <carol@example.org>", message_id="<old@x>", Cc="Dave <dave@example.org>")
+        assert "created" == g.handle(old, imported=True).action
+        live = tracker.new_issue("Live one")  # Cc Bob, assignee Dan, ... as the tracker files it
+        assert "created" == g.handle(make_mail(subject="Old 2", message_id="<old2@x>", Cc="Erin <erin@example.org>"),
+                                     imported=True).action
+    finally:
+        g.close()
+        g.store.close()
+    tracker.notify()
+    issues = {m["X-Mailtrack-Issue"] for m in tracker.caught()}
+    assert {live[:7]} == issues

@@ -48,8 +48,8 @@ def test_import_queues_no_replies(repo: Path, tmp_path: Path) -> None:
 
 
 def test_handle_without_replies_still_reports_nothing_queued(gw: Gateway, repo: Path) -> None:
-    """Gateway.handle(replies=False) commits the mail as usual and queues (and reports) no reply."""
-    out = gw.handle(make_mail(message_id="<q1@x>", body="Severity: minor\n\ntext\n"), replies=False)
+    """Gateway.handle(imported=True) commits the mail as usual and queues (and reports) no reply."""
+    out = gw.handle(make_mail(message_id="<q1@x>", body="Severity: minor\n\ntext\n"), imported=True)
     assert ("created", [], "minor") == (out.action, out.replies, read_issue(repo, out.issue).severity)
     assert [] == replies(repo)
     out = gw.handle(make_mail(message_id="<q2@x>"))  # the next mail is answered again
