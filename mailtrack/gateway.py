@@ -67,6 +67,12 @@ def project_name(config: Config, store: Store) -> str:
     return name.removesuffix(".git") or "issues"
 
 
+# What receiving MTAs put above a mail's own header fields (RFC 5321 trace fields and their kin):
+# the only fields that may stand above our MTA's Authentication-Results.
+_TRACE_FIELDS = {"return-path", "received", "delivered-to", "x-original-to", "x-envelope-to", "x-envelope-from",
+                 "arc-seal", "arc-message-signature", "arc-authentication-results", "received-spf"}
+
+
 def topmost_auth_results(mail: ParsedMail) -> list[str]:
     """The Authentication-Results headers our MTA added: the topmost run of them.
 
@@ -80,8 +86,8 @@ def topmost_auth_results(mail: ParsedMail) -> list[str]:
     for name, value in mail.headers:
         if name.lower() == "authentication-results":
             run.append(value)
-        elif run:
-            break
+        elif run or name.lower() not in _TRACE_FIELDS:
+            break  # past our MTA's own fields: what follows came with the mail
     return run
 
 

@@ -293,12 +293,12 @@ def test_commands_can_require_a_vouched_sender(repo: Path) -> None:
         name = filed(g, repo)
         g.handle(make_mail(message_id="<a1@x>", In_Reply_To="<filed@x>", body="Priority: low\n\nx\n"))
         assert "high" == read_issue(repo, name).priority
-        out = g.handle(make_mail(message_id="<a2@x>", In_Reply_To="<filed@x>", body="Priority: low\n\ny\n",
-                                 Authentication_Results="mx.example.org; dkim=pass header.d=example.org; spf=pass"))
+        ours = b"Authentication-Results: mx.example.org; dkim=pass header.d=example.org; spf=pass\r\n"  # on top, as our MTA adds it
+        out = g.handle(ours + make_mail(message_id="<a2@x>", In_Reply_To="<filed@x>", body="Priority: low\n\ny\n"))
         assert ("low", "mx.example.org dkim=pass") == (read_issue(repo, name).priority, out.verified)
         assert "Verified-By: mx.example.org dkim=pass" in git(repo, "log", "-1", "--format=%B", "issues")
-        forged = g.handle(make_mail(message_id="<a3@x>", In_Reply_To="<filed@x>", body="Priority: med\n\nz\n",
-                                    Authentication_Results="evil.example; dkim=pass header.d=example.org"))
+        forged = g.handle(b"Authentication-Results: evil.example; dkim=pass header.d=example.org\r\n"
+                          + make_mail(message_id="<a3@x>", In_Reply_To="<filed@x>", body="Priority: med\n\nz\n"))
         assert ("", "low") == (forged.verified, read_issue(repo, name).priority)
     finally:
         g.close(); g.store.close()  # noqa: E702

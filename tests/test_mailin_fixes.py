@@ -269,3 +269,20 @@ def test_refused_command_transcript_attaches_the_original(gw: Gateway, repo: Pat
     [attached] = list(t.iter_attachments())
     assert "message/rfc822" == attached.get_content_type()
     assert raw.replace(b"\r\n", b"\n").strip() in bytes(attached.get_payload(0)).replace(b"\r\n", b"\n")  # type: ignore[index]
+
+
+def test_forged_authentication_results_with_none_of_ours_are_not_trusted(repo: Path) -> None:
+    """When our MTA added no Authentication-Results, one that came with the mail (below its own
+    From/To/Subject fields) is not taken for ours; one under our Received lines only is."""
+    g = make_gateway(repo, require_auth_for_commands=True, trusted_authserv_ids=["mx.example.org"])
+    try:
+        filed(g, repo)
+        forged = make_mail(message_id="<f3@x>", In_Reply_To="<filed@x>", body="Priority: low\n\nx\n",
+                           Authentication_Results="mx.example.org; dkim=pass header.d=example.org")
+        assert "" == g.handle(forged).verified
+        ours = (b"Received: from a.example.org by mx.example.org; Mon, 3 Jun 2024 10:00:00 +0000\r\n"
+                b"Authentication-Results: mx.example.org; dkim=pass header.d=example.org\r\n")
+        assert "mx.example.org dkim=pass" == g.handle(ours + make_mail(message_id="<f4@x>", In_Reply_To="<filed@x>")).verified
+    finally:
+        g.close()
+        g.store.close()
