@@ -16,7 +16,7 @@ from dulwich.graph import find_merge_base
 from dulwich.objects import ObjectID
 
 from mailtrack.model import ISSUE_FIELDS, LIST_FIELDS, Component, Issue, Person, Project
-from mailtrack.store import Store
+from mailtrack.store import Store, issue_of
 
 _NOT_MERGED = {"created", "author", "modified", "extensions", "name"}
 
@@ -137,7 +137,7 @@ def merge_trees(store: Store, base: ObjectID | None, ours: ObjectID, theirs: Obj
             continue
         base_data = _blob(store, c.old.sha if c.old else None)
         if path.endswith("/issue.xml"):
-            name = path.replace("/", "")[: -len("issue.xml")]
+            name = issue_of(path)
             merged, n = merge_issue(
                 Issue.from_bytes(base_data, name) if base_data else None,
                 Issue.from_bytes(_blob(store, our_sha) or b"", name),

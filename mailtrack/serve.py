@@ -195,8 +195,9 @@ def _text(written: dict[str, bytes], created: bool) -> list[str]:
 def _fields(data: bytes, path: str) -> list[str]:
     """`field: value` lines of an issue.xml that would be written."""
     from mailtrack.model import ISSUE_FIELDS, Issue
+    from mailtrack.store import issue_of
 
-    issue = Issue.from_bytes(data, path.replace("/", "")[: -len("issue.xml")])
+    issue = Issue.from_bytes(data, issue_of(path))
     out = []
     for f in ISSUE_FIELDS:
         if f in ("description", "created", "modified"):

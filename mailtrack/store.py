@@ -70,6 +70,12 @@ def issue_dir(name: str) -> str:
     return f"{name[:2]}/{name[2:]}"
 
 
+def issue_of(path: str) -> str:
+    """The issue a path inside an issue directory belongs to: `ab/cdef.../issue.xml` -> `abcdef...`."""
+    fan, rest, _ = path.split("/", 2)
+    return fan + rest
+
+
 @dataclass
 class Change:
     """What one commit does: a message and the files it writes (None deletes)."""

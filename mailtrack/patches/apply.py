@@ -35,7 +35,7 @@ from mailtrack.patches import (
     patch_numbers,
     thread_root,
 )
-from mailtrack.store import Snapshot, Store, StoreError
+from mailtrack.store import Snapshot, Store, StoreError, issue_of
 from mailtrack.xmlformat import FormatError
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ class _Series:
             return None, ""
         try:
             if fp.path.endswith("/issue.xml"):
-                name = fp.path.replace("/", "")[: -len("issue.xml")]
+                name = issue_of(fp.path)
                 merged, _ = merge_issue(Issue.from_bytes(base, name), Issue.from_bytes(cur, name), Issue.from_bytes(post, name))
                 data = merged.to_bytes()
             elif fp.path == "project.xml":
@@ -478,7 +478,7 @@ class _Series:
     def commit(self, writes: dict[str, bytes | None]) -> None:
         for path, data in writes.items():
             if path.endswith("/issue.xml") and self.read(path) is None:
-                self.created.add(path.replace("/", "")[: -len("issue.xml")])
+                self.created.add(issue_of(path))
             self.overlay[path] = data
 
 
