@@ -330,20 +330,20 @@ class Gateway:
         r = out.route
         gw = self.config.gateway
         if out.action == "rejected" and r is not None and r.kind == "unknown-issue":
-            self._reply(mail, "reply-error.txt", out, dry_run,
+            self.reply(mail, "reply-error.txt", out, dry_run,
                         error=f"Your mail names issue {r.ident}, and {self.project} has no such issue ({r.reason}).",
                         hint=f"To open a new issue, write to <{gw.address}> with a subject that names no issue.")
         elif out.action == "rejected" and out.commands is None:
-            self._reply(mail, "reply-error.txt", out, dry_run, error=out.reason + ".",
+            self.reply(mail, "reply-error.txt", out, dry_run, error=out.reason + ".",
                         hint=f"Ask the maintainers of {self.project} to let you in.")
         if out.commands is not None and out.commands.lines:
-            self._reply(mail, "reply-transcript.txt", out, dry_run, applied=out.commands)
+            self.reply(mail, "reply-transcript.txt", out, dry_run, applied=out.commands)
             if out.commands.help:
-                self._reply(mail, "reply-help.txt", out, dry_run, help=commands.HELP)
+                self.reply(mail, "reply-help.txt", out, dry_run, help=commands.HELP)
             for name in out.commands.shows:
-                self._reply(mail, "reply-show.txt", out, dry_run, shown=self._show(name))
+                self.reply(mail, "reply-show.txt", out, dry_run, shown=self._show(name))
         if out.action == "created":
-            self._reply(mail, "reply-ack.txt", out, dry_run)
+            self.reply(mail, "reply-ack.txt", out, dry_run)
 
     def _show(self, name: str) -> dict[str, Any]:
         snap = self.store.snapshot()
@@ -358,7 +358,7 @@ class Gateway:
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
 
-    def _reply(self, mail: ParsedMail, template: str, out: Outcome, dry_run: bool, **extra: Any) -> None:
+    def reply(self, mail: ParsedMail, template: str, out: Outcome, dry_run: bool, **extra: Any) -> None:
         """Queue a reply to a human sender, threaded under their mail, within the rate limit."""
         if mail.machine or not mail.from_addr or self._quiet:
             return

@@ -316,11 +316,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     config, store, spool = _open(args)
     gateway = _gateway(config, store, spool)
-    path = Path(args.path)
-    if not path.exists():
-        raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}")
     try:
-        counts = import_path(gateway, path, progress=sys.stderr)  # its commits are never notified
+        counts = import_path(gateway, Path(args.path), progress=sys.stderr)  # its commits are never notified
     except FileNotFoundError:
         raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
     _notifier(config, spool, gateway).notify(store)  # what others changed meanwhile, as usual

@@ -617,7 +617,7 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     out = Outcome("nothing", message_id=mail.message_id)
     if not _admit(gw, mail, out):
         if out.action == "rejected":
-            gw._reply(mail, "reply-patches.txt", out, dry_run, patches=[PatchResult(0, mail.subject, "refused", [out.reason])],
+            gw.reply(mail, "reply-patches.txt", out, dry_run, patches=[PatchResult(0, mail.subject, "refused", [out.reason])],
                       refused=True, total=1, error=out.reason, hint="")
         return out
     n, m = patch_numbers(mail.subject) or (1, 1)
@@ -671,7 +671,7 @@ def _refuse(gw: Gateway, folder: Path, mail: ParsedMail, total: int, reason: str
     """Refuse a partial series: tell its sender, keep its mails in the spool's failed queue."""
     out.action, out.reason = "rejected", reason
     first = _first(gw, folder, mail)
-    gw._reply(first, "reply-patches.txt", out, False, patches=[PatchResult(0, first.subject, "refused", [reason])],
+    gw.reply(first, "reply-patches.txt", out, False, patches=[PatchResult(0, first.subject, "refused", [reason])],
               refused=True, total=total, error=reason, hint="")
     for p in sorted(folder.glob("*.eml")):
         gw.spool.hold(p.read_bytes(), f"{reason}\nMessage-ID: {message_id_of(p.read_bytes())}")
@@ -691,7 +691,7 @@ def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], dry_run: bool, 
         out.message = f"{len(results)} patch(es)"
     else:
         out.action, out.reason = "duplicate", "every patch of the series was applied already"
-    gw._reply(reply_to, "reply-patches.txt", out, dry_run, patches=results, refused=refused, total=len(results),
+    gw.reply(reply_to, "reply-patches.txt", out, dry_run, patches=results, refused=refused, total=len(results),
               error=out.reason, hint="")
     return out
 
