@@ -38,7 +38,7 @@ FILTERS = {
     "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
     "title": "title", "summary": "summary", "description": "description", "author": "author",
 }  # fmt: skip
-SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # the rest match a whole value
+SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people in lists; the rest match a whole value
 
 
 class UsageError(Exception):
@@ -119,6 +119,8 @@ def _value(v: object) -> str:
 def cmd_init(store: Store, args: argparse.Namespace) -> int:
     if store.tip() is not None:
         raise StoreError(f"the {store.branch} branch exists already")
+    if store.first_step() != "git issues init":  # a clone: a second root would never merge sensibly
+        raise StoreError(f"a remote has the {store.branch} branch already: run '{store.first_step()}' to get it")
     if args.project:
         data = Path(args.project).read_bytes()
         project = Project.from_bytes(data)  # refuses what it cannot read
@@ -197,9 +199,9 @@ def _sort_key(project: Project, key: str) -> Callable[[dict[str, object]], tuple
 
 def _matches(record: dict[str, object], fieldname: str, wanted: str) -> bool:
     value = record[fieldname]
-    if isinstance(value, list) and fieldname in LIST_OF:  # components: a legal value, matched whole
+    if isinstance(value, list) and (fieldname in LIST_OF or fieldname == "tags"):  # components, tags: whole values
         return any(wanted.lower() == v.lower() for v in value)
-    if isinstance(value, list):
+    if isinstance(value, list):  # people: part of "Name <address>" will do (`--assigned bob`)
         return any(wanted.lower() in v.lower() for v in value)
     if fieldname in SUBSTRING_FILTERS:
         return wanted.lower() in str(value).lower()

@@ -262,10 +262,10 @@ class Store:
         """The current snapshot of a branch that must exist."""
         snap = self.snapshot()
         if snap.commit is None:
-            raise NoBranch(f"no {self.branch} branch here; run '{self._first_step()}' first")
+            raise NoBranch(f"no {self.branch} branch here; run '{self.first_step()}' first")
         return snap
 
-    def _first_step(self) -> str:
+    def first_step(self) -> str:
         """`git issues pull [REMOTE]` where a remote-tracking ref of the branch exists (a fresh
         clone), else `git issues init`."""
         if not self.ref.startswith(b"refs/heads/"):

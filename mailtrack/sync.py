@@ -83,9 +83,9 @@ def push(store: Store, remote: str | None) -> str:
     """Send our issues branch to the remote; never overwrite a remote that has diverged."""
     remote_name, url = remote_location(store, remote)
     name = remote_name or url
+    store.require()  # or a one-line hint: init, or pull in a fresh clone
     ours = store.tip()
-    if ours is None:
-        raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
+    assert ours is not None
     theirs = _remote_tip(store, url)
     if theirs == ours:
         return "Everything up-to-date"

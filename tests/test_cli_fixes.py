@@ -203,3 +203,22 @@ def test_component_filter_matches_a_whole_name(repo: Path) -> None:
     core = new_issue(repo, "Core", "--component", "core")
     assert ([core], [ui]) == (run_cli(repo, "list", "--format", "id", "--component", "core").out.split(),
                               run_cli(repo, "list", "--format", "id", "--component", "CORE-UI").out.split())
+
+
+def test_init_in_a_clone_whose_remote_has_the_branch_says_pull(repo: Path, tmp_path: Path) -> None:
+    """`init` in a fresh clone would start a second, unrelated issues branch: it is refused with the pull hint;
+    `push` there says the same."""
+    new_issue(repo, "On the remote")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    expected = [(1, "error: a remote has the issues branch already: run 'git issues pull' to get it\n"),
+                (1, "error: no issues branch here; run 'git issues pull' first\n")]
+    assert expected == [(r.code, r.err) for r in (run_cli(clone, "init"), run_cli(clone, "push"))]
+    assert "" == git(clone, "branch", "--list", "issues")
+
+
+def test_tag_filter_matches_whole_tags_people_filters_match_part(repo: Path) -> None:
+    """`--tag ui` finds the issue tagged ui, not the one tagged gui; `--assigned bob` finds Bob <bob@example.org>."""
+    ui, gui = new_issue(repo, "UI", "--tag", "ui", "--assign", "Bob <bob@example.org>"), new_issue(repo, "GUI", "--tag", "gui")
+    ids = lambda *f: run_cli(repo, "list", "--format", "id", *f).out.split()  # noqa: E731
+    assert ([ui], [gui], [ui]) == (ids("--tag", "ui"), ids("--tag", "GUI"), ids("--assigned", "bob"))

@@ -30,9 +30,9 @@ from mailtrack.xmlformat import FormatError
 
 def series_commits(store: Store, since: bytes | None) -> list[Commit]:
     """The commits of the issues branch after `since`, oldest first, merges left out (as format-patch)."""
+    store.require()  # or a one-line hint: init, or pull in a fresh clone
     tip = store.tip()
-    if tip is None:
-        raise StoreError(f"no {store.branch} branch here; run 'git issues init' first")
+    assert tip is not None
     walker = store.repo.get_walker(include=[tip], exclude=[ObjectID(since)] if since else None, order=ORDER_TOPO, reverse=True)
     return [e.commit for e in walker if len(e.commit.parents) <= 1]
 
