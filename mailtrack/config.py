@@ -193,7 +193,7 @@ class AccessConfig:
     change_project: list[str] = field(default_factory=lambda: ["maintainer"])  # who may change project.xml (patch mails)
     maintainers: list[str] = field(default_factory=list)  # addresses with every right
     unknown_senders: str = "accept"  # accept | hold (in failed, with the reason) | reject (with a reply)
-    trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe
+    trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe (on top of the mail; RFC 8601 s. 5)
     require_auth_for_commands: bool = False  # commands need dkim=pass or dmarc=pass from a trusted authserv-id
 
     def __post_init__(self) -> None:

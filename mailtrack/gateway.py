@@ -67,28 +67,31 @@ def project_name(config: Config, store: Store) -> str:
     return name.removesuffix(".git") or "issues"
 
 
-# What receiving MTAs put above a mail's own header fields (RFC 5321 trace fields and their kin):
-# the only fields that may stand above our MTA's Authentication-Results.
-_TRACE_FIELDS = {"return-path", "received", "delivered-to", "x-original-to", "x-envelope-to", "x-envelope-from",
-                 "arc-seal", "arc-message-signature", "arc-authentication-results", "received-spf"}
+# The fields a mail is written with (RFC 5322 originator, destination, identification and MIME
+# fields): the Authentication-Results we believe stand above the first of them, among the trace
+# fields that receiving servers add (Received, Return-Path, X-Spam-*, ...).
+_OWN_FIELDS = {"from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to",
+               "references", "mime-version", "content-type", "content-transfer-encoding"}
 
 
 def topmost_auth_results(mail: ParsedMail) -> list[str]:
-    """The Authentication-Results headers our MTA added: the topmost run of them.
+    """The Authentication-Results in the trace block on top of the mail, above its own fields.
 
-    A receiving server adds its results above the headers the mail came with (RFC 8601); any
-    Authentication-Results further down, below some other header, came from outside and may be
-    forged, even with our authserv-id, so it is not read.
+    A receiving server adds its results above the fields the mail was written with (RFC 8601);
+    one further down came with the mail and may be forged, so it is not read. One on top can be
+    forged too, unless the trusted server removes incoming Authentication-Results that carry its
+    authserv-id, as RFC 8601 section 5 asks of it: `access.trusted_authserv_ids` must name only
+    servers that do.
     """
     if not mail.headers:
         return list(mail.auth_results[:1])
-    run: list[str] = []
+    found: list[str] = []
     for name, value in mail.headers:
+        if name.lower() in _OWN_FIELDS:
+            break
         if name.lower() == "authentication-results":
-            run.append(value)
-        elif run or name.lower() not in _TRACE_FIELDS:
-            break  # past our MTA's own fields: what follows came with the mail
-    return run
+            found.append(value)
+    return found
 
 
 def verified_by(mail: ParsedMail, trusted: list[str]) -> str:

@@ -286,3 +286,20 @@ def test_forged_authentication_results_with_none_of_ours_are_not_trusted(repo: P
     finally:
         g.close()
         g.store.close()
+
+
+def test_authentication_results_under_spam_filter_fields_are_ours(repo: Path) -> None:
+    """Filters put their own fields (X-Spam-Status, X-Virus-Scanned) around the results: still on top, still ours;
+    one among the mail's own fields (after From:) is not."""
+    g = make_gateway(repo, require_auth_for_commands=True, trusted_authserv_ids=["mx.example.org"])
+    try:
+        filed(g, repo)
+        top = (b"X-Spam-Status: No, score=-1.0\r\nX-Virus-Scanned: amavisd-new\r\n"
+               b"Authentication-Results: mx.example.org; dkim=pass header.d=example.org\r\n")
+        assert "mx.example.org dkim=pass" == g.handle(top + make_mail(message_id="<s1@x>", In_Reply_To="<filed@x>")).verified
+        inside = make_mail(message_id="<s2@x>", In_Reply_To="<filed@x>").replace(
+            b"\nTo:", b"\nAuthentication-Results: mx.example.org; dkim=pass header.d=example.org\nTo:", 1)
+        assert "" == g.handle(inside).verified
+    finally:
+        g.close()
+        g.store.close()
