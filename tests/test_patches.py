@@ -337,8 +337,8 @@ def test_oversized_partial_series_is_refused_at_once(gw: Gateway) -> None:
     repo = gw_path(gw)
     raw = patch_mail("one", file_diff(f"ab/{NAME[2:]}/note.txt", None, b"x\n")).replace(b"[PATCH]", b"[PATCH 1/500]")
     out = gw.handle(raw)
-    folders = list((default_spool(gw.store) / "patches").iterdir())
-    assert ("rejected", [], 1) == (out.action, [p for f in folders for p in f.glob("*.eml")], len(outbox(repo)))
+    held = default_spool(gw.store) / "patches"
+    assert ("rejected", [], 1) == (out.action, list(held.rglob("*.eml")) if held.exists() else [], len(outbox(repo)))
 
 
 def test_push_mail_needs_a_starting_point(tmp_path: Path) -> None:
@@ -505,3 +505,74 @@ def test_a_malformed_diff_header_is_refused_not_a_crash(gw: Gateway) -> None:
     diff = f'diff --git "a/ab/{NAME[2:]}/\\303" "b/ab/{NAME[2:]}/\\3"\nnew file mode 100644\n'.encode()
     out = gw.handle(patch_mail("broken", diff, frm="Jane Doe <jane@example.org>"))
     assert ("rejected", before) == (out.action, tip(repo))
+
+
+def _series(tmp_path: Path, *args: str) -> tuple[Path, Path, list[bytes]]:
+    """A gateway, a clone with two new commits, and their `git format-patch ARGS` mails (cover letter first)."""
+    repo = gateway_repo(tmp_path / "gw")
+    c = clone(repo, tmp_path / "clone")
+    new_issue(c, "First offline")
+    new_issue(c, "Second offline")
+    out = tmp_path / "out"
+    git(c, "format-patch", "-q", "-o", str(out), *args, "origin/issues..issues")
+    mails = [p.read_bytes() for p in sorted(out.iterdir())]
+    return repo, c, mails
+
+
+def _thread(mails: list[bytes], deep: bool) -> list[bytes]:
+    """Thread the mails as git send-email does: each answers the first (shallow) or the one before (deep)."""
+    ids = [f"<part{i}@example.org>" for i in range(len(mails))]
+    out = []
+    for i, raw in enumerate(mails):
+        head = f"Message-ID: {ids[i]}\n"
+        if i:
+            parent = ids[i - 1] if deep else ids[0]
+            head += f"In-Reply-To: {parent}\nReferences: {' '.join(ids[:i]) if deep else ids[0]}\n"
+        out.append(raw.replace(b"\nSubject: ", ("\n" + head + "Subject: ").encode(), 1))
+    return out
+
+
+@pytest.mark.parametrize("deep", [False, True])
+@pytest.mark.parametrize("order", ["in order", "cover last", "reversed"])
+def test_a_series_applies_whatever_order_its_mails_arrive_in(tmp_path: Path, deep: bool, order: str) -> None:
+    """A cover letter and two patches, threaded shallow or deep, arriving in order, with the cover
+    last, or backwards: the series is applied once, and no mail is left waiting or refused."""
+    repo, c, mails = _series(tmp_path, "--cover-letter")
+    threaded = _thread(mails, deep)
+    arrival = {"in order": threaded, "cover last": threaded[1:] + threaded[:1], "reversed": threaded[::-1]}[order]
+    g = make_gateway(repo)
+    try:
+        actions = [g.handle(raw).action for raw in arrival]
+        g.housekeeping()
+    finally:
+        g.close()
+        g.store.close()
+    assert (1, tree(c)) == (actions.count("changed"), tree(repo)), actions
+    assert set(actions) - {"changed", "pending", "duplicate"} == set(), actions
+    assert [] == [p for p in (repo / ".git" / "mailtrack" / "spool" / "patches").rglob("*.eml")]
+
+
+def test_a_v2_does_not_fill_the_gaps_of_an_unfinished_v1(tmp_path: Path) -> None:
+    """v1 1/2 arrives, its 2/2 is lost; v2 1/2 and 2/2 (new Message-IDs, in reply to v1) make a series of their own."""
+    repo, c, mails = _series(tmp_path)
+    v1 = _thread(mails, deep=False)
+    v2 = [raw.replace(b"<part", b"<v2part") for raw in _thread(mails, deep=False)]
+    # sent with --in-reply-to=<v1's first mail>: the thread's root leads v2's References
+    v2[0] = v2[0].replace(b"\nSubject: ", b"\nIn-Reply-To: <part0@example.org>\nReferences: <part0@example.org>\nSubject: ", 1)
+    v2[1] = v2[1].replace(b"References: <v2part0@example.org>", b"References: <part0@example.org> <v2part0@example.org>")
+    g = make_gateway(repo)
+    try:
+        assert ["pending", "pending", "changed"] == [g.handle(raw).action for raw in (v1[0], v2[0], v2[1])]
+    finally:
+        g.close()
+        g.store.close()
+    assert tree(c) == tree(repo)
+
+
+@pytest.mark.parametrize("numbers", ["5/0", "3/2", "1/1000"])
+def test_impossible_patch_numbers_are_refused_before_anything_is_kept(gw: Gateway, numbers: str) -> None:
+    """[PATCH 5/0], [PATCH 3/2] and a series over the limit are refused with a report; nothing waits."""
+    raw = patch_mail("odd", file_diff(f"ab/{NAME[2:]}/note.txt", None, b"x\n")).replace(b"[PATCH]", f"[PATCH {numbers}]".encode())
+    out = gw.handle(raw)
+    held = default_spool(gw.store) / "patches"
+    assert ("rejected", [], 1) == (out.action, list(held.rglob("*.eml")) if held.exists() else [], len(outbox(gw_path(gw))))

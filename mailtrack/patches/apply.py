@@ -24,6 +24,7 @@ from dulwich.patch import _parse_git_diff_header_paths, git_am_patch_split, git_
 from mailtrack import commands
 from mailtrack.edits import changed_fields
 from mailtrack.merge import merge_issue, merge_project
+from mailtrack.message import parse
 from mailtrack.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.patches import (
     _HEX2,
@@ -550,36 +551,55 @@ def _series_base(gw: Gateway, mail: ParsedMail, total: int) -> Path:
     return gw.spool.root / "patches" / hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def _done_ids(folder: Path) -> set[str]:
-    """The Message-IDs a finished generation took (one a line after its outcome line)."""
-    return set((folder / "done").read_text("utf-8", "replace").split("\n")[1:]) - {""}
+@dataclass
+class _Generation:
+    """One attempt at a series in a series folder: the parts it holds (or took, once done)."""
+
+    folder: Path
+    done: bool
+    numbers: set[int]  # the parts it holds, while pending
+    ids: set[str]  # the Message-IDs of its parts
+    replied_to: set[str]  # what its parts answer (In-Reply-To): its cover letter, or patch 1
 
 
-def _slot(base: Path, n: int, message_id: str) -> Path | None:
-    """The generation folder this part goes to; None when it is a part seen already.
-
-    A part whose number is taken by another mail (a second series of the same sender in the same
-    thread, a v2 in reply to v1) opens a new generation rather than replacing what is kept.
-    """
-    generations = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if base.is_dir() else []
-    for folder in generations:
+def _generations(gw: Gateway, base: Path) -> list[_Generation]:
+    if not base.is_dir():
+        return []
+    out = []
+    for folder in sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
         if (folder / "done").exists():
-            if message_id in _done_ids(folder):
-                return None
+            lines = (folder / "done").read_text("utf-8", "replace").splitlines()[1:]
+            ids = {ln[5:] for ln in lines if ln.startswith("part ")}
+            out.append(_Generation(folder, True, set(), ids, {ln[6:] for ln in lines if ln.startswith("reply ")}))
             continue
-        part = folder / f"{n:04d}.eml"
-        if not part.exists():
-            return folder
-        if message_id_of(part.read_bytes()) == message_id:
-            return None
-    return base / str(int(generations[-1].name) + 1 if generations else 0)
+        parts = {int(p.stem): gw.parse(p.read_bytes()) for p in folder.glob("*.eml")}
+        out.append(_Generation(folder, False, set(parts), {m.message_id for m in parts.values()},
+                               {m.in_reply_to for m in parts.values() if m.in_reply_to}))
+    return out
 
 
-def message_id_of(raw: bytes) -> str:
-    from mailtrack.message import hashed_message_id
-    from mailtrack.spool import message_id
+def _slot(gw: Gateway, base: Path, n: int, mail: ParsedMail) -> Path | None:
+    """The generation folder this part goes to; None when it was received already.
 
-    return message_id(raw) or hashed_message_id(raw)
+    The thread decides: a part joins the generation holding the mail it answers, or whose parts
+    answer it (a cover letter arriving after its patches), or whose parts answer the same mail as
+    it does (shallow threading). A part that fits none, or whose number is taken there, opens a
+    new generation: a second series of the same sender in the same thread (a v2 sent in reply to
+    v1) never mixes with the first or replaces what is kept.
+    """
+    gens = _generations(gw, base)
+    mid, answers = mail.message_id, mail.in_reply_to
+    if any(mid in g.ids or (g.done and mid in g.replied_to) for g in gens):
+        return None  # a redelivery, or the late cover letter of a series applied already
+    best, best_score = None, 0.0
+    for g in reversed([g for g in gens if not g.done and n not in g.numbers]):  # the newest first
+        score = (3.0 if answers in g.ids else 2.0 if mid in g.replied_to else 1.0 if answers and answers in g.replied_to
+                 else 0.5 if not answers and not g.replied_to else 0.0)  # no threading at all: by number
+        if score > best_score:
+            best, best_score = g, score
+    if best is not None:
+        return best.folder
+    return base / str(int(gens[-1].folder.name) + 1 if gens else 0)
 
 
 def _admit(gw: Gateway, mail: ParsedMail, out: Outcome) -> bool:
@@ -621,10 +641,15 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
                       refused=True, total=1, error=out.reason, hint="")
         return out
     n, m = patch_numbers(mail.subject) or (1, 1)
-    if m <= 1 and n <= 1:
+    if not (0 <= n <= m <= MAX_PATCHES) or m == 0:
+        out.action, out.reason = "rejected", f"[PATCH {n}/{m}] is no part of a series of 1 to {MAX_PATCHES} patches"
+        gw.reply(mail, "reply-patches.txt", out, dry_run, patches=[PatchResult(n, mail.subject, "refused", [out.reason])],
+                 refused=True, total=1, error=out.reason, hint="")
+        return out
+    if m == 1 and n == 1:
         return _apply(gw, mail, [mail.raw], dry_run, out)
     base = _series_base(gw, mail, m)
-    folder = _slot(base, n, mail.message_id)
+    folder = _slot(gw, base, n, mail)
     if folder is None:
         out.action, out.reason = "duplicate", f"patch {n}/{m} of that series was received already"
         return out
@@ -661,8 +686,9 @@ def _first(gw: Gateway, folder: Path, fallback: ParsedMail) -> ParsedMail:
 def _finish(folder: Path, out: Outcome) -> None:
     """Mark a generation done with the Message-IDs it took, and let its mails go."""
     parts = sorted(folder.glob("*.eml"))
-    ids = [message_id_of(p.read_bytes()) for p in parts]
-    _write(folder / "done", "\n".join([out.line(), *ids]).encode() + b"\n")
+    mails = [parse(p.read_bytes()) for p in parts]
+    lines = [f"part {m.message_id}" for m in mails] + [f"reply {m.in_reply_to}" for m in mails if m.in_reply_to]
+    _write(folder / "done", "\n".join([out.line(), *lines]).encode() + b"\n")
     for p in parts:
         p.unlink()
 
@@ -674,7 +700,7 @@ def _refuse(gw: Gateway, folder: Path, mail: ParsedMail, total: int, reason: str
     gw.reply(first, "reply-patches.txt", out, False, patches=[PatchResult(0, first.subject, "refused", [reason])],
               refused=True, total=total, error=reason, hint="")
     for p in sorted(folder.glob("*.eml")):
-        gw.spool.hold(p.read_bytes(), f"{reason}\nMessage-ID: {message_id_of(p.read_bytes())}")
+        gw.spool.hold(p.read_bytes(), f"{reason}\nMessage-ID: {parse(p.read_bytes()).message_id}")
     _finish(folder, out)
 
 
