@@ -51,6 +51,7 @@ class Line:
     error: str = ""
     refused: str = ""  # not allowed to this sender
     result: str = ""
+    noop: bool = False  # a command that found nothing to do (reopen an open issue, close a closed one)
 
     @property
     def status(self) -> str:
@@ -280,9 +281,11 @@ def apply(
             continue
         if line.action == "reopen" and states[name].status not in project.closed:
             line.result = f"issue {snap.short(name)} is not closed ({states[name].status}): nothing to reopen"
+            line.noop = True
             continue
         if line.action == "close" and states[name].status in project.closed and line.value in ("", states[name].resolution):
             line.result = f"issue {snap.short(name)} is already closed ({states[name].resolution or states[name].status}): nothing to close"
+            line.noop = True
             continue
         try:
             before = states[name]

@@ -485,5 +485,5 @@ def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:
 def _control_record(applied: commands.Applied, issue: str) -> str:
     """The comment a control mail leaves on `issue`: the command lines applied to it, one a line."""
     done = [ln.text for ln in applied.lines
-            if ln.issue == issue and not ln.error and not ln.refused and ln.action not in ("note", "help", "show")]
+            if ln.issue == issue and not (ln.error or ln.refused or ln.noop) and ln.action not in ("note", "help", "show")]
     return "Commands by mail to the control address:\n\n" + "\n".join(done)

@@ -379,3 +379,12 @@ def test_control_close_of_a_closed_issue_changes_nothing_unless_the_resolution_d
     assert f"> close {a[:7]}\nissue {a[:7]} is already closed (wontfix): nothing to close\n" in text_of(t)
     out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cc2@x>", body=f"close {a[:7]} dup\n"))
     assert ("changed", "closed", "dup") == (out.action, read_issue(repo, a).status, read_issue(repo, a).resolution)
+
+
+def test_a_command_that_found_nothing_to_do_is_not_in_the_record(gw: Gateway, repo: Path) -> None:
+    """A control mail that changes an issue and also reopens an open one: the record lists only the change."""
+    a = filed(gw, repo)
+    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<rec@x>",
+                              body=f"severity {a[:7]} minor\nreopen {a[:7]}\n"))
+    [record] = read_comments(repo, a)
+    assert ("changed", f"Commands by mail to the control address:\n\nseverity {a[:7]} minor") == (out.action, record.text)
