@@ -120,10 +120,6 @@ class ParsedMail:
         wanted = name.lower()
         return next((value for key, value in self.headers if key.lower() == wanted), None)
 
-    def header_all(self, name: str) -> tuple[str, ...]:
-        wanted = name.lower()
-        return tuple(value for key, value in self.headers if key.lower() == wanted)
-
 
 def parse(
     raw: bytes,

@@ -13,7 +13,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
@@ -358,7 +357,3 @@ class Store:
 def _ident(p: Person) -> bytes:
     email = p.email or "unknown"
     return f"{p.name or email} <{email}>".encode()
-
-
-def repo_path(repo: Repo) -> Path:
-    return Path(repo.controldir())

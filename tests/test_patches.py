@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email import policy
 from pathlib import Path
 
@@ -73,6 +74,25 @@ class MailServer(Server):
             pytest.fail(f"serve did not start: {line}")
 
 
+@dataclass
+class Served:
+    repo: Path  # the gateway's repository, with `mailtrack serve` on it
+    server: MailServer
+    clone: Path  # an offline clone, level with it (Carol Clone)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """`mailtrack serve` on a gateway repository under an address git send-email accepts, and a clone of it."""
+    repo = gateway_repo(tmp_path / "gw")
+    server = MailServer(repo)
+    server.start()
+    try:
+        yield Served(repo, server, clone(repo, tmp_path / "clone"))
+    finally:
+        assert 0 == server.stop()
+
+
 def outbox(repo: Path) -> list[email.message.EmailMessage]:
     new = repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
     if not new.is_dir():
@@ -106,60 +126,48 @@ def gw_path(g: Gateway) -> Path:
     return Path(g.store.repo.path)
 
 
-def test_format_patch_series_via_git_send_email_lands_on_the_gateway(tmp_path: Path) -> None:
+def test_format_patch_series_via_git_send_email_lands_on_the_gateway(served: Served, tmp_path: Path) -> None:
     """A series made with `git format-patch` and sent with `git send-email` leaves the gateway's branch with the clone's tree."""
-    repo = gateway_repo(tmp_path / "gw")
-    server = MailServer(repo)
-    server.start()
-    try:
-        c = clone(repo, tmp_path / "clone")
-        a = new_issue(c, "Offline one")
-        b = new_issue(c, "Offline two")
-        assert 0 == run_cli(c, "comment", a[:7], "-m", "a comment written on a train").code
-        files = sorted(Path(p) for p in git(c, "format-patch", "-o", str(tmp_path / "out"), "origin/issues..issues").split())
-        assert 3 == len(files)
-        send_email(files, server.port)
-        wait_for(lambda: read_names(repo) == sorted([a, b]) and tree(repo) == tree(c), timeout=30, what="the series applied")
-        assert (sorted([a, b]), tree(c)) == (read_names(repo), tree(repo))
-        assert f"Carol Clone <carol@example.org>|proj <{ADDRESS}>" == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "issues").strip()
-        # git send-email dates each mail when it sends it, so only subjects and authors travel unchanged
-        assert git(c, "log", "-3", "--format=%s|%an <%ae>", "issues") == git(repo, "log", "-3", "--format=%s|%an <%ae>", "issues")
-    finally:
-        assert 0 == server.stop()
+    repo, server, c = served.repo, served.server, served.clone
+    a = new_issue(c, "Offline one")
+    b = new_issue(c, "Offline two")
+    assert 0 == run_cli(c, "comment", a[:7], "-m", "a comment written on a train").code
+    files = sorted(Path(p) for p in git(c, "format-patch", "-o", str(tmp_path / "out"), "origin/issues..issues").split())
+    assert 3 == len(files)
+    send_email(files, server.port)
+    wait_for(lambda: read_names(repo) == sorted([a, b]) and tree(repo) == tree(c), timeout=30, what="the series applied")
+    assert (sorted([a, b]), tree(c)) == (read_names(repo), tree(repo))
+    assert f"Carol Clone <carol@example.org>|proj <{ADDRESS}>" == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "issues").strip()
+    # git send-email dates each mail when it sends it, so only subjects and authors travel unchanged
+    assert git(c, "log", "-3", "--format=%s|%an <%ae>", "issues") == git(repo, "log", "-3", "--format=%s|%an <%ae>", "issues")
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
-def test_push_mail_sends_issues_comments_attachments_and_fields(tmp_path: Path) -> None:
+def test_push_mail_sends_issues_comments_attachments_and_fields(served: Served, tmp_path: Path) -> None:
     """`git issues push --mail` brings new issues, a binary attachment and field changes; a pull then levels the clone."""
-    repo = gateway_repo(tmp_path / "gw")
-    server = MailServer(repo)
-    server.start()
-    try:
-        c = clone(repo, tmp_path / "clone")
-        git(c, "config", "sendemail.smtpServer", "127.0.0.1")
-        git(c, "config", "sendemail.smtpServerPort", str(server.port))
-        a = new_issue(c, "Crash on start")
-        png = tmp_path / "shot.png"
-        png.write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + bytes(range(256)) * 40)
-        assert 0 == run_cli(c, "comment", a[:7], "-m", "screenshot attached", "--attach", str(png)).code
-        assert 0 == run_cli(c, "set", a[:7], "status=open", "priority=high").code
-        r = run_cli(c, "push", "--mail", "--to", ADDRESS)
-        assert (0, f"sent 3 commit(s) as 4 mail(s) to {ADDRESS}\n") == (r.code, r.out)
-        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed series")
-        assert git(c, "log", "-3", "--format=%s|%an|%ad", "issues") == git(repo, "log", "-3", "--format=%s|%an|%ad", "issues")
-        issue = read_issue(repo, a)
-        [comment] = read_comments(repo, a)
-        assert ("open", "high", ["shot.png"]) == (issue.status, issue.priority, comment.attachments)
-        assert png.read_bytes() == git_show_bytes(repo, f"issues:{a[:2]}/{a[2:]}/shot.png")
-        assert 0 == run_cli(c, "pull").code
-        assert (tree(repo), tip(repo)) == (tree(c), tip(c))  # level: the same tip, so nothing is sent twice
-        again = run_cli(c, "push", "--mail", "--to", ADDRESS)
-        assert (0, "", "nothing to send\n") == (again.code, again.out, again.err)
-        # the report is queued just after the branch moves: wait for it as well
-        [patch_reply] = wait_for(lambda: [m for m in outbox(repo) if "Re: [PATCH 0/3]" in str(m["Subject"])], what="the report")
-        assert 3 == patch_reply.get_content().count("    applied as ")
-    finally:
-        assert 0 == server.stop()
+    repo, server, c = served.repo, served.server, served.clone
+    git(c, "config", "sendemail.smtpServer", "127.0.0.1")
+    git(c, "config", "sendemail.smtpServerPort", str(server.port))
+    a = new_issue(c, "Crash on start")
+    png = tmp_path / "shot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + bytes(range(256)) * 40)
+    assert 0 == run_cli(c, "comment", a[:7], "-m", "screenshot attached", "--attach", str(png)).code
+    assert 0 == run_cli(c, "set", a[:7], "status=open", "priority=high").code
+    r = run_cli(c, "push", "--mail", "--to", ADDRESS)
+    assert (0, f"sent 3 commit(s) as 4 mail(s) to {ADDRESS}\n") == (r.code, r.out)
+    wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed series")
+    assert git(c, "log", "-3", "--format=%s|%an|%ad", "issues") == git(repo, "log", "-3", "--format=%s|%an|%ad", "issues")
+    issue = read_issue(repo, a)
+    [comment] = read_comments(repo, a)
+    assert ("open", "high", ["shot.png"]) == (issue.status, issue.priority, comment.attachments)
+    assert png.read_bytes() == git_show_bytes(repo, f"issues:{a[:2]}/{a[2:]}/shot.png")
+    assert 0 == run_cli(c, "pull").code
+    assert (tree(repo), tip(repo)) == (tree(c), tip(c))  # level: the same tip, so nothing is sent twice
+    again = run_cli(c, "push", "--mail", "--to", ADDRESS)
+    assert (0, "", "nothing to send\n") == (again.code, again.out, again.err)
+    # the report is queued just after the branch moves: wait for it as well
+    [patch_reply] = wait_for(lambda: [m for m in outbox(repo) if "Re: [PATCH 0/3]" in str(m["Subject"])], what="the report")
+    assert 3 == patch_reply.get_content().count("    applied as ")
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
@@ -357,22 +365,16 @@ def test_push_since_a_revision_writes_only_the_later_commits(tmp_path: Path) -> 
     assert (0, [f"0001-new-{newer[:7]}-Newer.patch"]) == (r.code, sorted(os.listdir(tmp_path / "out")))
 
 
-def test_push_mail_uses_sendemail_to(tmp_path: Path) -> None:
+def test_push_mail_uses_sendemail_to(served: Served, tmp_path: Path) -> None:
     """`push --mail` without --to sends to git config sendemail.to, through sendemail.smtpServer/Port."""
-    repo = gateway_repo(tmp_path / "gw")
-    server = MailServer(repo)
-    server.start()
-    try:
-        c = clone(repo, tmp_path / "clone")
-        for key, value in (("smtpServer", "127.0.0.1"), ("smtpServerPort", str(server.port)), ("to", ADDRESS)):
-            git(c, "config", f"sendemail.{key}", value)
-        a = new_issue(c, "Via config")
-        r = run_cli(c, "push", "--mail")
-        assert (0, f"sent 1 commit(s) as 1 mail(s) to {ADDRESS}\n") == (r.code, r.out)
-        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed patch")
-        assert [a] == read_names(repo)
-    finally:
-        assert 0 == server.stop()
+    repo, server, c = served.repo, served.server, served.clone
+    for key, value in (("smtpServer", "127.0.0.1"), ("smtpServerPort", str(server.port)), ("to", ADDRESS)):
+        git(c, "config", f"sendemail.{key}", value)
+    a = new_issue(c, "Via config")
+    r = run_cli(c, "push", "--mail")
+    assert (0, f"sent 1 commit(s) as 1 mail(s) to {ADDRESS}\n") == (r.code, r.out)
+    wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the pushed patch")
+    assert [a] == read_names(repo)
 
 
 def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_path: Path) -> None:
@@ -396,27 +398,21 @@ def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_p
     assert part == kept.read_bytes()
 
 
-def test_push_mail_files_are_addressed_and_go_out_with_git_send_email(tmp_path: Path) -> None:
+def test_push_mail_files_are_addressed_and_go_out_with_git_send_email(served: Served, tmp_path: Path) -> None:
     """`push --mail -o DIR --to ADDR` writes files with `To:` ADDR, so `git send-email --suppress-cc=all DIR/*`
     (as the README says) needs no --to; the gateway applies them."""
-    repo = gateway_repo(tmp_path / "gw")
-    server = MailServer(repo)
-    server.start()
-    try:
-        c = clone(repo, tmp_path / "clone")
-        new_issue(c, "Sent by hand")
-        out = tmp_path / "out"
-        r = run_cli(c, "push", "--mail", "-o", str(out), "--to", ADDRESS)
-        [patch] = [Path(p) for p in r.out.split()]
-        assert f"\nTo: {ADDRESS}\n" in patch.read_text()
-        sent = subprocess.run(
-            [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={server.port}", "--smtp-encryption=none",
-             "--smtp-domain=localhost", "--confirm=never", "--suppress-cc=all", "--quiet", str(patch)],
-            cwd=c, capture_output=True, text=True, check=False)
-        assert (0, "") == (sent.returncode, sent.stderr)
-        wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the series applied")
-    finally:
-        assert 0 == server.stop()
+    repo, server, c = served.repo, served.server, served.clone
+    new_issue(c, "Sent by hand")
+    out = tmp_path / "out"
+    r = run_cli(c, "push", "--mail", "-o", str(out), "--to", ADDRESS)
+    [patch] = [Path(p) for p in r.out.split()]
+    assert f"\nTo: {ADDRESS}\n" in patch.read_text()
+    sent = subprocess.run(
+        [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={server.port}", "--smtp-encryption=none",
+         "--smtp-domain=localhost", "--confirm=never", "--suppress-cc=all", "--quiet", str(patch)],
+        cwd=c, capture_output=True, text=True, check=False)
+    assert (0, "") == (sent.returncode, sent.stderr)
+    wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the series applied")
 
 
 # --- the second reader's cases --------------------------------------------------------------

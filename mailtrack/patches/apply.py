@@ -500,18 +500,11 @@ def apply_series(gw: Gateway, raws: list[bytes]) -> tuple[list[PatchResult], byt
             for r in results:
                 r.status, r.reasons = "refused", ["the tracker has no issues branch yet"]
             return results, None
-        access = gw.config.access
         series = _Series(gw, snap)
         refused = False
         per_patch: list[dict[str, bytes | None]] = []
         for p, r in zip(parsed, results, strict=True):
-            r.reasons, r.status, r.commit = [], "", ""
-            known = gw.index.known(snap, p.sender) or p.sender in {a.lower() for a in access.maintainers}
-            if not known and access.unknown_senders != "accept":
-                r.status, r.reasons = "refused", [f"{p.sender} is not known to {gw.project}"]
-                refused = True
-                per_patch.append({})
-                continue
+            r.reasons, r.status, r.commit = [], "", ""  # its sender was admitted when its mail came (_admit)
             writes, reasons = series.apply(p)
             if reasons:
                 r.status, r.reasons = "refused", reasons
