@@ -7,6 +7,7 @@ it never dies on one mail, it retries and finally quarantines in the spool's fai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -417,8 +418,6 @@ class Gateway:
             issue = named.pop() if len(named) == 1 else ""
         if not issue or not self.store.snapshot().exists(issue):  # e.g. a new issue refused: not written
             return ""
-        import hashlib
-
         of_mail = hashlib.sha1(mail.message_id.encode("utf-8", "replace")).hexdigest()[:12]
         return our_message_id(issue, f"{kind}.{of_mail}", domain)
 
