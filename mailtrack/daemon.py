@@ -96,8 +96,9 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         threads.append(out_thread)
         listening = ", ".join(where(lc) for lc in config.listen)
         relay = f"relay {config.relay.host}:{config.relay.port}" if config.relay.host else "no relay: outgoing mail waits in the outbox"
+        polling = "".join(f"; polling IMAP {ic.label}" for ic in config.imap)
         print(f"mailtrack: {gateway.project} on {store.branch} of {store.repo.path}: listening on {listening or 'nothing'}"
-              f" for {gw.address} (commands: {gw.control_address}); {relay}", file=sys.stderr, flush=True)
+              f" for {gw.address} (commands: {gw.control_address}){polling}; {relay}", file=sys.stderr, flush=True)
         retention = timedelta(days=gw.processed_retention_days)
         backoff = ERROR_BACKOFF[0]
         while not stop.is_set():

@@ -27,6 +27,7 @@ class Server:
         self.config = repo / "mailtrack.toml"
         self.config.write_text(f'[gateway]\nproject = "proj"\n{extra}\n[[listen]]\nport = {port}\n')
         self.proc: subprocess.Popen[str] | None = None
+        self.first_line = ""  # serve's one line at start: where it listens, what it polls
         self.log: list[str] = []  # serve's stderr after the first line, read as it comes (the pipe never fills)
         self._reader: threading.Thread | None = None
 
@@ -39,7 +40,7 @@ class Server:
             command = [sys.executable, "-m", "mailtrack.serve", *args]
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
+        line = self.first_line = self.proc.stderr.readline()
         if f"listening on smtp 127.0.0.1:{self.port} for issues@localhost" not in line:
             self.proc.kill()
             self.proc.wait()
@@ -170,6 +171,7 @@ def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dov
         msg.set_content("from IMAP\n")
         dovecot.append(imap_user, msg.as_bytes())
     server.start()
+    assert f"; polling IMAP {imap_user}@127.0.0.1:{dovecot.imap_port}/INBOX; no relay" in server.first_line
     try:
         wait_for(lambda: dovecot.subjects(imap_user, "Failed") == ["Polled 1"], timeout=30, what="the held mail in Failed")
         assert (["Polled 0"], []) == (dovecot.subjects(imap_user, "Archive"), dovecot.subjects(imap_user))
