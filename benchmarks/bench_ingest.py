@@ -9,6 +9,7 @@ ingest on this machine), so the figure says what parsing, routing, the index and
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tempfile
@@ -16,13 +17,11 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-import logging
-
 from mailtrack.config import Config
-from mailtrack.gateway import Gateway
-from mailtrack.model import Person, Project
-from mailtrack.spool import Spool
-from mailtrack.store import Change, Store
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.model import Person, Project
+from mailtrack.tracker.store import Change, Store
+from mailtrack.worker.pipeline import Gateway
 
 
 def mail(i: int, reply_to: int | None = None) -> bytes:

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from mailtrack.edits import new_issue
-from mailtrack.model import Person
-from mailtrack.store import Change, Store
+from mailtrack.tracker.changes import new_issue
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Change, Store
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -57,7 +56,7 @@ def main() -> None:
             subprocess.run(["git", "-C", f"{tmp}/repo", "cat-file", "--batch"], input=batch.encode(), capture_output=True, check=True)
 
         def cli_list() -> None:
-            subprocess.run([sys.executable, "-m", "mailtrack.cli", "--repo", f"{tmp}/repo", "list", "--all"],
+            subprocess.run([sys.executable, "-m", "mailtrack.app.git_issues", "--repo", f"{tmp}/repo", "list", "--all"],
                            capture_output=True, check=True)
 
         t_base_l = timed(git_read_all)

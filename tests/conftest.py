@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from mailtrack import cli
+from mailtrack.app import git_issues as cli
 from mailtrack.config import AccessConfig, Config, GatewayConfig
-from mailtrack.gateway import Gateway, default_spool
-from mailtrack.model import Comment, Issue
-from mailtrack.spool import Spool
-from mailtrack.store import Store
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.model import Comment, Issue
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, default_spool
 
 DATA = Path(__file__).parent / "data"
 pytest_plugins = ["conftest_edges", "tracker"]  # Dovecot, IMAP users, TLS certificates, the relay sink; the notify tracker

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import git, make_gateway, read_comments, read_issue
 from mailtrack.config import AccessConfig, ConfigError, parse
-from mailtrack.gateway import Gateway
+from mailtrack.worker.pipeline import Gateway
 from test_commands import filed, replies, text_of
 from test_gateway import make_mail
 

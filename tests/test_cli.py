@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import git, git_bytes, make_repo, new_issue, read_issue, read_names, run_cli
-from mailtrack.model import Comment, Issue
-from mailtrack.store import Store
+from mailtrack.tracker.model import Comment, Issue
+from mailtrack.tracker.store import Store
 
 
 def branch_log(repo: Path) -> list[str]:
@@ -182,8 +182,8 @@ def test_ambiguous_prefix_lists_candidates(repo: Path) -> None:
     """A prefix that names two issues lists both, each by its shortest unique name."""
     from datetime import UTC, datetime
 
-    from mailtrack.model import Person
-    from mailtrack.store import Change
+    from mailtrack.tracker.model import Person
+    from mailtrack.tracker.store import Change
 
     names = ["abcdef0" + "1" * 33, "abcdef0" + "2" * 33]
     issue = Issue(created=datetime(2020, 1, 1, tzinfo=UTC), author=Person("A", "a@x.org"), title="t")
@@ -235,7 +235,7 @@ def test_list_into_a_closed_pipe_is_quiet(repo: Path) -> None:
     """`git issues list | head -1` exits quietly, as git does when its reader goes away."""
     for n in range(300):
         assert 0 == run_cli(repo, "new", f"Issue number {n} with a title long enough to fill the pipe", "-m", "x").code
-    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m mailtrack.cli list --format json | head -c 10"],
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m mailtrack.app.git_issues list --format json | head -c 10"],
                        cwd=repo, capture_output=True, text=True, check=False)
     assert (0, "", 10) == (r.returncode, r.stderr, len(r.stdout))
 
@@ -292,7 +292,7 @@ def test_list_is_served_by_a_rebuildable_index(repo: Path) -> None:
 
 def test_shortest_names_are_unique_prefixes() -> None:
     """Short names grow past 7 hex only where two names share a longer prefix."""
-    from mailtrack.cli import shortest_names
+    from mailtrack.app.git_issues import shortest_names
 
     names = ["abcdef01" + "0" * 32, "abcdef02" + "0" * 32, "1234567" + "0" * 33]
     assert {names[0]: "abcdef01", names[1]: "abcdef02", names[2]: "1234567"} == shortest_names(names)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import git, new_issue, read_issue, read_names, run_cli
-from mailtrack.edits import close_edits
-from mailtrack.model import Person, Project
-from mailtrack.store import Change, Store
+from mailtrack.tracker.changes import close_edits
+from mailtrack.tracker.model import Person, Project
+from mailtrack.tracker.store import Change, Store
 
 
 def tip(repo: Path) -> str:
@@ -196,7 +196,7 @@ def test_list_filter_values_that_are_allowed(repo: Path) -> None:
 
 def test_component_filter_matches_a_whole_name(repo: Path) -> None:
     """--component core is the component core, not every component whose name holds "core"."""
-    from mailtrack.model import Component
+    from mailtrack.tracker.model import Component
 
     write_project(repo, Project(components=[Component("core"), Component("core-ui")]))
     ui = new_issue(repo, "UI", "--component", "core-ui")

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import git, make_gateway, read_comments, read_issue, read_names, run_cli
 from mailtrack.config import Config, GatewayConfig
-from mailtrack.gateway import Gateway, default_spool
-from mailtrack.spool import Spool
-from mailtrack.store import Store
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, default_spool
 from test_gateway import make_mail
 
 OUTBOX = Path(".git") / "mailtrack" / "spool" / "outbox" / "new"

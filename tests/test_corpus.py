@@ -9,11 +9,11 @@ import pytest
 
 from conftest import git, git_bytes
 from mailtrack.config import Config, GatewayConfig
-from mailtrack.gateway import Gateway, default_spool
-from mailtrack.message import parse, subject_tag
-from mailtrack.model import Comment, Issue
-from mailtrack.spool import Spool
-from mailtrack.store import Store
+from mailtrack.mail.parse import parse, subject_tag
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.model import Comment, Issue
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, default_spool
 from test_message import EXPECTED, MAIL
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mailtrack import cli, config, serve
+from mailtrack import config
+from mailtrack.app import git_issues as cli
+from mailtrack.app import mailtrack as serve
 
 ROOT = Path(__file__).parent.parent
 

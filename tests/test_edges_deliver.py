@@ -12,7 +12,7 @@ MAIL = b"From: a@example.org\nTo: issues@localhost\nSubject: s\nMessage-ID: <d1@
 
 
 def deliver(*args: str, stdin: bytes = MAIL, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mailtrack.serve", *args], input=stdin.decode(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", *args], input=stdin.decode(), capture_output=True,
                           text=True, check=False, cwd=cwd)
 
 

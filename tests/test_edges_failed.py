@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from dovecot import DovecotServer, free_port
+from mailtrack.app.daemon import work
 from mailtrack.config import ImapConfig, ListenConfig
-from mailtrack.daemon import work
-from mailtrack.gateway import Gateway
-from mailtrack.sources.imap import ImapPoller
-from mailtrack.sources.smtp import Addresses, SmtpListener
-from mailtrack.spool import Spool
+from mailtrack.inbound.imap import ImapPoller
+from mailtrack.inbound.smtp import Addresses, SmtpListener
+from mailtrack.queue.spool import Spool
+from mailtrack.worker.pipeline import Gateway
 
 FOLDERS = ("INBOX", "Archive", "Failed")
 

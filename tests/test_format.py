@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import DATA
-from mailtrack.model import Comment, Issue, Person, Project, make_name, parse_comment_filename
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.model import Comment, Issue, Person, Project, make_name, parse_comment_filename
+from mailtrack.tracker.xmlformat import FormatError
 
 GOLDEN = DATA / "golden"
 

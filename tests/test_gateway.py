@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from conftest import DATA, git, read_comments, read_issue, read_names
 from mailtrack.config import Config, GatewayConfig
-from mailtrack.gateway import Gateway, default_spool
-from mailtrack.spool import Spool
-from mailtrack.store import Store
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, default_spool
 
 
 def make_mail(
@@ -55,7 +55,7 @@ def default_spool_path(repo: Path) -> Path:
 
 def deliver(repo: Path, raw: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "deliver", *args],
+        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "deliver", *args],
         input=raw,
         capture_output=True,
         check=False,
@@ -268,7 +268,7 @@ def test_exit_75_when_the_mail_cannot_be_kept(repo: Path, tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "mailtrack.serve",
+            "mailtrack.app.mailtrack",
             "--repo",
             str(repo),
             "--config",
@@ -290,26 +290,26 @@ def test_usage_errors_are_sysexits(repo: Path) -> None:
     assert (
         64
         == subprocess.run(
-            [sys.executable, "-m", "mailtrack.serve", "deliver", "--bogus"],
+            [sys.executable, "-m", "mailtrack.app.mailtrack", "deliver", "--bogus"],
             capture_output=True,
             check=False,
         ).returncode
     )
     bad = subprocess.run(
-        [sys.executable, "-m", "mailtrack.serve", "--repo", "/nonexistent", "deliver"],
+        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", "/nonexistent", "deliver"],
         input=b"x",
         capture_output=True,
         check=False,
     )
     assert (75, True) == (bad.returncode, b"/nonexistent" in bad.stderr)
-    process = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", "/nonexistent", "process"],
+    process = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", "/nonexistent", "process"],
                              capture_output=True, check=False)
     assert 78 == process.returncode
 
 
 CRASH = """
 import os, sys
-from mailtrack import serve
+from mailtrack.app import mailtrack as serve
 from mailtrack.{module} import {cls}
 real = {cls}.{method}
 def crash(*a, **k):
@@ -323,10 +323,10 @@ sys.exit(serve.main(["--repo", sys.argv[1], "process"]))
 @pytest.mark.parametrize(
     "module,cls,method,before",
     [
-        ("gateway", "Gateway", "handle", "pass"),  # after spooling, before anything else
-        ("store", "Store", "move", "pass"),  # mid-commit: objects written, ref not moved
-        ("store", "Store", "move", "real(*a, **k)"),  # committed, the mail not yet finished
-        ("spool", "Spool", "done", "pass"),  # before finishing
+        ("worker.pipeline", "Gateway", "handle", "pass"),  # after spooling, before anything else
+        ("tracker.store", "Store", "move", "pass"),  # mid-commit: objects written, ref not moved
+        ("tracker.store", "Store", "move", "real(*a, **k)"),  # committed, the mail not yet finished
+        ("queue.spool", "Spool", "done", "pass"),  # before finishing
     ],
 )
 def test_crash_at_any_point_lands_exactly_once(
@@ -341,7 +341,7 @@ def test_crash_at_any_point_lands_exactly_once(
     r = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, check=False)
     assert 9 == r.returncode, r.stderr.decode()
     r = subprocess.run(
-        [sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"],
+        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"],
         capture_output=True,
         check=False,
     )
@@ -374,7 +374,7 @@ def test_import_mbox_is_idempotent(repo: Path, tmp_path: Path) -> None:
     run = [
         sys.executable,
         "-m",
-        "mailtrack.serve",
+        "mailtrack.app.mailtrack",
         "--repo",
         str(repo),
         "import",
@@ -443,15 +443,17 @@ def test_status_shows_failures_and_requeue_puts_them_back(repo: Path) -> None:
     """A mail held for a reason shows in `mailtrack status`; `mailtrack requeue ID` puts it back in the queue."""
     r = deliver(repo, b"Subject: no sender at all\nMessage-ID: <nofrom@x>\n\nbody\n")
     assert 0 == r.returncode
-    status = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "status"], capture_output=True, text=True, check=True).stdout
+    status = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "status"], capture_output=True, text=True, check=True).stdout
     [line] = [ln for ln in status.splitlines() if "the mail has no sender address" in ln]
     spool_id = line.split()[0]
     assert "  failed         1" in status
-    r2 = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "requeue", spool_id], capture_output=True, text=True, check=False)
+    r2 = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "requeue", spool_id],
+                        capture_output=True, text=True, check=False)
     assert (0, f"requeued {spool_id}\n") == (r2.returncode, r2.stdout)
     counts = Spool(default_spool_path(repo)).counts()
     assert (1, 0) == (counts["incoming/new"], counts["failed"])
-    bad = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "requeue", "nonsense"], capture_output=True, text=True, check=False)
+    bad = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "requeue", "nonsense"],
+                         capture_output=True, text=True, check=False)
     assert (64, "mailtrack: no failed mail with id 'nonsense'\n") == (bad.returncode, bad.stderr)
 
 
@@ -460,7 +462,7 @@ def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gatew
     reply's In-Reply-To settles which issue it is, instead of an error reply."""
     from datetime import UTC, datetime
 
-    from mailtrack.model import Person, make_name
+    from mailtrack.tracker.model import Person, make_name
 
     when, bob = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), Person("Bob", "bob@example.org")
     seen: dict[str, str] = {}

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from dovecot import DovecotServer, wait_for
-from mailtrack.sources.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
-from mailtrack.spool import Spool, message_id
+from mailtrack.inbound.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
+from mailtrack.queue.spool import Spool, message_id
 
 pytest_plugins = ["conftest_edges"]
 

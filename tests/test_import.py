@@ -19,8 +19,8 @@ def test_a_held_mail_is_kept_once_however_often_the_import_runs(repo: Path, tmp_
     box.add(b"To: issues@localhost\nSubject: nobody sent this\nMessage-ID: <nofrom@x>\n\ntext\n")
     box.add(b"To: issues@localhost\nSubject: no id and no sender\n\ntext\n")
     box.close()
-    run = [sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "import", str(tmp_path / "archive.mbox")]
-    status = [sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "status"]
+    run = [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "import", str(tmp_path / "archive.mbox")]
+    status = [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "status"]
     outputs = [subprocess.run(run, capture_output=True, text=True, check=False).stdout for _ in range(2)]
     assert ["created 1, held 2\n", "duplicate 1, held 2\n"] == outputs
     failed = [ln for ln in subprocess.run(status, capture_output=True, text=True, check=True).stdout.splitlines()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import git, make_gateway, read_comments, read_issue, read_names, run_cli
-from mailtrack.gateway import Gateway
-from mailtrack.message import parse
-from mailtrack.model import Person
-from mailtrack.store import Change, Snapshot
+from mailtrack.mail.parse import parse
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Change, Snapshot
+from mailtrack.worker.pipeline import Gateway
 from test_commands import OUTBOX, filed, replies, text_of
 from test_gateway import make_mail
 
@@ -38,7 +38,7 @@ def test_import_queues_no_replies(repo: Path, tmp_path: Path) -> None:
     box.add(make_mail(subject="Re: Old bug", message_id="<o3@x>", In_Reply_To="<o1@x>", body="Priority: urgent\n\nbad value\n"))
     box.add(make_mail(subject="gone", message_id="<o4@x>", to="issues+deadbee@localhost"))
     box.close()
-    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "import", str(tmp_path / "old.mbox")],
+    r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "import", str(tmp_path / "old.mbox")],
                        capture_output=True, check=False)
     assert (0, "changed 1, created 1, rejected 2\n") == (r.returncode, r.stdout.decode())
     [name] = read_names(repo)

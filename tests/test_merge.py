@@ -128,8 +128,8 @@ def test_random_edits_converge(tmp_path_factory, steps: list[tuple[str, str, int
 def test_project_merge_keeps_both_sides_component_owners_whichever_side_merges() -> None:
     """project.xml: owners added on each side of a component are both kept, new components from both
     sides arrive, and the result is the same bytes whichever side does the merge."""
-    from mailtrack.merge import merge_project
-    from mailtrack.model import Component, Project
+    from mailtrack.tracker.merge import merge_project
+    from mailtrack.tracker.model import Component, Project
 
     base = Project(components=[Component("core", ["Jane <jane@example.org>"])])
     ours = Project(components=[Component("core", ["Jane <jane@example.org>", "Bob <bob@example.org>"]), Component("ui")])
@@ -144,8 +144,8 @@ def test_project_merge_keeps_both_sides_component_owners_whichever_side_merges()
 
 def test_project_lists_changed_on_both_sides_merge_as_sets_the_same_way() -> None:
     """The same project.xml list changed differently on both sides: both clones get the same union, removals kept."""
-    from mailtrack.merge import merge_project
-    from mailtrack.model import Project
+    from mailtrack.tracker.merge import merge_project
+    from mailtrack.tracker.model import Project
 
     base = Project()
     ours, theirs = Project(priorities=["high", "p1"]), Project(priorities=["high", "med", "urgent"])
@@ -155,7 +155,7 @@ def test_project_lists_changed_on_both_sides_merge_as_sets_the_same_way() -> Non
 
 def test_list_merge_does_not_depend_on_the_merging_side(tmp_path: Path) -> None:
     """Tags added on both sides merge to the same list whichever clone pulls first."""
-    from mailtrack.merge import merge_issue
+    from mailtrack.tracker.merge import merge_issue
 
     hub, a, b, name = two_clones(tmp_path)
     base = read_issue(a, name)

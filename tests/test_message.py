@@ -1,4 +1,4 @@
-"""mailtrack.message (with decode and quotes): a corpus of real clients' mails, helpers, fuzzing."""
+"""mailtrack.mail.parse (with decode and quotes): a corpus of real clients' mails, helpers, fuzzing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailtrack.decode import decode_base64, decode_text, decode_words, header_text
-from mailtrack.message import (
+from mailtrack.mail.decode import decode_base64, decode_text, decode_words, header_text
+from mailtrack.mail.parse import (
     RESERVED_NAME_RE,
     ParsedMail,
     clean_subject,
@@ -27,7 +27,7 @@ from mailtrack.message import (
     subject_tag,
     unique_filename,
 )
-from mailtrack.quotes import trim_reply, unflow
+from mailtrack.mail.quotes import trim_reply, unflow
 
 MAIL = Path(__file__).parent / "data" / "mail"
 
@@ -419,7 +419,7 @@ def test_oversized_note_in_megabytes() -> None:
 def test_html2text_is_imported_only_for_html() -> None:
     """A plain-text mail does not import html2text (one process per mail stays lean)."""
     code = (
-        "import sys, pathlib; from mailtrack.message import parse; "
+        "import sys, pathlib; from mailtrack.mail.parse import parse; "
         f"parse(pathlib.Path({str(MAIL / 'mutt_signed.eml')!r}).read_bytes()); "
         "print('html2text' in sys.modules)"
     )

@@ -12,12 +12,12 @@ import pytest
 
 from conftest import git, make_repo, read_comments, run_cli
 from mailtrack.config import Config, NotifyConfig
-from mailtrack.edits import Edit, close_edits, comment_change, new_issue, reopen_edits
-from mailtrack.gateway import Gateway
-from mailtrack.model import Person
-from mailtrack.notify import is_machine_address
-from mailtrack.spool import Spool
-from mailtrack.store import Change, Snapshot, Store, issue_dir
+from mailtrack.outbound.notifier import is_machine_address
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.changes import Edit, close_edits, comment_change, new_issue, reopen_edits
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Change, Snapshot, Store, issue_dir
+from mailtrack.worker.pipeline import Gateway
 from sink import Sink
 from tracker import ALICE, BOB, CONFIG, DAN, EVERYONE, Tracker, body, by_rcpt, everyone_but, h, reasons
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailtrack.edits import Edit, close_edits, reopen_edits
-from mailtrack.store import Change, issue_dir
+from mailtrack.tracker.changes import Edit, close_edits, reopen_edits
+from mailtrack.tracker.store import Change, issue_dir
 from tracker import BOB, DAN, Tracker, body, by_rcpt, h
 
 CONSTANT = {"List-Id": "proj <proj.localhost>", "Auto-Submitted": "auto-generated", "Precedence": "bulk",

@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import git, make_repo, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
 from mailtrack.config import Config, GatewayConfig
-from mailtrack.gateway import Gateway, Outcome
-from mailtrack.store import Store
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, Outcome
 from sink import Sink
 from test_gateway import make_mail
 from test_serve import Server
@@ -21,7 +21,7 @@ from tracker import DAN, Tracker, by_rcpt, h, reasons
 
 def mailtrack(repo: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """`mailtrack ARGS` on `repo` in a process of its own, as an MTA or a cron job runs it."""
-    return subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), *args],
+    return subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), *args],
                           input=stdin, capture_output=True, check=False)
 
 

@@ -46,7 +46,7 @@ def test_installed_wheel_renders_templates_with_includes(wheel: Path, tmp_path: 
     code = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(site)!r}, *{deps!r}]
-        from mailtrack import render
+        from mailtrack.mail import compose as render
         assert render.__file__.startswith({str(site)!r}), render.__file__
         headers, body = render.Renderer().render(
             "notify-changed.txt", project="proj", short="d14142c", title="Printer on fire", actor_name="Dan",

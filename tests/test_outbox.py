@@ -12,8 +12,8 @@ import pytest
 
 from dovecot import free_port, wait_for
 from mailtrack.config import RelayConfig
-from mailtrack.outbox import OutboxSender, next_due, outbox_listing, retry_now, waiting
-from mailtrack.spool import Spool
+from mailtrack.outbound.sender import OutboxSender, next_due, outbox_listing, retry_now, waiting
+from mailtrack.queue.spool import Spool
 from sink import Sink
 
 pytest_plugins = ["conftest_edges"]

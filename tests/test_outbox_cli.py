@@ -12,7 +12,7 @@ from test_gateway import deliver, make_mail
 
 def mailtrack(repo: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     extra = ["--config", str(config)] if config else []
-    return subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), *extra, *args],
+    return subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), *extra, *args],
                           capture_output=True, text=True, check=False)
 
 

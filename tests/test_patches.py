@@ -18,10 +18,10 @@ import pytest
 from conftest import git, make_gateway, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
 from dovecot import free_port, wait_for
 from mailtrack.config import AccessConfig, Config, GatewayConfig
-from mailtrack.gateway import Gateway, default_spool
-from mailtrack.patches.series import file_diff
-from mailtrack.spool import Spool
-from mailtrack.store import Store
+from mailtrack.patches.format import file_diff
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway, default_spool
 from test_serve import Server
 
 MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
@@ -65,7 +65,7 @@ class MailServer(Server):
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailtrack.serve", "--repo", str(self.repo), "--config", str(self.config), "serve"],
+            [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(self.repo), "--config", str(self.config), "serve"],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
@@ -290,8 +290,8 @@ def _illegal_status(g: Gateway) -> bytes:
     with Store.open(gw_path(g)) as s:
         name = next(iter(s.snapshot().issue_names()), None)
     assert name is None
-    from mailtrack.edits import new_issue as make
-    from mailtrack.model import Person
+    from mailtrack.tracker.changes import new_issue as make
+    from mailtrack.tracker.model import Person
 
     with Store.open(gw_path(g)) as s:
         issue, change = make(s.snapshot(), Person("Mallory", "mallory@example.org"), "Evil", "text", [])
@@ -379,7 +379,7 @@ def test_push_mail_uses_sendemail_to(served: Served, tmp_path: Path) -> None:
 
 def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_path: Path) -> None:
     """`mailtrack process` reports a series still incomplete past gateway.patch_series_timeout and keeps its mail in failed."""
-    from mailtrack.serve import main as mailtrack
+    from mailtrack.app.mailtrack import main as mailtrack
 
     repo = gw_path(gw)
     part = patch_mail("two of three", file_diff(f"ab/{NAME[2:]}/note.txt", None, b"x\n"), mid="<p2@example.org>")
@@ -471,7 +471,7 @@ def test_patch_mails_obey_the_senders_rules(tmp_path: Path) -> None:
 
 def test_a_small_mail_cannot_inflate_into_a_huge_file(gw: Gateway) -> None:
     """A GIT binary patch whose zlib data inflates past max_attachment_size is refused before it is inflated whole."""
-    from mailtrack.patches.series import _b85_lines
+    from mailtrack.patches.format import _b85_lines
 
     repo = gw_path(gw)
     a = new_issue(repo, "Target")

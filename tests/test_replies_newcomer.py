@@ -11,8 +11,8 @@ from pathlib import Path
 
 from conftest import git, read_comments, read_names
 from mailtrack.config import Config, GatewayConfig
-from mailtrack.gateway import Gateway
-from mailtrack.notify import Notifier
+from mailtrack.outbound.notifier import Notifier
+from mailtrack.worker.pipeline import Gateway
 from test_commands import filed, replies, text_of
 from test_gateway import deliver, make_mail
 
@@ -126,7 +126,7 @@ def test_dry_run_of_a_reply_shows_the_comment_text(repo: Path) -> None:
 
 def mailtrack(repo: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     extra = ["--config", str(config)] if config else []
-    return subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), *extra, *args],
+    return subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), *extra, *args],
                           capture_output=True, text=True, check=False)
 
 

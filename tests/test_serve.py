@@ -34,10 +34,10 @@ class Server:
     def start(self) -> None:
         args = ["--repo", str(self.repo), "--config", str(self.config), "serve"]
         if self.inject:
-            script = f"import sys\n{self.inject}\nfrom mailtrack import serve\nsys.exit(serve.main(sys.argv[1:]))\n"
+            script = f"import sys\n{self.inject}\nfrom mailtrack.app import mailtrack\nsys.exit(mailtrack.main(sys.argv[1:]))\n"
             command = [sys.executable, "-c", script, *args]
         else:
-            command = [sys.executable, "-m", "mailtrack.serve", *args]
+            command = [sys.executable, "-m", "mailtrack.app.mailtrack", *args]
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.first_line = self.proc.stderr.readline()
@@ -201,7 +201,7 @@ def refused(port: int) -> bool:
 
 
 FAIL_FIRST_DONE = """
-from mailtrack.spool import Spool
+from mailtrack.queue.spool import Spool
 real_done, calls = Spool.done, []
 def done(self, claim):
     calls.append(claim.id)
@@ -224,13 +224,13 @@ def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
     wait_for(lambda: titles(repo) == ["First", "Second"], timeout=30, what="the second mail, after the failure")
     assert None is server.proc.poll()
     assert 0 == server.stop()
-    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
+    r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"], capture_output=True, check=False)
     assert (0, ["First", "Second"]) == (r.returncode, titles(repo))  # the first, recovered, is not filed twice
 
 
 BLOCK_IN_HANDLE = """
 import os, time
-from mailtrack.gateway import Gateway
+from mailtrack.worker.pipeline import Gateway
 real_handle = Gateway.handle
 def handle(self, raw, **kw):
     open(os.environ["MT_BUSY"], "w").close()
@@ -272,7 +272,7 @@ def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, mo
     go.touch()
     code = server.finish()
     assert (0, ["At hand"]) == (code, titles(repo))
-    r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "process"], capture_output=True, check=False)
+    r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"], capture_output=True, check=False)
     assert (0, ["At hand", "In DATA"]) == (r.returncode, titles(repo))
 
 
@@ -285,7 +285,7 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         (repo / "mailtrack.toml").write_text(f"[[listen]]\nport = {port}\n")
-        r = subprocess.run([sys.executable, "-m", "mailtrack.serve", "--repo", str(repo), "--config", str(repo / "mailtrack.toml"),
+        r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "--config", str(repo / "mailtrack.toml"),
                             "serve"], capture_output=True, text=True, check=False, timeout=60)
     expected = (71, [f"mailtrack: cannot listen on smtp 127.0.0.1:{port}: Address already in use;"
                      " to listen on another port, set port in a [[listen]] table of a --config file"])
@@ -299,7 +299,7 @@ def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Pa
         pytest.fail("something else listens on 127.0.0.1:8025; the default port must be free for this test")
     repo = make_repo(tmp_path / "gw")
     env = {k: v for k, v in os.environ.items() if k != "MAILTRACK_CONFIG"}
-    proc = subprocess.Popen([sys.executable, "-m", "mailtrack.serve", "serve"], cwd=repo, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mailtrack.app.mailtrack", "serve"], cwd=repo, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     try:
@@ -313,7 +313,7 @@ def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Pa
         rest = proc.stderr.read()
         proc.stderr.close()
     short = read_names(repo)[0][:7]
-    expected = [f"INFO mailtrack.gateway: <default@example.org>: created {short} (no issue named by address, thread or subject)"]
+    expected = [f"INFO mailtrack.worker.pipeline: <default@example.org>: created {short} (no issue named by address, thread or subject)"]
     assert (0, expected) == (code, [ln.split(" ", 2)[2] for ln in rest.splitlines()])
 
 
@@ -342,8 +342,8 @@ def test_serve_logs_one_info_line_per_mail_and_a_hold_as_a_warning(tmp_path: Pat
     short = read_names(repo)[0][:7]
     spool_id = server.log[-1].split()[4]
     expected = [
-        f"INFO mailtrack.gateway: <logged@example.org>: created {short} (no issue named by address, thread or subject)",
-        "INFO mailtrack.gateway: <held@x>: held (stranger@example.net is not known to proj)",
-        f"WARNING mailtrack.spool: {spool_id} (Message-ID <held@x>) moved to failed: stranger@example.net is not known to proj",
+        f"INFO mailtrack.worker.pipeline: <logged@example.org>: created {short} (no issue named by address, thread or subject)",
+        "INFO mailtrack.worker.pipeline: <held@x>: held (stranger@example.net is not known to proj)",
+        f"WARNING mailtrack.queue.spool: {spool_id} (Message-ID <held@x>) moved to failed: stranger@example.net is not known to proj",
     ]
     assert expected == without_time(server.log)

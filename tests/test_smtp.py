@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from dovecot import free_port, wait_for
-from mailtrack.message import parse
-from mailtrack.sources.smtp import Addresses, ListenConfig, SmtpListener
-from mailtrack.spool import Spool
+from mailtrack.inbound.smtp import Addresses, ListenConfig, SmtpListener
+from mailtrack.mail.parse import parse
+from mailtrack.queue.spool import Spool
 
 pytest_plugins = ["conftest_edges"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailtrack.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool, message_id
+from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool, message_id
 
 RAW = b"From: a@example.test\r\nSubject: s\r\nMessage-ID: <m1@example.test>\r\n\r\nbody\r\n"
 
@@ -203,7 +203,7 @@ def test_recover_puts_claimed_mail_back_and_counts_the_attempt(tmp_path: Path) -
 
 HOLDER = """
 import sys
-from mailtrack.spool import Spool
+from mailtrack.queue.spool import Spool
 spool = Spool(sys.argv[1])
 claim = spool.claim_id(spool.accept(b"Subject: held\\n\\nbody\\n", source="deliver"))
 print("claimed" if claim else "missed", flush=True)

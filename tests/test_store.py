@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from conftest import git, new_issue, read_comments, read_issue
-from mailtrack.edits import Edit, edit_issue
-from mailtrack.model import Person
-from mailtrack.store import Change, Snapshot, Store, ValidationError
+from mailtrack.tracker.changes import Edit, edit_issue
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Change, Snapshot, Store, ValidationError
 
 WRITER = """
 import sys
-from mailtrack.edits import edit_issue
-from mailtrack.model import Person
-from mailtrack.store import Store
+from mailtrack.tracker.changes import edit_issue
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Store
 store = Store.open(sys.argv[1])
 who = Person("Writer " + sys.argv[3], f"w{sys.argv[3]}@example.org")
 sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from mailtrack.config import Config, GatewayConfig, NotifyConfig
-from mailtrack.edits import Edit, edit_issue, new_issue
-from mailtrack.model import Component, Person, Project
-from mailtrack.notify import Notifier
-from mailtrack.outbox import OutboxSender
-from mailtrack.spool import Spool
-from mailtrack.store import Change, Snapshot, Store
+from mailtrack.outbound.notifier import Notifier
+from mailtrack.outbound.sender import OutboxSender
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.changes import Edit, edit_issue, new_issue
+from mailtrack.tracker.model import Component, Person, Project
+from mailtrack.tracker.store import Change, Snapshot, Store
 from sink import Sink
 
 ALICE = Person("Alice Reporter", "alice@example.org")

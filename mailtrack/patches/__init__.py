@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from dulwich.patch import _parse_git_diff_header_paths
 
 if TYPE_CHECKING:
-    from mailtrack.message import ParsedMail
+    from mailtrack.mail.parse import ParsedMail
 
 MAX_PATCHES = 100  # patches in one series (its size in bytes is gateway.max_patch_series_size)
 FILE_MODE = b"100644"

@@ -21,11 +21,7 @@ from typing import TYPE_CHECKING
 from dulwich.objects import Blob, ObjectID
 from dulwich.patch import _parse_git_diff_header_paths, git_am_patch_split, git_base85_decode
 
-from mailtrack import commands
-from mailtrack.edits import changed_fields
-from mailtrack.merge import merge_issue, merge_project
-from mailtrack.message import parse
-from mailtrack.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
+from mailtrack.mail.parse import parse
 from mailtrack.patches import (
     _HEX2,
     _HEX38,
@@ -36,12 +32,16 @@ from mailtrack.patches import (
     patch_numbers,
     thread_root,
 )
-from mailtrack.store import Snapshot, Store, StoreError, issue_of
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.changes import changed_fields
+from mailtrack.tracker.merge import merge_issue, merge_project
+from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
+from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_of
+from mailtrack.tracker.xmlformat import FormatError
+from mailtrack.worker import commands
 
 if TYPE_CHECKING:
-    from mailtrack.gateway import Gateway, Outcome
-    from mailtrack.message import ParsedMail
+    from mailtrack.mail.parse import ParsedMail
+    from mailtrack.worker.pipeline import Gateway, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +598,7 @@ def _slot(gw: Gateway, base: Path, n: int, mail: ParsedMail) -> Path | None:
 def _admit(gw: Gateway, mail: ParsedMail, out: Outcome) -> bool:
     """The gateway's admission for a patch mail: machine mail, no sender, unknown senders, and the
     DKIM/DMARC requirement for changes (a patch is a change). False with `out` filled when refused."""
-    from mailtrack.gateway import verified_by
+    from mailtrack.worker.pipeline import verified_by
 
     access = gw.config.access
     if mail.machine:
@@ -625,7 +625,7 @@ def _admit(gw: Gateway, mail: ParsedMail, out: Outcome) -> bool:
 
 def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     """Keep one patch mail with its series; apply the series once it is complete."""
-    from mailtrack.gateway import Outcome
+    from mailtrack.worker.pipeline import Outcome
 
     out = Outcome("nothing", message_id=mail.message_id)
     if not _admit(gw, mail, out):
@@ -734,7 +734,7 @@ def _expire(gw: Gateway, keep: Path | None = None) -> None:
         if not parts or now - max(p.stat().st_mtime for p in parts) < timeout:
             continue
         first = gw.parse(parts[0].read_bytes())
-        from mailtrack.gateway import Outcome
+        from mailtrack.worker.pipeline import Outcome
 
         _, m = patch_numbers(first.subject) or (1, 1)
         have = sorted(int(p.stem) for p in parts)

@@ -42,7 +42,7 @@ def builtin_templates() -> Traversable:
     try:
         return importlib.resources.files("mailtrack.templates")
     except ModuleNotFoundError:  # a source tree on sys.path, never installed
-        return Path(__file__).resolve().parent.parent / "templates"
+        return Path(__file__).resolve().parents[2] / "templates"
 
 
 def one_line(value: str) -> str:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from mailtrack.edits import (
+from mailtrack.tracker.changes import (
     Edit,
     close_edits,
     edit_issue,
@@ -27,9 +27,9 @@ from mailtrack.edits import (
     parse_assignment,
     reopen_edits,
 )
-from mailtrack.model import LIST_OF, Issue, Person, Project, is_comment_filename
-from mailtrack.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.model import LIST_OF, Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
+from mailtrack.tracker.xmlformat import FormatError
 
 # `git issues list` filter options and the field each one matches
 FILTERS = {
@@ -227,7 +227,7 @@ def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], li
     kept (a read-only repository)."""
     import sqlite3
 
-    from mailtrack.index import Index
+    from mailtrack.tracker.lookup import Index
 
     try:
         with Index.for_snapshot(snap) as index:
@@ -422,7 +422,7 @@ def cmd_attachment(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(store: Store, args: argparse.Namespace) -> int:
-    from mailtrack.sync import pull
+    from mailtrack.tracker.remote import pull
 
     print(pull(store, args.remote, identity(store)))
     return 0
@@ -431,7 +431,7 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
     if args.mail or args.stdout or args.output_dir:
         return _push_mail(store, args)
-    from mailtrack.sync import push
+    from mailtrack.tracker.remote import push
 
     print(push(store, args.remote))
     return 0
@@ -439,7 +439,7 @@ def cmd_push(store: Store, args: argparse.Namespace) -> int:
 
 def _push_mail(store: Store, args: argparse.Namespace) -> int:
     """`push --mail`: the commits the gateway lacks, as a patch series, sent or written out."""
-    from mailtrack.patches import series as patches
+    from mailtrack.patches import format as patches
 
     since = patches.resolve_rev(store, args.since) if args.since else patches.last_pulled(store, args.remote)
     commits = patches.series_commits(store, since)

@@ -299,7 +299,7 @@ class Spool:
 
     def failed_message_ids(self) -> set[str]:
         """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
-        from mailtrack.message import hashed_message_id
+        from mailtrack.mail.parse import hashed_message_id
 
         ids = set()
         for name in os.listdir(self._incoming.failed):

@@ -16,9 +16,9 @@ from pathlib import Path
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
-from mailtrack.model import NAME_RE, Comment, Issue, Person, is_comment_filename
-from mailtrack.store import Snapshot
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, is_comment_filename
+from mailtrack.tracker.store import Snapshot
+from mailtrack.tracker.xmlformat import FormatError
 
 SCHEMA_VERSION = "4"
 SCHEMA = """

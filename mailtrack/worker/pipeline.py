@@ -15,15 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailtrack import commands
 from mailtrack.config import Config
-from mailtrack.edits import Edit, comment_change, edit_issue, new_issue
-from mailtrack.index import Index
-from mailtrack.message import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
-from mailtrack.model import Person, now
-from mailtrack.router import Addressing, Route, our_message_id, route
-from mailtrack.spool import Claim, Spool
-from mailtrack.store import IMPORTED_TRAILER, Change, Snapshot, Store
+from mailtrack.mail.parse import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
+from mailtrack.queue.spool import Claim, Spool
+from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
+from mailtrack.tracker.lookup import Index
+from mailtrack.tracker.model import Person, now
+from mailtrack.tracker.store import IMPORTED_TRAILER, Change, Snapshot, Store
+from mailtrack.worker import commands
+from mailtrack.worker.route import Addressing, Route, our_message_id, route
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +210,10 @@ class Gateway:
 
     def _record_subscriptions(self, mail: ParsedMail, out: Outcome) -> None:
         """After the commit: `unsubscribe ID` keeps the sender out of every notice about the issue,
-        whatever their role, until `subscribe ID` (kept outside the branch, see mailtrack.optouts)."""
+        whatever their role, until `subscribe ID` (kept outside the branch, see mailtrack.queue.optouts)."""
         if out.commands is None or not out.commands.ok:
             return
-        from mailtrack.optouts import OptOuts
+        from mailtrack.queue.optouts import OptOuts
 
         for ln in out.commands.lines:
             if ln.action not in ("subscribe", "unsubscribe") or not ln.issue or ln.error or ln.refused:
@@ -357,7 +357,7 @@ class Gateway:
     @property
     def renderer(self) -> Any:
         if self._renderer is None:
-            from mailtrack.render import Renderer
+            from mailtrack.mail.compose import Renderer
 
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
@@ -369,7 +369,7 @@ class Gateway:
         gw = self.config.gateway
         if not dry_run:
             if self._limiter is None:
-                from mailtrack.ratelimit import RateLimiter
+                from mailtrack.queue.ratelimit import RateLimiter
 
                 self._limiter = RateLimiter(self.spool.root / "replies.sqlite")
             if not self._limiter.allow(mail.from_addr, gw.reply_rate_limit, gw.reply_rate_window):
@@ -378,7 +378,7 @@ class Gateway:
         out.replies.append((template, mail.from_addr))
         if dry_run:
             return
-        from mailtrack.render import build_mail
+        from mailtrack.mail.compose import build_mail
 
         local, _, domain = gw.address.partition("@")
         applied = out.commands

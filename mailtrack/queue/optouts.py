@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from mailtrack.spool import write_durably
+from mailtrack.queue.spool import write_durably
 
 OPTOUT_FILE = "optouts.json"
 OPTOUT_LOCK = "optouts.lock"

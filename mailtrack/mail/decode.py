@@ -1,6 +1,6 @@
 """Bytes and raw header values -> text, never raising: charsets, RFC 2047 words, broken base64.
 
-Split off `message.py` along the seam "what the bytes say" / "what the MIME tree says". No
+Split off `mail.parse` along the seam "what the bytes say" / "what the MIME tree says". No
 mailtrack imports; every function here takes whatever a mail holds and returns text.
 """
 

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from mailtrack.config import AccessConfig
-from mailtrack.edits import Edit, apply_edits, changed_fields, close_edits, reopen_edits
-from mailtrack.model import Issue, Person
-from mailtrack.store import Snapshot, StoreError
+from mailtrack.tracker.changes import Edit, apply_edits, changed_fields, close_edits, reopen_edits
+from mailtrack.tracker.model import Issue, Person
+from mailtrack.tracker.store import Snapshot, StoreError
 
 # Pseudo-header name -> issue field
 PSEUDO_FIELDS = {

@@ -17,7 +17,7 @@ between the tip it last notified and the tip now, so each change is told exactly
   repository does not mail everyone about every issue it ever had. `begin` records it before the
   first mail is processed, so that mail's change is notified;
 - who sent `unsubscribe ID` hears no more of that issue, whatever their role, until they send
-  `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`mailtrack.optouts`), outside the
+  `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`mailtrack.queue.optouts`), outside the
   branch, and the recipients of every notice are computed without them.
 """
 
@@ -42,16 +42,16 @@ from dulwich.objects import Commit, ObjectID
 from dulwich.repo import Repo
 
 from mailtrack.config import Config
-from mailtrack.edits import changed_fields
-from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
-from mailtrack.optouts import OptOuts
-from mailtrack.router import our_message_id
-from mailtrack.spool import Spool, write_durably
-from mailtrack.store import IMPORTED_TRAILER, Snapshot, Store
-from mailtrack.xmlformat import FormatError
+from mailtrack.queue.optouts import OptOuts
+from mailtrack.queue.spool import Spool, write_durably
+from mailtrack.tracker.changes import changed_fields
+from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.store import IMPORTED_TRAILER, Snapshot, Store
+from mailtrack.tracker.xmlformat import FormatError
+from mailtrack.worker.route import our_message_id
 
 if TYPE_CHECKING:
-    from mailtrack.render import Renderer
+    from mailtrack.mail.compose import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class Notifier:
     @property
     def renderer(self) -> Renderer:
         if self._renderer is None:
-            from mailtrack.render import Renderer
+            from mailtrack.mail.compose import Renderer
 
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
@@ -445,7 +445,7 @@ class Notifier:
     def _render(self, notice: Notice, tip_snap: Snapshot, snap: Snapshot, project: Project, befores: list[Issue],
                 after: Issue, store: Store) -> list[Outgoing]:
         """One mail per recipient of one notice; `snap` is the branch as of the notice's commit."""
-        from mailtrack.render import build_mail, one_line
+        from mailtrack.mail.compose import build_mail, one_line
 
         gw, cfg = self.config.gateway, self.config.notify
         before = befores[0] if befores else None
@@ -478,7 +478,7 @@ class Notifier:
             in_reply_to = first_mail
             references = ([after.message_id] if after.message_id else []) + [first_mail]
         context = self._context(notice, snap, kind, before, after, changes, project_name, short, issue_address)
-        from mailtrack.gateway import LOOP_HEADER
+        from mailtrack.worker.pipeline import LOOP_HEADER
 
         # Names come from the branch, which anyone can push to: one line each (build_mail folds the
         # whole header again, but a name folded first is quoted right by formataddr).
@@ -511,7 +511,7 @@ class Notifier:
 
     def _project_name(self, store: Store) -> str:
         if not self.project:
-            from mailtrack.gateway import project_name
+            from mailtrack.worker.pipeline import project_name
 
             self.project = project_name(self.config, store)
         return self.project

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # only for the types: the commands import what they need, when they need it
     from mailtrack.config import Config
-    from mailtrack.gateway import Gateway
-    from mailtrack.notify import Notifier
-    from mailtrack.spool import Spool
-    from mailtrack.store import Store
+    from mailtrack.outbound.notifier import Notifier
+    from mailtrack.queue.spool import Spool
+    from mailtrack.tracker.store import Store
+    from mailtrack.worker.pipeline import Gateway
 
 EX_OK = 0
 EX_USAGE = 64
@@ -32,7 +32,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 log = logging.getLogger("mailtrack")
-MAIL_LOGGERS = ("mailtrack.gateway", "mailtrack.patches.apply")  # the loggers of the line per mail (Outcome.line)
+MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.patches.apply")  # the loggers of the line per mail (Outcome.line)
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,9 +51,9 @@ class Exit(Exception):
 def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store, Spool]:
     """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
     from mailtrack.config import ConfigError, load
-    from mailtrack.gateway import default_spool
-    from mailtrack.spool import Spool
-    from mailtrack.store import Store, StoreError
+    from mailtrack.queue.spool import Spool
+    from mailtrack.tracker.store import Store, StoreError
+    from mailtrack.worker.pipeline import default_spool
 
     try:
         config = load(args.config)
@@ -72,7 +72,7 @@ def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store
 
 
 def _gateway(config: Config, store: Store, spool: Spool) -> Gateway:
-    from mailtrack.gateway import Gateway
+    from mailtrack.worker.pipeline import Gateway
 
     return Gateway(config, store, spool)
 
@@ -125,10 +125,10 @@ def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
     import tempfile
 
     from mailtrack.config import ConfigError, load
-    from mailtrack.gateway import Gateway
-    from mailtrack.model import Person
-    from mailtrack.spool import Spool
-    from mailtrack.store import Store, StoreError
+    from mailtrack.queue.spool import Spool
+    from mailtrack.tracker.model import Person
+    from mailtrack.tracker.store import Store, StoreError
+    from mailtrack.worker.pipeline import Gateway
 
     try:
         config = load(args.config)
@@ -181,7 +181,7 @@ TEXT_LINES = 8  # of the text a dry run shows
 
 def _text(written: dict[str, bytes], created: bool) -> list[str]:
     """The lines of the text a mail would leave: a new issue's description, else its (first) comment's."""
-    from mailtrack.model import Comment, Issue, is_comment_filename
+    from mailtrack.tracker.model import Comment, Issue, is_comment_filename
 
     for path, data in sorted(written.items()):
         directory, _, filename = path.rpartition("/")
@@ -194,8 +194,8 @@ def _text(written: dict[str, bytes], created: bool) -> list[str]:
 
 def _fields(data: bytes, path: str) -> list[str]:
     """`field: value` lines of an issue.xml that would be written."""
-    from mailtrack.model import ISSUE_FIELDS, Issue
-    from mailtrack.store import issue_of
+    from mailtrack.tracker.model import ISSUE_FIELDS, Issue
+    from mailtrack.tracker.store import issue_of
 
     issue = Issue.from_bytes(data, issue_of(path))
     out = []
@@ -224,13 +224,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _notifier(config: Config, spool: Spool, gateway: Gateway) -> Notifier:
-    from mailtrack.notify import Notifier
+    from mailtrack.outbound.notifier import Notifier
 
     return Notifier(config, spool, project=gateway.project)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from mailtrack.outbox import OutboxSender, outbox_listing, retry_now
+    from mailtrack.outbound.sender import OutboxSender, outbox_listing, retry_now
 
     config, _, spool = _open(args, durable=False)
     if args.action == "retry":
@@ -251,7 +251,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mailtrack.daemon import ListenError, serve
+    from mailtrack.app.daemon import ListenError, serve
 
     config, store, spool = _open(args)
     try:
@@ -312,7 +312,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from mailtrack.mailimport import import_path
+    from mailtrack.app.importer import import_path
 
     config, store, spool = _open(args)
     gateway = _gateway(config, store, spool)

@@ -24,7 +24,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 
-from mailtrack.decode import (
+from mailtrack.mail.decode import (
     CONTROL_RE,
     clean_text,
     decode_base64,
@@ -33,7 +33,7 @@ from mailtrack.decode import (
     header_text,
     unfold_raw,
 )
-from mailtrack.quotes import own_text, split_pseudo_headers, trim_reply, unflow
+from mailtrack.mail.quotes import own_text, split_pseudo_headers, trim_reply, unflow
 
 __all__ = [
     "Attachment", "ParsedMail", "clean_subject", "parse", "safe_filename", "split_pseudo_headers",

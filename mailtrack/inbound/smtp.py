@@ -36,8 +36,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailtrack.config import ListenConfig
-from mailtrack.message import hashed_message_id
-from mailtrack.spool import Spool, message_id
+from mailtrack.mail.parse import hashed_message_id
+from mailtrack.queue.spool import Spool, message_id
 
 log = logging.getLogger(__name__)
 

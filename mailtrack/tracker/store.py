@@ -21,8 +21,8 @@ from dulwich.objects import ZERO_SHA, Blob, Commit, ObjectID, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from mailtrack.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.xmlformat import FormatError
 
 log = logging.getLogger(__name__)
 

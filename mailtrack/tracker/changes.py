@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mailtrack.model import (
+from mailtrack.tracker.model import (
     EDITABLE_FIELDS,
     LIST_FIELDS,
     PEOPLE_FIELDS,
@@ -22,8 +22,8 @@ from mailtrack.model import (
     make_name,
     now,
 )
-from mailtrack.store import Change, Snapshot, StoreError, ValidationError, issue_dir
-from mailtrack.xmlformat import Node, clean_text
+from mailtrack.tracker.store import Change, Snapshot, StoreError, ValidationError, issue_dir
+from mailtrack.tracker.xmlformat import Node, clean_text
 
 # Names people type for a field, mapped to issue.xml's element.
 FIELD_ALIASES = {

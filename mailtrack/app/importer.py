@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TextIO
 
-from mailtrack.gateway import Gateway
+from mailtrack.worker.pipeline import Gateway
 
 
 def messages(path: Path) -> tuple[int, Iterator[bytes]]:

@@ -22,10 +22,10 @@ from dulwich.objects import Blob, Commit, ObjectID
 from dulwich.refs import Ref
 from dulwich.walk import ORDER_TOPO
 
-from mailtrack.model import Person
 from mailtrack.patches import _SUBJECT, SERIES_HEADER
-from mailtrack.store import Store, StoreError
-from mailtrack.xmlformat import FormatError
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Store, StoreError
+from mailtrack.tracker.xmlformat import FormatError
 
 
 def series_commits(store: Store, since: bytes | None) -> list[Commit]:
@@ -58,7 +58,7 @@ def resolve_rev(store: Store, rev: str) -> bytes:
 
 def last_pulled(store: Store, remote: str | None) -> bytes:
     """Where the remote's issues branch was at the last `git issues pull` from it."""
-    from mailtrack.sync import remote_location
+    from mailtrack.tracker.remote import remote_location
 
     name, _ = remote_location(store, remote)
     ref = Ref(f"refs/remotes/{name or remote or 'origin'}/{store.branch}".encode())

@@ -21,14 +21,14 @@ from datetime import timedelta
 from types import FrameType
 
 from mailtrack.config import Config, ListenConfig
-from mailtrack.gateway import Gateway
-from mailtrack.model import Person, Project
-from mailtrack.notify import Notifier
-from mailtrack.outbox import OutboxSender
-from mailtrack.sources.imap import ImapPoller
-from mailtrack.sources.smtp import Addresses, SmtpListener
-from mailtrack.spool import MAX_ATTEMPTS, Claim, Spool, message_id
-from mailtrack.store import Store
+from mailtrack.inbound.imap import ImapPoller
+from mailtrack.inbound.smtp import Addresses, SmtpListener
+from mailtrack.outbound.notifier import Notifier
+from mailtrack.outbound.sender import OutboxSender
+from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool, message_id
+from mailtrack.tracker.model import Person, Project
+from mailtrack.tracker.store import Store
+from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dulwich.objects import ZERO_SHA, ObjectID
 from dulwich.refs import Ref
 
-from mailtrack.merge import merge_commits
-from mailtrack.model import Person
-from mailtrack.store import Store, StoreError
+from mailtrack.tracker.merge import merge_commits
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Store, StoreError
 
 
 def remote_location(store: Store, remote: str | None) -> tuple[str | None, str]:
@@ -90,7 +90,7 @@ def push(store: Store, remote: str | None) -> str:
     if theirs == ours:
         return "Everything up-to-date"
     if theirs is not None:
-        from mailtrack.merge import is_ancestor
+        from mailtrack.tracker.merge import is_ancestor
 
         if not is_ancestor(store, theirs, ours):
             raise StoreError(f"{name} has issues this clone lacks; run 'git issues pull{' ' + remote if remote else ''}' first")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import getaddresses, parseaddr
 
-from mailtrack.xmlformat import FormatError, Node, clean_text, dumps, loads
+from mailtrack.tracker.xmlformat import FormatError, Node, clean_text, dumps, loads
 
 NAME_RE = re.compile(r"^[0-9a-f]{40}$")
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"

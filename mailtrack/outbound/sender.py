@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailtrack.config import RelayConfig
-from mailtrack.spool import Claim, Spool, message_id, write_durably
+from mailtrack.queue.spool import Claim, Spool, message_id, write_durably
 
 if TYPE_CHECKING:
     import smtplib

@@ -1,6 +1,6 @@
 """The plain text of a body: reply trimming, format=flowed, pseudo-headers.
 
-Split off `message.py`; pure functions over `str`, no mailtrack imports.
+Split off `mail.parse`; pure functions over `str`, no mailtrack imports.
 
 `trim_reply(body)`, the text a sender wrote for this mail without what it quotes:
 - cuts at the first unquoted signature separator ("-- ", "--"), mobile footer ("Sent from my

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailtrack.index import Index
-from mailtrack.message import ParsedMail, subject_tag
-from mailtrack.store import Snapshot, StoreError
+from mailtrack.mail.parse import ParsedMail, subject_tag
+from mailtrack.tracker.lookup import Index
+from mailtrack.tracker.store import Snapshot, StoreError
 
 # Our own mails' Message-IDs: <mailtrack.<issue name>.<what>@<domain>>
 OUR_MSGID = re.compile(r"^<mailtrack\.([0-9a-f]{40})\.[^@>]*@[^>]*>$")

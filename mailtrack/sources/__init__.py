@@ -1,1 +1,0 @@
-"""The network edges: where mail comes in."""
