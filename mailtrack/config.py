@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from mailtrack.fields import COMMAND_FIELDS, canonical
+
 
 class ConfigError(ValueError):
     pass
@@ -173,12 +175,6 @@ class NotifyConfig:
     wrap: int = 72  # wrap notification text at this column (0: never)
 
 
-# The fields commands by mail change, for [access.fields]; and the other names people give them.
-ACCESS_FIELDS = (
-    "status", "resolution", "type", "severity", "priority", "components", "version", "milestone",
-    "assigned", "title", "tags", "carbons",
-)  # fmt: skip
-ACCESS_FIELD_ALIASES = {"component": "components", "assignee": "assigned", "tag": "tags", "cc": "carbons"}
 
 
 @dataclass(frozen=True)
@@ -202,9 +198,9 @@ class AccessConfig:
         rules: dict[str, list[str]] = {}
         given: dict[str, str] = {}
         for name, rule in self.fields.items():
-            key = ACCESS_FIELD_ALIASES.get(name.strip().lower(), name.strip().lower())
-            if key not in ACCESS_FIELDS:
-                raise ConfigError(f"access.fields: unknown field '{name}'; fields are: {', '.join(ACCESS_FIELDS)}")
+            key = canonical(name, COMMAND_FIELDS)
+            if key is None:
+                raise ConfigError(f"access.fields: unknown field '{name}'; fields are: {', '.join(COMMAND_FIELDS)}")
             if key in rules:
                 raise ConfigError(f"access.fields: {key} is given twice, as '{given[key]}' and as '{name}'")
             rules[key], given[key] = rule, name

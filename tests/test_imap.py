@@ -15,7 +15,8 @@ import pytest
 
 from dovecot import DovecotServer, wait_for
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
-from mailtrack.queue.spool import Spool, message_id
+from mailtrack.mail.ids import header_message_id as message_id
+from mailtrack.queue.spool import Spool
 
 pytest_plugins = ["conftest_edges"]
 

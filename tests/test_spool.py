@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool, message_id
+from mailtrack.mail.ids import header_message_id as message_id
+from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool
 
 RAW = b"From: a@example.test\r\nSubject: s\r\nMessage-ID: <m1@example.test>\r\n\r\nbody\r\n"
 

@@ -23,9 +23,10 @@ from types import FrameType
 from mailtrack.config import Config, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
 from mailtrack.inbound.smtp import Addresses, SmtpListener
+from mailtrack.mail.ids import header_message_id
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
-from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool, message_id
+from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store
 from mailtrack.worker.pipeline import Gateway
@@ -144,7 +145,7 @@ def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
     raw = claim.read() if mine else b""
     out = gateway.work(claim)
     failed = out.action == "held" if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
-    mid = message_id(raw) if failed and mine else ""
+    mid = header_message_id(raw) if failed and mine else ""
     for poller in mine if mid else []:
         try:
             poller.move_to_failed(mid)

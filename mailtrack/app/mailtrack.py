@@ -194,7 +194,8 @@ def _text(written: dict[str, bytes], created: bool) -> list[str]:
 
 def _fields(data: bytes, path: str) -> list[str]:
     """`field: value` lines of an issue.xml that would be written."""
-    from mailtrack.tracker.model import ISSUE_FIELDS, Issue
+    from mailtrack.fields import ISSUE_FIELDS
+    from mailtrack.tracker.model import Issue
     from mailtrack.tracker.store import issue_of
 
     issue = Issue.from_bytes(data, issue_of(path))

@@ -33,8 +33,8 @@ from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped, unused-ignore]
 
 from mailtrack.config import KEPT_KEYWORD, ImapConfig
+from mailtrack.mail.ids import header_message_id
 from mailtrack.queue.spool import Spool, write_durably
-from mailtrack.queue.spool import message_id as header_message_id
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailtrack.config import ListenConfig
-from mailtrack.mail.parse import hashed_message_id
-from mailtrack.queue.spool import Spool, message_id
+from mailtrack.mail.ids import hashed_message_id, header_message_id
+from mailtrack.queue.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _USABLE_ID_RE = re.compile(r"<[^<>\s]+>|^[^<>\s]+$")
 def with_message_id(content: bytes) -> bytes:
     """`content` (LF line ends) with a Message-ID header first when it has no usable one: the
     one the parser would make from these bytes, `<sha1 of content@mailtrack.invalid>`."""
-    if _USABLE_ID_RE.search(message_id(content)):
+    if _USABLE_ID_RE.search(header_message_id(content)):
         return content
     return f"Message-ID: {hashed_message_id(content)}\n".encode() + content
 
@@ -159,7 +159,7 @@ class SpoolHandler:
             spool_id = await asyncio.to_thread(self._spool.accept, raw, source=source)
         except Exception:
             log.exception(
-                "could not spool mail from %r, Message-ID %s", session.peer, message_id(raw)
+                "could not spool mail from %r, Message-ID %s", session.peer, header_message_id(raw)
             )
             status = TEMPFAIL
         else:

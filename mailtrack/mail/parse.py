@@ -13,7 +13,6 @@ parsers of `policy.default` can raise on hostile input and turn 8-bit names into
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from mailtrack.mail.decode import (
     header_text,
     unfold_raw,
 )
+from mailtrack.mail.ids import LOOP_HEADER, hashed_message_id
 from mailtrack.mail.quotes import own_text, split_pseudo_headers, trim_reply, unflow
 
 __all__ = [
@@ -125,7 +125,7 @@ def parse(
     raw: bytes,
     *,
     max_attachment_size: int = 10 * 1024 * 1024,
-    loop_header: str = "X-Mailtrack-Loop",
+    loop_header: str = LOOP_HEADER,
     own_addresses: Iterable[str] = (),
 ) -> ParsedMail:
     """Parse one mail. Never raises on any input bytes."""
@@ -184,7 +184,7 @@ def _machine_reason(
     mail: ParsedMail,
     msg: Message | None = None,
     *,
-    loop_header: str = "X-Mailtrack-Loop",
+    loop_header: str = LOOP_HEADER,
     own_addresses: Iterable[str] = (),
 ) -> str | None:
     """Why this mail was sent by a machine and must never get a reply, or None.
@@ -313,24 +313,6 @@ def _addresses(raw_headers: list[tuple[str, str]], name: str) -> list[tuple[str,
 
 def _msg_ids(value: str | None) -> list[str]:
     return [f"<{m}>" for m in MSG_ID_RE.findall(value or "")]
-
-
-# Header fields that MTAs put on top of a mail on its way (and again on each new attempt)
-_TRACE_RE = re.compile(rb"^(?:return-path|received|delivered-to|x-original-to|x-envelope-[a-z-]+|"
-                       rb"authentication-results|received-spf|arc-[a-z-]+|x-mailtrack-[a-z-]+):", re.IGNORECASE)
-
-
-def hashed_message_id(raw: bytes) -> str:
-    """The Message-ID given to a mail that has none: a hash of its bytes less the trace fields
-    on top of it, so the same mail delivered again (a retried session, a second MTA attempt
-    with a new Received line) gets the same one."""
-    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
-    i = 1 if lines[0].startswith(b"From ") else 0  # an mbox separator is no part of the mail
-    while i < len(lines) and _TRACE_RE.match(lines[i]):
-        i += 1
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):  # folded continuation lines
-            i += 1
-    return "<" + hashlib.sha1(b"\n".join(lines[i:])).hexdigest() + "@mailtrack.invalid>"
 
 
 def _message_id(value: str | None, raw: bytes) -> str:

@@ -42,13 +42,13 @@ from dulwich.objects import Commit, ObjectID
 from dulwich.repo import Repo
 
 from mailtrack.config import Config
+from mailtrack.mail.ids import EVENT_HEADER, ISSUE_HEADER, LOOP_HEADER, is_imported, our_message_id
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.store import IMPORTED_TRAILER, Snapshot, Store
+from mailtrack.tracker.store import Snapshot, Store
 from mailtrack.tracker.xmlformat import FormatError
-from mailtrack.worker.route import our_message_id
 
 if TYPE_CHECKING:
     from mailtrack.mail.compose import Renderer
@@ -156,7 +156,7 @@ def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
     commits.reverse()  # parents before children
     notices: dict[tuple[bytes, str], Notice] = {}
     for order, commit in enumerate(commits):
-        if IMPORTED_TRAILER.encode() in commit.message.splitlines():
+        if is_imported(commit.message):
             continue  # old mail brought in by `mailtrack import`: nobody is told
         parent_trees = [_tree_of(repo, p) for p in commit.parents]
         first = parent_trees[0] if parent_trees else None
@@ -478,7 +478,6 @@ class Notifier:
             in_reply_to = first_mail
             references = ([after.message_id] if after.message_id else []) + [first_mail]
         context = self._context(notice, snap, kind, before, after, changes, project_name, short, issue_address)
-        from mailtrack.worker.pipeline import LOOP_HEADER
 
         # Names come from the branch, which anyone can push to: one line each (build_mail folds the
         # whole header again, but a name folded first is quoted right by formataddr).
@@ -497,7 +496,7 @@ class Notifier:
                     "List-Id": _list_id(project_name, domain),
                     "List-Unsubscribe": f"<mailto:{gw.control_address}?subject=unsubscribe%20{short}>",
                     "Auto-Submitted": "auto-generated", "Precedence": "bulk", "X-Auto-Response-Suppress": "All",
-                    LOOP_HEADER: gw.address, "X-Mailtrack-Issue": short, "X-Mailtrack-Event": kind,
+                    LOOP_HEADER: gw.address, ISSUE_HEADER: short, EVENT_HEADER: kind,
                     "X-Mailtrack-Status": after.status, "X-Mailtrack-Components": ", ".join(after.components),
                     "X-Mailtrack-Reason": r.reason,
                 },  # fmt: skip

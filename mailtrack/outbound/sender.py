@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailtrack.config import RelayConfig
-from mailtrack.queue.spool import Claim, Spool, message_id, write_durably
+from mailtrack.mail.ids import header_message_id
+from mailtrack.queue.spool import Claim, Spool, write_durably
 
 if TYPE_CHECKING:
     import smtplib
@@ -291,7 +292,7 @@ class OutboxSender:
             state = MailState(queued=now, delivered=state.delivered)
         pending = [r for r in envelope.recipients if r not in state.delivered and r not in state.refused]
         raw = claim.read()
-        mid = message_id(raw) or claim.id
+        mid = header_message_id(raw) or claim.id
         if pending:
             refused = self._transmit(session, envelope.sender, pending, raw)
             delivered = [r for r in pending if r not in refused]
@@ -451,7 +452,7 @@ def waiting(spool: Spool) -> list[Waiting]:
             state = states.load(spool_id) or MailState(queued=_queued_at(spool_id))
             reason = failures.get(spool_id, "") if where == "failed" else ""
             out.append(Waiting(
-                spool_id, where, envelope.recipients, message_id(raw), subject, mtime, state.attempts,
+                spool_id, where, envelope.recipients, header_message_id(raw), subject, mtime, state.attempts,
                 state.last_error, state.delivered, state.refused, reason,
             ))  # fmt: skip
     return sorted(out, key=lambda w: w.id)

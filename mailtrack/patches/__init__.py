@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from dulwich.patch import _parse_git_diff_header_paths
 
+from mailtrack.mail.ids import SERIES_HEADER
+
 if TYPE_CHECKING:
     from mailtrack.mail.parse import ParsedMail
 
 MAX_PATCHES = 100  # patches in one series (its size in bytes is gateway.max_patch_series_size)
 FILE_MODE = b"100644"
-SERIES_HEADER = "X-Mailtrack-Series"
 
 _SUBJECT = re.compile(r"\[(?:RFC\s+)?PATCH\b([^\]]*)\]", re.I)
 _NUMBERS = re.compile(r"(\d+)/(\d+)")

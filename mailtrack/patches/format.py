@@ -22,7 +22,8 @@ from dulwich.objects import Blob, Commit, ObjectID
 from dulwich.refs import Ref
 from dulwich.walk import ORDER_TOPO
 
-from mailtrack.patches import _SUBJECT, SERIES_HEADER
+from mailtrack.mail.ids import SERIES_HEADER
+from mailtrack.patches import _SUBJECT
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store, StoreError
 from mailtrack.tracker.xmlformat import FormatError

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from mailtrack.mail.ids import header_message_id, mail_key
+
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
@@ -49,7 +51,6 @@ STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a 
 ID_RE = re.compile(r"^[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+$")
 _NAME_RE = re.compile(r"^(?P<id>[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+)(?::1,(?P<n>[0-9]+))?$")
 _REASON = ".reason"
-_MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 class _Lock:
@@ -113,20 +114,11 @@ class Envelope:
     recipients: list[str]
 
 
-def message_id(raw: bytes) -> str:
-    """The Message-ID header of a raw mail (for log lines), or "" when it has none."""
-    head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
-    match = _MESSAGE_ID_RE.search(head)
-    if match is None:
-        return ""
-    return " ".join(match.group(1).decode("ascii", "replace").split())
-
-
 def _claimed_id(claim: Claim) -> str:
     """The Message-ID of a claimed mail, for a log line ("none", or "?" when it cannot be read)."""
     try:
         with open(claim.path, "rb") as f:
-            return message_id(f.read(65536)) or "none"
+            return header_message_id(f.read(65536)) or "none"
     except OSError:
         return "?"
 
@@ -255,7 +247,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 (self._sources / spool_id).unlink()
             raise
-        log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", message_id(raw))
+        log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", header_message_id(raw))
         return spool_id
 
     def source(self, spool_id: str) -> str:
@@ -290,7 +282,7 @@ class Spool:
         out = []
         for p in paths[:n]:
             with contextlib.suppress(OSError):
-                out.append((p.name, message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
+                out.append((p.name, header_message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
         return out
 
     def failures(self) -> list[tuple[str, str]]:
@@ -299,14 +291,12 @@ class Spool:
 
     def failed_message_ids(self) -> set[str]:
         """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
-        from mailtrack.mail.parse import hashed_message_id
-
         ids = set()
         for name in os.listdir(self._incoming.failed):
             if ID_RE.match(name):
                 with contextlib.suppress(OSError):
                     raw = (self._incoming.failed / name).read_bytes()
-                    ids.add(message_id(raw) or hashed_message_id(raw))
+                    ids.add(mail_key(raw))
         return ids
 
     def prune(self, older_than: timedelta) -> int:
@@ -338,7 +328,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 (self._envelopes / f"{spool_id}.json").unlink()
             raise
-        log.info("queued %s to %s, Message-ID %s", spool_id, ", ".join(recipients), message_id(raw))
+        log.info("queued %s to %s, Message-ID %s", spool_id, ", ".join(recipients), header_message_id(raw))
         return spool_id
 
     def claim_out(self) -> Claim | None:
@@ -403,7 +393,7 @@ class Spool:
         write_durably(queue.failed / f"{spool_id}{_REASON}", reason.encode("utf-8", "replace"))
         write_durably(queue.failed / spool_id, raw, tmp=queue.tmp / spool_id)
         log.warning("%s (Message-ID %s) kept in %s: %s",  # a decision
-                    spool_id, message_id(raw) or "none", queue.failed.name, _first_line(reason))
+                    spool_id, header_message_id(raw) or "none", queue.failed.name, _first_line(reason))
         return spool_id
 
     def requeue(self, spool_id: str) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from mailtrack.fields import EDITABLE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, canonical
 from mailtrack.tracker.model import (
-    EDITABLE_FIELDS,
-    LIST_FIELDS,
-    PEOPLE_FIELDS,
     Comment,
     Issue,
     Person,
@@ -25,19 +23,11 @@ from mailtrack.tracker.model import (
 from mailtrack.tracker.store import Change, Snapshot, StoreError, ValidationError, issue_dir
 from mailtrack.tracker.xmlformat import Node, clean_text
 
-# Names people type for a field, mapped to issue.xml's element.
-FIELD_ALIASES = {
-    "assignee": "assigned", "assign": "assigned", "cc": "carbons", "component": "components",
-    "tag": "tags", "reporter": "reporters", "owner": "owners", "milestones": "milestone",
-    "versions": "version", "subject": "title",
-}  # fmt: skip
-
 
 def field_name(name: str) -> str:
-    """issue.xml's name for a field a person named; StoreError when there is none."""
-    key = name.strip().lower()
-    key = FIELD_ALIASES.get(key, key)
-    if key not in EDITABLE_FIELDS:
+    """issue.xml's name for a field a person named (mailtrack.fields); StoreError when there is none."""
+    key = canonical(name)
+    if key is None:
         raise StoreError(f"unknown field '{name}'; fields are: {', '.join(EDITABLE_FIELDS)}")
     return key
 

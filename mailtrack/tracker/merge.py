@@ -15,7 +15,8 @@ from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.graph import find_merge_base
 from dulwich.objects import ObjectID
 
-from mailtrack.tracker.model import ISSUE_FIELDS, LIST_FIELDS, Component, Issue, Person, Project
+from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS
+from mailtrack.tracker.model import Component, Issue, Person, Project
 from mailtrack.tracker.store import Store, issue_of
 
 _NOT_MERGED = {"created", "author", "modified", "extensions", "name"}

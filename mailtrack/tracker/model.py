@@ -13,27 +13,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import getaddresses, parseaddr
 
+from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, TEXT_FIELDS, TIME_FIELDS
 from mailtrack.tracker.xmlformat import FormatError, Node, clean_text, dumps, loads
 
 NAME_RE = re.compile(r"^[0-9a-f]{40}$")
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
-# issue.xml: every field, in the order FORMAT.md gives.
-TIME_FIELDS = ("created", "modified")
-LIST_FIELDS = ("reporters", "owners", "assigned", "carbons", "components", "tags")
-PEOPLE_FIELDS = ("reporters", "owners", "assigned", "carbons")
-TEXT_FIELDS = (
-    "title", "summary", "description", "status", "resolution", "type",
-    "version", "milestone", "severity", "priority",
-)  # fmt: skip
-ISSUE_FIELDS = (
-    "created", "author", "title", "summary", "description", "reporters", "owners", "assigned",
-    "carbons", "status", "resolution", "type", "components", "version", "milestone", "severity",
-    "priority", "tags", "modified",
-)  # fmt: skip
-# Fields a person may set (everything but the bookkeeping).
-EDITABLE_FIELDS = tuple(f for f in ISSUE_FIELDS if f not in ("created", "author", "modified"))
 
 
 def now() -> datetime:

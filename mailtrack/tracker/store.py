@@ -62,7 +62,6 @@ class ConcurrentUpdate(StoreError):
 
 # The trailer of a commit made by `mailtrack import` from an old archive: the notifier tells nobody
 # of such a commit (it is on the branch, so every gateway and clone knows it for what it is).
-IMPORTED_TRAILER = "Imported-By: mailtrack import"
 
 
 def issue_dir(name: str) -> str:

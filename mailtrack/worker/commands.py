@@ -12,17 +12,11 @@ import re
 from dataclasses import dataclass, field
 
 from mailtrack.config import AccessConfig
+from mailtrack.fields import COMMAND_FIELDS, canonical
 from mailtrack.tracker.changes import Edit, apply_edits, changed_fields, close_edits, reopen_edits
 from mailtrack.tracker.model import Issue, Person
 from mailtrack.tracker.store import Snapshot, StoreError
 
-# Pseudo-header name -> issue field
-PSEUDO_FIELDS = {
-    "status": "status", "resolution": "resolution", "type": "type", "severity": "severity",
-    "priority": "priority", "component": "components", "components": "components", "version": "version",
-    "milestone": "milestone", "assigned": "assigned", "assign": "assigned", "assignee": "assigned",
-    "title": "title", "subject": "title", "cc": "carbons", "tags": "tags", "tag": "tags",
-}  # fmt: skip
 ADD_REMOVE = {"carbons", "tags"}  # bare values add; +x adds, -x removes
 
 # control command -> (issue field or action, how many words after the ID: 0, 1 or "rest")
@@ -94,9 +88,10 @@ def pseudo_lines(pairs: list[tuple[str, str]]) -> list[Line]:
     Outlook's "From:" and "Sent:") is the sender's text, not commands, and gives [] (as Debian's
     BTS ignores pseudo-headers it does not know). A known field's value is checked later.
     """
-    if not pairs or not all(k.strip().lower() in PSEUDO_FIELDS for k, _ in pairs):
+    named = [canonical(key, COMMAND_FIELDS) for key, _ in pairs]
+    if not pairs or None in named:
         return []
-    return [Line(f"{key}: {value}", field=PSEUDO_FIELDS[key.strip().lower()], value=value.strip()) for key, value in pairs]
+    return [Line(f"{key}: {value}", field=name or "", value=value.strip()) for (key, value), name in zip(pairs, named, strict=True)]
 
 
 def subject_lines(commands: list[str]) -> list[Line]:

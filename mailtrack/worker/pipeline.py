@@ -7,7 +7,6 @@ it never dies on one mail, it retries and finally quarantines in the spool's fai
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -16,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from mailtrack.config import Config
+from mailtrack.mail.ids import LOOP_HEADER, commit_trailers, reply_message_id
 from mailtrack.mail.parse import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.model import Person, now
-from mailtrack.tracker.store import IMPORTED_TRAILER, Change, Snapshot, Store
+from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import commands
-from mailtrack.worker.route import Addressing, Route, our_message_id, route
+from mailtrack.worker.route import Addressing, Route, route
 
 log = logging.getLogger(__name__)
 
-LOOP_HEADER = "X-Mailtrack-Loop"
 
 
 @dataclass
@@ -189,7 +188,7 @@ class Gateway:
                 ch = self._control(snap, mail, author, when, out)
             else:
                 ch = self._issue_mail(snap, mail, author, r, when, out)
-            trailers = ([f"Verified-By: {out.verified}"] if out.verified else []) + ([IMPORTED_TRAILER] if self._quiet else [])
+            trailers = commit_trailers(out.verified, imported=self._quiet)
             if ch is not None and trailers:
                 ch.message += "\n\n" + "\n".join(trailers)
             return ch
@@ -418,8 +417,7 @@ class Gateway:
             issue = named.pop() if len(named) == 1 else ""
         if not issue or not self.store.snapshot().exists(issue):  # e.g. a new issue refused: not written
             return ""
-        of_mail = hashlib.sha1(mail.message_id.encode("utf-8", "replace")).hexdigest()[:12]
-        return our_message_id(issue, f"{kind}.{of_mail}", domain)
+        return reply_message_id(issue, kind, mail.message_id, domain)
 
     # --- the runner ---------------------------------------------------------------------------
 

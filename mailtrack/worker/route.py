@@ -11,20 +11,12 @@ subject tag's `[field=value]` commands apply when the tag names that same issue.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from mailtrack.mail.ids import issue_of_ours
 from mailtrack.mail.parse import ParsedMail, subject_tag
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.store import Snapshot, StoreError
-
-# Our own mails' Message-IDs: <mailtrack.<issue name>.<what>@<domain>>
-OUR_MSGID = re.compile(r"^<mailtrack\.([0-9a-f]{40})\.[^@>]*@[^>]*>$")
-
-
-def our_message_id(issue: str, what: str, domain: str) -> str:
-    """The Message-ID of a mail we send about `issue`; `what` names the record or the event."""
-    return f"<mailtrack.{issue}.{what}@{domain}>"
 
 
 @dataclass(frozen=True)
@@ -86,11 +78,11 @@ def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str, s
     "" when the mail answers our mail about an issue we do not have; None: in no thread we know."""
     refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
     for ref in refs:
-        m = OUR_MSGID.match(ref.strip())
-        if m:
-            if snap.exists(m.group(1)):
-                return m.group(1), f"a reply to our mail {ref}", m.group(1)[:7]
-            return "", f"it replies to our mail {ref} about an issue we do not have", m.group(1)[:7]
+        ours = issue_of_ours(ref)
+        if ours:
+            if snap.exists(ours):
+                return ours, f"a reply to our mail {ref}", ours[:7]
+            return "", f"it replies to our mail {ref} about an issue we do not have", ours[:7]
         name = index.lookup(snap, ref)
         if name:
             return name, f"a reply to {ref}", name[:7]
