@@ -13,6 +13,7 @@ from conftest import git, make_gateway, read_comments, read_issue, read_names, r
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
+from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway, default_spool
 from test_gateway import make_mail
 
@@ -312,7 +313,7 @@ def test_rate_limit_bounds_replies_and_keeps_every_mail(repo: Path) -> None:
     try:
         for i in range(12):
             spool.accept(make_mail(subject=f"Re: [proj #deadbeef] flood {i}", message_id=f"<f{i}@x>"))
-        assert 12 == g.drain()
+        assert 12 == runner.drain(g)
         assert 3 == len(list((repo / OUTBOX).iterdir()))
         assert 12 == spool.counts()["processed"]
     finally:

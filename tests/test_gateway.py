@@ -18,6 +18,7 @@ from conftest import DATA, git, read_comments, read_issue, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
+from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway, default_spool
 
 
@@ -211,7 +212,7 @@ def test_machine_mail_kept_when_configured(repo: Path) -> None:
         spool = Spool(default_spool(store))
         gw = Gateway(Config(gateway=GatewayConfig(machine_mail="keep")), store, spool)
         spool.accept(make_mail(frm="MAILER-DAEMON@example.org"))
-        gw.drain()
+        runner.drain(gw)
         gw.close()
         [(spool_id, reason)] = spool.failures()
     assert reason.startswith("machine mail: ")
@@ -428,7 +429,7 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
     spool_id = spool.accept(bytes(raw))
     claim = spool.claim_id(spool_id)
     assert claim is not None
-    out = gateway.work(claim)
+    out = runner.work(gateway, claim)
     assert out is not None, spool.failures()
     if out.action in ("created", "commented", "duplicate"):
         with Store.open(repo) as store:

@@ -21,6 +21,7 @@ from mailtrack.config import AccessConfig, Config, GatewayConfig
 from mailtrack.patches.format import file_diff
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
+from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway, default_spool
 from test_serve import Server
 
@@ -539,7 +540,7 @@ def test_a_series_applies_whatever_order_its_mails_arrive_in(tmp_path: Path, dee
     g = make_gateway(repo)
     try:
         actions = [g.handle(raw).action for raw in arrival]
-        g.housekeeping()
+        runner.housekeeping(g)
     finally:
         g.close()
         g.store.close()

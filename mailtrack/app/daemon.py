@@ -29,6 +29,8 @@ from mailtrack.outbound.sender import OutboxSender
 from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store
+from mailtrack.worker import runner
+from mailtrack.worker.outcome import Action
 from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                         sender.wake()
                 except Exception:  # the notified tip is not advanced: it is tried again next time
                     log.exception("notification failed")
-                gateway.housekeeping()
+                runner.housekeeping(gateway)
                 spool.prune(retention)
             except Exception:  # the worker never dies: what is claimed is recovered on the next start
                 log.exception("worker: the round failed; going on in %.0fs", backoff)
@@ -143,8 +145,8 @@ def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
     source = gateway.spool.source(claim.id) if pollers else ""
     mine = [poller for poller in pollers if source == poller.source]
     raw = claim.read() if mine else b""
-    out = gateway.work(claim)
-    failed = out.action == "held" if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
+    out = runner.work(gateway, claim)
+    failed = out.action == Action.HELD if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
     mid = header_message_id(raw) if failed and mine else ""
     for poller in mine if mid else []:
         try:

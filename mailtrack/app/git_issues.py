@@ -227,7 +227,7 @@ def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], li
     kept (a read-only repository)."""
     import sqlite3
 
-    from mailtrack.tracker.lookup import Index
+    from mailtrack.tracker.lookup import Index  # only the commands that list: sqlite3 stays out of the others
 
     try:
         with Index.for_snapshot(snap) as index:
@@ -422,7 +422,7 @@ def cmd_attachment(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(store: Store, args: argparse.Namespace) -> int:
-    from mailtrack.tracker.remote import pull
+    from mailtrack.tracker.remote import pull  # dulwich's network client, only for pull and push
 
     print(pull(store, args.remote, identity(store)))
     return 0
@@ -431,7 +431,7 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
     if args.mail or args.stdout or args.output_dir:
         return _push_mail(store, args)
-    from mailtrack.tracker.remote import push
+    from mailtrack.tracker.remote import push  # dulwich's network client, only for pull and push
 
     print(push(store, args.remote))
     return 0
@@ -439,7 +439,7 @@ def cmd_push(store: Store, args: argparse.Namespace) -> int:
 
 def _push_mail(store: Store, args: argparse.Namespace) -> int:
     """`push --mail`: the commits the gateway lacks, as a patch series, sent or written out."""
-    from mailtrack.patches import format as patches
+    from mailtrack.patches import format as patches  # smtplib and the patch writer, only for push --mail
 
     since = patches.resolve_rev(store, args.since) if args.since else patches.last_pulled(store, args.remote)
     commits = patches.series_commits(store, since)

@@ -32,7 +32,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 log = logging.getLogger("mailtrack")
-MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.patches.apply")  # the loggers of the line per mail (Outcome.line)
+MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.worker.patchmail")  # the loggers of the line per mail (Outcome.line)
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,6 +50,7 @@ class Exit(Exception):
 
 def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store, Spool]:
     """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.config import ConfigError, load
     from mailtrack.queue.spool import Spool
     from mailtrack.tracker.store import Store, StoreError
@@ -72,6 +73,7 @@ def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store
 
 
 def _gateway(config: Config, store: Store, spool: Spool) -> Gateway:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.worker.pipeline import Gateway
 
     return Gateway(config, store, spool)
@@ -110,7 +112,9 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         notifier.begin(store)  # a first mail on a fresh installation: its change is notified too
         claim = spool.claim_id(spool_id)
         if claim is not None:  # else a running `mailtrack serve` took it first
-            out = gateway.work(claim)
+            from mailtrack.worker import runner  # here, not at start: deliver's start-up stays lean
+
+            out = runner.work(gateway, claim)
             if out is not None and args.verbose:
                 print(out.line(), file=sys.stderr)
         notifier.notify(store)  # queued only: the MTA does not wait on the relay
@@ -124,6 +128,7 @@ def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
     the index a copy in memory, the commit and the replies only described."""
     import tempfile
 
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.config import ConfigError, load
     from mailtrack.queue.spool import Spool
     from mailtrack.tracker.model import Person
@@ -181,6 +186,7 @@ TEXT_LINES = 8  # of the text a dry run shows
 
 def _text(written: dict[str, bytes], created: bool) -> list[str]:
     """The lines of the text a mail would leave: a new issue's description, else its (first) comment's."""
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.tracker.model import Comment, Issue, is_comment_filename
 
     for path, data in sorted(written.items()):
@@ -194,6 +200,7 @@ def _text(written: dict[str, bytes], created: bool) -> list[str]:
 
 def _fields(data: bytes, path: str) -> list[str]:
     """`field: value` lines of an issue.xml that would be written."""
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.fields import ISSUE_FIELDS
     from mailtrack.tracker.model import Issue
     from mailtrack.tracker.store import issue_of
@@ -216,8 +223,11 @@ def cmd_process(args: argparse.Namespace) -> int:
     gateway = _gateway(config, store, spool)
     notifier = _notifier(config, spool, gateway)
     notifier.begin(store)  # a fresh installation: the changes of the mail about to be processed are notified
-    n = gateway.drain()
-    gateway.housekeeping()
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+    from mailtrack.worker import runner  # the commands import what they need (see the top)
+
+    n = runner.drain(gateway)
+    runner.housekeeping(gateway)
     spool.prune(timedelta(days=config.gateway.processed_retention_days))
     queued = notifier.notify(store)
     print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)
@@ -225,12 +235,14 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _notifier(config: Config, spool: Spool, gateway: Gateway) -> Notifier:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.outbound.notifier import Notifier
 
     return Notifier(config, spool, project=gateway.project)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.outbound.sender import OutboxSender, outbox_listing, retry_now
 
     config, _, spool = _open(args, durable=False)
@@ -252,6 +264,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.app.daemon import ListenError, serve
 
     config, store, spool = _open(args)
@@ -313,6 +326,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.app.importer import import_path
 
     config, store, spool = _open(args)

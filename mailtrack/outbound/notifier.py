@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formataddr
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dulwich.diff_tree import tree_changes
 from dulwich.errors import NotTreeError
@@ -42,6 +42,7 @@ from dulwich.objects import Commit, ObjectID
 from dulwich.repo import Repo
 
 from mailtrack.config import Config
+from mailtrack.mail.compose import Renderer, build_mail, one_line
 from mailtrack.mail.ids import EVENT_HEADER, ISSUE_HEADER, LOOP_HEADER, is_imported, our_message_id
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool, write_durably
@@ -49,9 +50,6 @@ from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
 from mailtrack.tracker.store import Snapshot, Store
 from mailtrack.tracker.xmlformat import FormatError
-
-if TYPE_CHECKING:
-    from mailtrack.mail.compose import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +328,6 @@ class Notifier:
     @property
     def renderer(self) -> Renderer:
         if self._renderer is None:
-            from mailtrack.mail.compose import Renderer
-
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
 
@@ -445,8 +441,6 @@ class Notifier:
     def _render(self, notice: Notice, tip_snap: Snapshot, snap: Snapshot, project: Project, befores: list[Issue],
                 after: Issue, store: Store) -> list[Outgoing]:
         """One mail per recipient of one notice; `snap` is the branch as of the notice's commit."""
-        from mailtrack.mail.compose import build_mail, one_line
-
         gw, cfg = self.config.gateway, self.config.notify
         before = befores[0] if befores else None
         # A field counts when it differs from every parent's (a merge: only what the merge decided).
@@ -510,9 +504,7 @@ class Notifier:
 
     def _project_name(self, store: Store) -> str:
         if not self.project:
-            from mailtrack.worker.pipeline import project_name
-
-            self.project = project_name(self.config, store)
+            self.project = store.project_name(self.config.gateway.project)
         return self.project
 
     def _context(self, notice: Notice, snap: Snapshot, kind: str, before: Issue | None, after: Issue,

@@ -23,8 +23,9 @@ from dulwich.refs import Ref
 from dulwich.walk import ORDER_TOPO
 
 from mailtrack.mail.ids import SERIES_HEADER
-from mailtrack.patches import _SUBJECT
+from mailtrack.patches.detect import _SUBJECT
 from mailtrack.tracker.model import Person
+from mailtrack.tracker.remote import remote_location
 from mailtrack.tracker.store import Store, StoreError
 from mailtrack.tracker.xmlformat import FormatError
 
@@ -59,8 +60,6 @@ def resolve_rev(store: Store, rev: str) -> bytes:
 
 def last_pulled(store: Store, remote: str | None) -> bytes:
     """Where the remote's issues branch was at the last `git issues pull` from it."""
-    from mailtrack.tracker.remote import remote_location
-
     name, _ = remote_location(store, remote)
     ref = Ref(f"refs/remotes/{name or remote or 'origin'}/{store.branch}".encode())
     if ref not in store.repo.refs:

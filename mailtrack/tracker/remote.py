@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dulwich.objects import ZERO_SHA, ObjectID
 from dulwich.refs import Ref
 
-from mailtrack.tracker.merge import merge_commits
+from mailtrack.tracker.merge import is_ancestor, merge_commits
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store, StoreError
 
@@ -90,8 +90,6 @@ def push(store: Store, remote: str | None) -> str:
     if theirs == ours:
         return "Everything up-to-date"
     if theirs is not None:
-        from mailtrack.tracker.merge import is_ancestor
-
         if not is_ancestor(store, theirs, ours):
             raise StoreError(f"{name} has issues this clone lacks; run 'git issues pull{' ' + remote if remote else ''}' first")
     if not _push_local(store, url, theirs, ours):

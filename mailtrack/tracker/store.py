@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
@@ -246,6 +247,16 @@ class Store:
     @property
     def branch(self) -> str:
         return self.ref.decode().removeprefix("refs/heads/")
+
+    def project_name(self, configured: str = "") -> str:
+        """The project's name in subject tags and List-Id: `configured`, else the repository's directory name."""
+        if configured:
+            return configured
+        path = Path(self.repo.path).resolve()
+        name = path.name
+        if name == ".git":
+            name = path.parent.name
+        return name.removesuffix(".git") or "issues"
 
     def tip(self) -> ObjectID | None:
         try:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from mailtrack.config import AccessConfig
 from mailtrack.fields import COMMAND_FIELDS, canonical
+from mailtrack.tracker import rights
 from mailtrack.tracker.changes import Edit, apply_edits, changed_fields, close_edits, reopen_edits
-from mailtrack.tracker.model import Issue, Person
+from mailtrack.tracker.model import Issue
+from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Snapshot, StoreError
 
 ADD_REMOVE = {"carbons", "tags"}  # bare values add; +x adds, -x removes
@@ -32,12 +35,23 @@ STOP_WORDS = ("thanks", "thank you", "thankyou", "thx", "--", "quit", "stop")
 MAX_UNKNOWN = 5
 
 
+class LineAction(StrEnum):
+    EDIT = "edit"  # set a field
+    CLOSE = "close"
+    REOPEN = "reopen"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    SHOW = "show"  # send the issue to the sender
+    HELP = "help"  # send the command reference
+    NOTE = "note"  # not a command: an unknown word, a usage error (the transcript says which)
+
+
 @dataclass
 class Line:
     """One command as the sender wrote it, and what became of it."""
 
     text: str
-    action: str = "edit"  # edit | close | reopen | subscribe | unsubscribe | show | help | note
+    action: LineAction = LineAction.EDIT
     ident: str = ""  # the issue as written ("" = the mail's issue)
     field: str = ""
     value: str = ""
@@ -120,108 +134,56 @@ def control_lines(text: str) -> list[Line]:
         words = stripped.split()
         verb = words[0].lower()
         if verb == "help":
-            lines.append(Line(stripped, action="help"))
+            lines.append(Line(stripped, action=LineAction.HELP))
             continue
         spec = CONTROL.get(verb)
         if spec is None:
             unknown += 1
-            lines.append(Line(stripped, action="note", result=f"ignored: unknown command '{words[0]}'; send 'help' for the list"))
+            lines.append(Line(stripped, action=LineAction.NOTE, result=f"ignored: unknown command '{words[0]}'; send 'help' for the list"))
             if unknown >= MAX_UNKNOWN:
-                lines.append(Line("(stopped after five unknown lines)", action="note"))
+                lines.append(Line("(stopped after five unknown lines)", action=LineAction.NOTE))
                 break
             continue
         target, arity = spec
         if len(words) < 2:
-            lines.append(Line(stripped, action="note", error=f"'{verb}' needs an issue ID"))
+            lines.append(Line(stripped, action=LineAction.NOTE, error=f"'{verb}' needs an issue ID"))
             continue
         rest = stripped.split(None, 2)[2] if len(words) > 2 else ""
         if arity == 0 and rest or arity == 1 and len(words) != 3 or arity == "rest" and not rest:
             form = {0: f"{verb} ID", 1: f"{verb} ID VALUE", "rest": f"{verb} ID VALUE...", "optional": f"{verb} ID [RESOLUTION]"}[arity]
-            lines.append(Line(stripped, action="note", error=f"usage: {form}"))
+            lines.append(Line(stripped, action=LineAction.NOTE, error=f"usage: {form}"))
             continue
-        action = target if target in ("close", "reopen", "subscribe", "unsubscribe", "show") else "edit"
-        lines.append(Line(stripped, action=action, ident=words[1], field="" if action != "edit" else target, value=rest))
+        action = LineAction(target) if target in ("close", "reopen", "subscribe", "unsubscribe", "show") else LineAction.EDIT
+        lines.append(Line(stripped, action=action, ident=words[1], field="" if action != LineAction.EDIT else target, value=rest))
     return lines
 
 
-# --- rights -----------------------------------------------------------------------------------
-
-
-def matches(who: str, rule: str, issue: Issue | None, snap: Snapshot, access: AccessConfig, known: bool) -> bool:
-    """Whether the address `who` fits one entry of an access list."""
-    who = who.lower()
-    rule = rule.strip().lower()
-
-    def people(values: list[str]) -> set[str]:
-        return {Person.parse(v).email.lower() or v.lower() for v in values}
-
-    if rule == "anyone":
-        return True
-    if rule == "known":
-        return known or who in people(access.maintainers)
-    if rule == "maintainer":
-        return who in people(access.maintainers)
-    if rule.startswith("@"):
-        return who.endswith(rule)
-    if "@" in rule:
-        return who == rule
-    if issue is None:
-        return False
-    if rule == "reporter":
-        return who in people(issue.reporters) or who == issue.author.email.lower()
-    if rule == "assignee":
-        return who in people(issue.assigned)
-    if rule == "owner":
-        return who in people(issue.owners) or who in people(snap.project().component_owners(issue.components))
-    return False
-
-
-def allowed(who: str, rules: list[str], issue: Issue | None, snap: Snapshot, access: AccessConfig, known: bool) -> bool:
-    return any(matches(who, r, issue, snap, access, known) for r in rules)
+# --- rights (asked of mailtrack.tracker.rights) ---------------------------------------------
 
 
 def line_fields(line: Line) -> tuple[str, ...]:
     """The fields whose own rule in [access.fields] a line needs: close and reopen count as status
     (and as resolution too when `close` names one); subscribe and unsubscribe have none."""
-    if line.action == "edit":
+    if line.action == LineAction.EDIT:
         return (line.field,)
-    if line.action == "close":
+    if line.action == LineAction.CLOSE:
         return ("status", "resolution") if line.value else ("status",)
-    if line.action == "reopen":
+    if line.action == LineAction.REOPEN:
         return ("status",)
     return ()
-
-
-def _refusal(
-    line: Line, sender: str, rules: list[str], name: str, issue: Issue, snap: Snapshot, access: AccessConfig,
-    known: bool,
-) -> str:
-    """Why `sender` may not give `line`, or "": a field listed in [access.fields] by its own rule, the rest by `rules`."""
-    wanted = line_fields(line)
-    checks = [(f, access.fields[f]) for f in wanted if f in access.fields]
-    if len(checks) < len(wanted) or not wanted:
-        checks.append(("", rules))
-    for fieldname, rule in checks:
-        if allowed(sender, rule, issue, snap, access, known):
-            continue
-        if fieldname:
-            return (f"{sender} may not change the {fieldname} of issue {snap.short(name)} "
-                    f"(allowed by access.fields.{fieldname}: {', '.join(rule)})")
-        return f"{sender} may not change issue {snap.short(name)} (allowed: {', '.join(rule)})"
-    return ""
 
 
 # --- applying ---------------------------------------------------------------------------------
 
 
 def _edits_for(line: Line, snap: Snapshot, sender: str, issue: Issue) -> list[Edit]:
-    if line.action == "close":
+    if line.action == LineAction.CLOSE:
         return close_edits(snap, line.value, issue)
-    if line.action == "reopen":
+    if line.action == LineAction.REOPEN:
         return reopen_edits(snap, issue)
-    if line.action == "subscribe":
+    if line.action == LineAction.SUBSCRIBE:
         return [Edit("carbons", "+", sender)]
-    if line.action == "unsubscribe":
+    if line.action == LineAction.UNSUBSCRIBE:
         return [Edit("carbons", "-", sender)]
     if line.field in ADD_REMOVE or (line.field in ("components", "assigned") and re.match(r"^[+-]", line.value)):
         edits = []
@@ -234,10 +196,7 @@ def _edits_for(line: Line, snap: Snapshot, sender: str, issue: Issue) -> list[Ed
     return [Edit(line.field, "=", line.value)]
 
 
-def apply(
-    lines: list[Line], snap: Snapshot, sender: str, default_issue: str, access: AccessConfig, known: bool,
-    verified: bool = True,
-) -> Applied:
+def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str, access: AccessConfig) -> Applied:
     """Check every line on the snapshot; fill in results, errors and refusals; collect the edits."""
     result = Applied(lines)
     states: dict[str, Issue] = {}
@@ -245,9 +204,9 @@ def apply(
     project = snap.project()
     tags = None
     for line in lines:
-        if line.error or line.action == "note":
+        if line.error or line.action == LineAction.NOTE:
             continue
-        if line.action == "help":
+        if line.action == LineAction.HELP:
             result.help = True
             line.result = "the command reference is on its way"
             continue
@@ -262,29 +221,29 @@ def apply(
         line.issue = name
         if name not in states:
             originals[name] = states[name] = snap.issue(name)
-        if line.action == "show":
+        if line.action == LineAction.SHOW:
             result.shows.append(name)
             line.result = "the issue is on its way"
             continue
-        rules = access.comment if line.action in ("subscribe", "unsubscribe") else access.change
-        if not verified:
+        rules = access.comment if line.action in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE) else access.change
+        if not sender.verified:
             line.refused = "commands need a sender address the receiving server vouches for (DKIM or DMARC)"
             continue
-        refusal = _refusal(line, sender, rules, name, originals[name], snap, access, known)
+        refusal = rights.field_refusal(sender, line_fields(line), originals[name], snap, access, rules)
         if refusal:
             line.refused = refusal
             continue
-        if line.action == "reopen" and states[name].status not in project.closed:
+        if line.action == LineAction.REOPEN and states[name].status not in project.closed:
             line.result = f"issue {snap.short(name)} is not closed ({states[name].status}): nothing to reopen"
             line.noop = True
             continue
-        if line.action == "close" and states[name].status in project.closed and line.value in ("", states[name].resolution):
+        if line.action == LineAction.CLOSE and states[name].status in project.closed and line.value in ("", states[name].resolution):
             line.result = f"issue {snap.short(name)} is already closed ({states[name].resolution or states[name].status}): nothing to close"
             line.noop = True
             continue
         try:
             before = states[name]
-            edits = _edits_for(line, snap, sender, before)
+            edits = _edits_for(line, snap, sender.address, before)
             after = apply_edits(before, edits)
             if after.status in project.closed and not after.resolution and before.status not in project.closed:
                 edits.append(Edit("resolution", "=", project.default("resolution")))  # `Status: closed` alone
@@ -300,8 +259,8 @@ def apply(
             continue
         changes = changed_fields(before, after)
         line.result = ", ".join(f"{f}: {_show(getattr(before, f))} -> {_show(getattr(after, f))}" for f in changes) or "no change"
-        if line.action in ("subscribe", "unsubscribe"):  # whatever the sender's role (the gateway records it)
-            said = "you get no more mail about this issue" if line.action == "unsubscribe" else "you get mail about this issue"
+        if line.action in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE):  # whatever the sender's role (the gateway records it)
+            said = "you get no more mail about this issue" if line.action == LineAction.UNSUBSCRIBE else "you get mail about this issue"
             line.result = said + (f" ({line.result})" if changes else "")
         states[name] = after
         result.edits.setdefault(name, []).extend(edits)

@@ -12,16 +12,27 @@ subject tag's `[field=value]` commands apply when the tag names that same issue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.ids import issue_of_ours
 from mailtrack.mail.parse import ParsedMail, subject_tag
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.store import Snapshot, StoreError
 
 
+class RouteKind(StrEnum):
+    NEW = "new"  # no issue named: a new one
+    COMMENT = "comment"  # about an issue we have
+    CONTROL = "control"  # commands to the control address
+    MACHINE = "machine"  # a bounce, an auto-reply, a loop: never answered
+    DUPLICATE = "duplicate"  # its Message-ID is on the branch already
+    UNKNOWN_ISSUE = "unknown-issue"  # names an issue we do not have
+
+
 @dataclass(frozen=True)
 class Route:
-    kind: str  # new | comment | control | machine | duplicate | unknown-issue
+    kind: RouteKind
     issue: str = ""  # the issue's full name, when there is one
     reason: str = ""  # why, in words a log line or a reply can quote
     ident: str = ""  # the ID as the sender wrote it (unknown-issue)
@@ -30,27 +41,10 @@ class Route:
 
 @dataclass(frozen=True)
 class Addressing:
-    """The addresses that mean "us"."""
+    """Our addresses (mail.addresses) and the project's name in subject tags."""
 
-    main: str
-    control: str
-    project: str  # the name in subject tags
-
-    def detail(self, address: str) -> str | None:
-        """The `<detail>` of `issues+<detail>@domain`, or None when the address is not a plus form of ours."""
-        local, _, domain = address.strip().strip("<>").lower().rpartition("@")
-        main_local, _, main_domain = self.main.lower().rpartition("@")
-        if domain == main_domain and local.startswith(main_local + "+"):
-            return local[len(main_local) + 1:]
-        return None
-
-    def is_control(self, address: str) -> bool:
-        return address.strip().strip("<>").lower() == self.control.lower()
-
-    def is_ours(self, address: str) -> bool:
-        """The main address, a plus form of it, or the control address."""
-        bare = address.strip().strip("<>").lower()
-        return bare == self.main.lower() or self.is_control(bare) or self.detail(bare) is not None
+    ours: Ours
+    project: str
 
 
 def _resolve(snap: Snapshot, ident: str) -> str | None:
@@ -91,17 +85,17 @@ def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str, s
 
 def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing) -> Route:
     if index.lookup(snap, mail.message_id):
-        return Route("duplicate", index.lookup(snap, mail.message_id) or "", f"{mail.message_id} is on the branch already")
+        return Route(RouteKind.DUPLICATE, index.lookup(snap, mail.message_id) or "", f"{mail.message_id} is on the branch already")
     if mail.machine:
-        return Route("machine", reason=mail.machine)
+        return Route(RouteKind.MACHINE, reason=mail.machine)
 
     recipients = list(mail.delivered_to) + [a for _, a in mail.to] + [a for _, a in mail.cc]
-    ours = {a.strip().strip("<>").lower() for a in recipients if addressing.is_ours(a)}
-    if ours and all(addressing.is_control(a) for a in ours):
+    ours = {bare(a) for a in recipients if addressing.ours.delivers_here(a)}
+    if ours and all(addressing.ours.is_control(a) for a in ours):
         # only to control@: a mail also to issues@ or issues+<id>@ is that mail, control@ in copy
-        return Route("control", reason=f"sent to {addressing.control}")
+        return Route(RouteKind.CONTROL, reason=f"sent to {addressing.ours.control}")
     for address in recipients:
-        detail = addressing.detail(address)
+        detail = addressing.ours.detail(address)
         if detail is None:
             continue
         ident, _, rest = detail.partition("+")
@@ -113,21 +107,21 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing
                 # a short name that has become ambiguous since we mailed it: the thread settles it
                 name = threaded[0]
             else:
-                return Route("unknown-issue", reason=f"the address {address} names no issue of ours", ident=ident)
-        return Route("comment", name, f"sent to {address}", commands=commands + _tag_commands(mail, snap, addressing, name))
+                return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the address {address} names no issue of ours", ident=ident)
+        return Route(RouteKind.COMMENT, name, f"sent to {address}", commands=commands + _tag_commands(mail, snap, addressing, name))
 
     threaded = _thread(mail, snap, index)
     if threaded is not None:
         name, why, ident = threaded
         if not name:
-            return Route("unknown-issue", reason=why, ident=ident)
-        return Route("comment", name, why, commands=_tag_commands(mail, snap, addressing, name))
+            return Route(RouteKind.UNKNOWN_ISSUE, reason=why, ident=ident)
+        return Route(RouteKind.COMMENT, name, why, commands=_tag_commands(mail, snap, addressing, name))
 
     tag = subject_tag(mail.subject, addressing.project)
     if tag is not None:
         ident, commands = tag
         name = _resolve(snap, ident)
         if name is None:
-            return Route("unknown-issue", reason=f"the subject names [{addressing.project} #{ident}], which is no issue of ours", ident=ident)
-        return Route("comment", name, f"the subject tag [{addressing.project} #{ident}]", commands=list(commands))
-    return Route("new", reason="no issue named by address, thread or subject")
+            return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the subject names [{addressing.project} #{ident}], which is no issue of ours", ident=ident)
+        return Route(RouteKind.COMMENT, name, f"the subject tag [{addressing.project} #{ident}]", commands=list(commands))
+    return Route(RouteKind.NEW, reason="no issue named by address, thread or subject")

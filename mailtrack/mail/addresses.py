@@ -1,0 +1,56 @@
+"""Which addresses are ours: the one answer for the listeners, the router, the parser and the notifier.
+
+The gateway's addresses are the main one (`issues@`), its plus forms (`issues+<detail>@`, which name
+an issue and maybe commands), the control address, and `gateway.own_addresses` (old or extra
+addresses of ours: mail from them is a loop, and nobody there is put on a Cc list or mailed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mailtrack.config import GatewayConfig
+
+
+def bare(address: str) -> str:
+    """An address as we compare it: no angle brackets, no surrounding space, lowercase."""
+    return address.strip().strip("<>").strip().lower()
+
+
+@dataclass(frozen=True)
+class Ours:
+    main: str = "issues@localhost"
+    control: str = "control@localhost"
+    extra: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, gw: GatewayConfig) -> Ours:
+        return cls(gw.address, gw.control_address, tuple(gw.own_addresses))
+
+    def detail(self, address: str) -> str | None:
+        """The `<detail>` of `issues+<detail>@domain`, or None when the address is not a plus form of ours."""
+        local, _, domain = bare(address).rpartition("@")
+        main_local, _, main_domain = self.main.lower().rpartition("@")
+        if local and domain == main_domain and local.startswith(main_local + "+"):
+            return local[len(main_local) + 1 :]
+        return None
+
+    def is_control(self, address: str) -> bool:
+        return bare(address) == self.control.lower()
+
+    def delivers_here(self, address: str) -> bool:
+        """An address mail is taken for (SMTP RCPT TO): the main one, its plus forms, the control one."""
+        a = bare(address)
+        local, _, domain = a.rpartition("@")
+        if not local or not domain:
+            return False
+        return a in (self.main.lower(), self.control.lower()) or self.detail(a) is not None
+
+    def is_ours(self, address: str) -> bool:
+        """Any address of ours: those mail is taken for, and gateway.own_addresses."""
+        return self.delivers_here(address) or bare(address) in {bare(e) for e in self.extra}
+
+    def others(self, addresses: Iterable[str]) -> list[str]:
+        """The addresses that are not ours, in order."""
+        return [a for a in addresses if not self.is_ours(a)]

@@ -1,0 +1,141 @@
+"""The worker's path for patch mails: admit, keep the part until its series is complete, apply the
+series whole or not at all, and tell the sender what became of each patch.
+
+The patches package does the work and returns results; the decisions about the mail (`Outcome`)
+and the replies are made here, by the same admission and rights as any other mail.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mailtrack.mail.parse import ParsedMail
+from mailtrack.patches.detect import MAX_PATCHES, patch_numbers
+from mailtrack.patches.series import Applier, PatchResult, PatchStatus, apply_series
+from mailtrack.patches.staging import Staging
+from mailtrack.tracker.rights import Sender
+from mailtrack.worker import admission
+from mailtrack.worker.outcome import Action, Outcome, Reply
+
+if TYPE_CHECKING:  # the gateway hands itself in; pipeline imports this module
+    from mailtrack.worker.pipeline import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def staging(gw: Gateway) -> Staging:
+    return Staging(gw.spool.root / "patches", gw.parse)
+
+
+def applier(gw: Gateway) -> Applier:
+    cfg = gw.config
+    return Applier(
+        gw.store, cfg.access, gw.identity,
+        sender_of=lambda snap, address: Sender(address, known=gw.index.known(snap, address)),
+        mail_of=lambda raw: (lambda m: (m.from_addr, m.subject))(gw.parse(raw)),
+        max_series=cfg.gateway.max_patch_series_size, max_file=cfg.gateway.max_attachment_size,
+    )  # fmt: skip
+
+
+def _report(gw: Gateway, mail: ParsedMail, out: Outcome, dry_run: bool, results: list[PatchResult], refused: bool) -> None:
+    gw.replier.send(mail, Reply.PATCHES, out, dry_run, gw.title(mail), patches=results, refused=refused,
+                    total=len(results), error=out.reason, hint="")
+
+
+def _refuse_one(gw: Gateway, mail: ParsedMail, out: Outcome, dry_run: bool, n: int = 0) -> Outcome:
+    _report(gw, mail, out, dry_run, [PatchResult(n, mail.subject, PatchStatus.REFUSED, [out.reason])], True)
+    return out
+
+
+def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
+    """Keep one patch mail with its series; apply the series once it is complete."""
+    out = Outcome(Action.NOTHING, message_id=mail.message_id, stage="patches")
+    if mail.machine:
+        out.decide(gw.machine_action(), f"machine mail: {mail.machine}")
+        return out
+    if not mail.from_addr:
+        out.decide(Action.HELD, "the mail has no sender address (From)")
+        return out
+    snap = gw.store.snapshot()
+    who = admission.sender(mail, snap, gw.index, gw.config.access)
+    refusal = admission.patch_refusal(who, len(mail.raw), gw.config.gateway.max_patch_series_size, snap, gw.config.access, gw.project)
+    if refusal is not None:
+        out.decide(*refusal)
+        return _refuse_one(gw, mail, out, dry_run) if out.action == Action.REJECTED else out
+    n, m = patch_numbers(mail.subject) or (1, 1)
+    if not (0 <= n <= m <= MAX_PATCHES) or m == 0:
+        out.decide(Action.REJECTED, f"[PATCH {n}/{m}] is no part of a series of 1 to {MAX_PATCHES} patches")
+        return _refuse_one(gw, mail, out, dry_run, n)
+    if m == 1 and n == 1:
+        return _apply(gw, mail, [mail.raw], dry_run, out)
+    stage = staging(gw)
+    folder = stage.slot(mail, n, m)
+    if folder is None:
+        out.decide(Action.DUPLICATE, f"patch {n}/{m} of that series was received already")
+        return out
+    if dry_run:
+        out.decide(Action.PENDING, f"patch {n}/{m} of a series")
+        return out
+    stage.keep(folder, n, mail.raw)
+    expire(gw, keep=folder)
+    held = stage.held_bytes(folder)
+    limit = gw.config.gateway.max_patch_series_size
+    if m > MAX_PATCHES or held > limit:  # refuse now: a partial series may not fill the disk
+        _refuse_partial(gw, stage, folder, mail, m, f"the series is too large ({m} patches, {held} bytes so far; "
+                                                     f"at most {MAX_PATCHES} patches and {limit} bytes)", out)
+        return out
+    missing = set(range(1, m + 1)) - stage.have(folder)
+    if missing:
+        out.decide(Action.PENDING, f"patch {n}/{m}: waiting for {', '.join(str(i) for i in sorted(missing))}")
+        return out
+    out = _apply(gw, stage.first(folder, mail), stage.parts(folder, m), dry_run, out)
+    stage.finish(folder, out.line())
+    return out
+
+
+def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], dry_run: bool, out: Outcome) -> Outcome:
+    if dry_run:
+        out.decide(Action.PENDING, "a patch series (not applied in a dry run)")
+        return out
+    results, tip = apply_series(applier(gw), raws)
+    refused = any(r.status == PatchStatus.REFUSED for r in results)
+    if refused:
+        why = "; ".join(x for r in results for x in r.reasons if r.status == PatchStatus.REFUSED)
+        out.decide(Action.REJECTED, "patch series refused: " + why[:300])
+    elif tip is not None:
+        out.decide(Action.CHANGED, f"patch series of {len(results)} applied")
+        out.commit, out.message = tip.decode(), f"{len(results)} patch(es)"
+    else:
+        out.decide(Action.DUPLICATE, "every patch of the series was applied already")
+    _report(gw, reply_to, out, dry_run, results, refused)
+    return out
+
+
+def _refuse_partial(gw: Gateway, stage: Staging, folder: Path, mail: ParsedMail, total: int, reason: str, out: Outcome) -> None:
+    """Refuse a partial series: tell its sender, keep its mails in the spool's failed queue."""
+    out.decide(Action.REJECTED, reason)
+    first = stage.first(folder, mail)
+    gw.replier.send(first, Reply.PATCHES, out, False, gw.title(first),
+                    patches=[PatchResult(0, first.subject, PatchStatus.REFUSED, [reason])], refused=True, total=total,
+                    error=reason, hint="")
+    for raw in stage.kept(folder):
+        gw.spool.hold(raw, f"{reason}\nMessage-ID: {gw.parse(raw).message_id}")
+    stage.finish(folder, out.line())
+
+
+def expire(gw: Gateway, keep: Path | None = None) -> None:
+    """Report partial series that waited longer than gateway.patch_series_timeout, and keep their
+    mails in failed; forget finished ones after the spool's retention."""
+    stage = staging(gw)
+    if not stage.root.is_dir():
+        return
+    timeout = gw.config.gateway.patch_series_timeout
+    retention = gw.config.gateway.processed_retention_days * 86400
+    for waiting in list(stage.expired(timeout, retention, patch_numbers, keep=keep)):
+        out = Outcome(Action.REJECTED, message_id=waiting.first.message_id, stage="patches")
+        have = ", ".join(map(str, waiting.have))
+        _refuse_partial(gw, stage, waiting.folder, waiting.first, waiting.total,
+                        f"incomplete patch series: got {have} of {waiting.total} within {timeout} s", out)
+        log.info("%s", out.line())

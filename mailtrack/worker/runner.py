@@ -1,0 +1,49 @@
+"""The runner: takes kept mail from the spool and never dies on one (Mailman's runner).
+
+A mail the gateway decided about leaves the incoming queue (`done`), or goes to failed when the
+decision was to hold it; an exception is our fault or our environment's, not a decision: the mail
+is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from mailtrack.queue.spool import Claim
+from mailtrack.worker import patchmail
+from mailtrack.worker.outcome import Action, Outcome
+from mailtrack.worker.pipeline import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def work(gateway: Gateway, claim: Claim) -> Outcome | None:
+    """Process one claimed mail; never raises for a problem with the mail or with us."""
+    try:
+        out = gateway.handle(claim.read())
+    except Exception:
+        error = traceback.format_exc()
+        log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
+        gateway.spool.retry_later(claim, error)
+        return None
+    if out.action == Action.HELD:
+        # a decision about the mail, not a failure: logged as a warning (ERROR is for retries exhausted)
+        gateway.spool.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
+    else:
+        gateway.spool.done(claim)
+    return out
+
+
+def drain(gateway: Gateway) -> int:
+    """Process every waiting mail; return how many were taken."""
+    n = 0
+    for claim in gateway.spool.claims():
+        work(gateway, claim)
+        n += 1
+    return n
+
+
+def housekeeping(gateway: Gateway) -> None:
+    """Periodic work: report the partial patch series that waited past their timeout."""
+    patchmail.expire(gateway)
