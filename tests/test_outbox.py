@@ -88,7 +88,7 @@ def test_550_for_one_recipient_others_delivered_it_fails(sink: Sink, spool: Spoo
     counts = OutboxSender(sink.relay(), spool).send_pending()
     assert {"sent": 0, "deferred": 0, "failed": 1} == counts
     assert [["ann@example.org", "cid@example.org"]] == [r.recipients for r in sink.received]
-    assert [(spool_id, "not delivered to bob@example.org: 550 5.1.1 No such user")] == spool.failures_out()
+    assert [(spool_id, "not delivered to bob@example.org: 550 5.1.1 No such user")] == spool.outbox.failures()
     reason = (spool.root / "outbox-failed" / f"{spool_id}.reason").read_text()
     assert "delivered to: ann@example.org, cid@example.org" in reason
 
@@ -140,7 +140,7 @@ def test_gives_up_after_give_up_after(spool: Spool) -> None:
     t0 = time.time()
     OutboxSender(relay, spool).send_pending(now=t0)
     counts = OutboxSender(relay, spool).send_pending(now=t0 + 4000)
-    [(failed_id, reason)] = spool.failures_out()
+    [(failed_id, reason)] = spool.outbox.failures()
     assert ({"sent": 0, "deferred": 0, "failed": 1}, spool_id) == (counts, failed_id)
     assert reason.startswith("not delivered to ann@example.org: gave up after 2 attempts in 66m: cannot reach the relay")
 

@@ -270,9 +270,9 @@ def test_prune_deletes_only_old_processed_mail(spool: Spool) -> None:
 
 
 def test_outbox_keeps_the_envelope_until_sent(spool: Spool) -> None:
-    """queue_out() keeps mail and envelope; claim_out(), envelope() give them; done() drops both."""
+    """queue_out() keeps mail and envelope; outbox.claim(), envelope() give them; done() drops both."""
     spool_id = spool.queue_out(RAW, sender="issues@localhost", recipients=["a@x.test", "b@x.test"])
-    claim = spool.claim_out()
+    claim = spool.outbox.claim()
     assert claim is not None and spool_id == claim.id
     assert Envelope("issues@localhost", ["a@x.test", "b@x.test"]) == spool.envelope(claim)
     assert None is spool.claim()  # the incoming queue is another queue
@@ -289,11 +289,11 @@ def test_outbox_keeps_the_envelope_until_sent(spool: Spool) -> None:
 def test_outbox_failure_and_requeue(spool: Spool) -> None:
     """An outgoing mail that fails MAX_ATTEMPTS times goes to outbox-failed and can be requeued."""
     spool_id = spool.queue_out(RAW, sender="", recipients=["a@x.test"])
-    for claim in spool.claims_out():
+    for claim in spool.outbox.claims():
         spool.retry_later(claim, "421 try later")
-    assert [(spool_id, "failed 3 times, last error: 421 try later")] == spool.failures_out()
+    assert [(spool_id, "failed 3 times, last error: 421 try later")] == spool.outbox.failures()
     spool.requeue(spool_id)
-    again = spool.claim_out()
+    again = spool.outbox.claim()
     assert again is not None
     assert (spool_id, ["a@x.test"]) == (again.id, spool.envelope(again).recipients)
 

@@ -106,7 +106,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         backoff = ERROR_BACKOFF[0]
         while not stop.is_set():
             try:
-                for claim in spool.claims():
+                for claim in spool.incoming.claims():
                     work(gateway, claim, pollers)
                     if stop.is_set():  # finish the mail at hand, leave the rest spooled
                         break

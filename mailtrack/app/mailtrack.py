@@ -52,9 +52,9 @@ def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store
     """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.config import ConfigError, load
+    from mailtrack.queue.layout import default_root
     from mailtrack.queue.spool import Spool
     from mailtrack.tracker.store import Store, StoreError
-    from mailtrack.worker.pipeline import default_spool
 
     try:
         config = load(args.config)
@@ -64,7 +64,7 @@ def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store
         store = Store.open(args.repo or config.gateway.repo or None, durable=durable)
     except StoreError as e:
         raise Exit(EX_CONFIG, str(e)) from None
-    spool_dir = Path(config.gateway.spool) if config.gateway.spool else default_spool(store)
+    spool_dir = Path(config.gateway.spool) if config.gateway.spool else default_root(Path(store.repo.controldir()))
     try:
         spool = Spool(spool_dir)
     except OSError as e:
@@ -110,7 +110,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         gateway = _gateway(config, store, spool)
         notifier = _notifier(config, spool, gateway)
         notifier.begin(store)  # a first mail on a fresh installation: its change is notified too
-        claim = spool.claim_id(spool_id)
+        claim = spool.incoming.claim_id(spool_id)
         if claim is not None:  # else a running `mailtrack serve` took it first
             from mailtrack.worker import runner  # here, not at start: deliver's start-up stays lean
 
@@ -276,7 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     _, _, spool = _open(args)
-    failed = [i for i, _ in spool.failures()] + [i for i, _ in spool.failures_out()]
+    failed = [i for queue in spool.queues for i, _ in queue.failures()]
     for given in args.ids:
         spool_id = _failed_id(given, failed)
         try:
@@ -307,12 +307,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {queue:<14} {n}")
     if counts["outbox/new"] and not config.relay.host:
         print(f"  (no relay is configured: the {counts['outbox/new']} outgoing mail(s) wait in the outbox)")
-    failures = spool.failures()
+    failures = spool.incoming.failures()
     if failures:
         print("failed:")
         for spool_id, reason in failures:
             print(f"  {spool_id}  {reason}")
-    out_failures = spool.failures_out()
+    out_failures = spool.outbox.failures()
     if out_failures:
         print("outbox failed:")
         for spool_id, reason in out_failures:

@@ -59,7 +59,7 @@ class ImapPoller:
         self.config = config
         self._spool = spool
         self._on_accept = on_accept
-        state_dir = Path(config.state_dir) if config.state_dir else spool.root / "imap-state"
+        state_dir = Path(config.state_dir) if config.state_dir else spool.layout.imap_state
         state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         slug = re.sub(r"[^A-Za-z0-9_.@-]", "_", config.label)
         self.state_path = state_dir / f"imap-{slug}.json"

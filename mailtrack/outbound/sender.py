@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from mailtrack.config import RelayConfig
 from mailtrack.mail.ids import header_message_id
-from mailtrack.queue.spool import Claim, Spool, write_durably
+from mailtrack.queue.layout import OUTBOX_STATE, id_time
+from mailtrack.queue.spool import Claim, Spool, Where, write_durably
 
 if TYPE_CHECKING:
     import smtplib
@@ -41,49 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "outbox-state"
 STALE_STATE = 24 * 3600  # a state file whose mail is gone is deleted after this long
-_NAME_RE = re.compile(r"^(?P<id>[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+)(?::1,(?P<n>[0-9]+))?$")
-
-
-# --- what the spool keeps on disk (its documented layout: outbox/{new,cur}, outbox-failed) -----
-
-
-def _entries(directory: Path) -> list[tuple[str, int, Path]]:
-    """(id, attempts, path) of the mails in a spool directory, oldest first."""
-    out = []
-    for name in sorted(os.listdir(directory)):
-        m = _NAME_RE.match(name)
-        if m:
-            out.append((m.group("id"), int(m.group("n") or 0), directory / name))
-    return out
-
-
-def _release(spool: Spool, until: float) -> int:
-    """Make the delayed mails whose not-before time is at most `until` claimable now."""
-    real = time.time()
-    released = 0
-    for _, _, path in _entries(spool.root / "outbox" / "new"):
-        with contextlib.suppress(FileNotFoundError):
-            mtime = path.stat().st_mtime
-            if real < mtime <= until:
-                os.utime(path, (real - 1, real - 1))
-                released += 1
-    return released
-
-
-def _defer(spool: Spool, claim: Claim, not_before: float | None) -> None:
-    """Put a claimed outgoing mail back, claimable from `not_before`; no attempt is counted."""
-    target = spool.root / "outbox" / "new" / claim.path.name
-    os.rename(claim.path, target)
-    claim.release()
-    if not_before is not None:
-        os.utime(target, (not_before, not_before))
-
-
-def _queued_at(spool_id: str) -> float:
-    """When a mail entered the outbox: its id starts with the time in nanoseconds."""
-    return int(spool_id[:20]) / 1e9
 
 
 @dataclass
@@ -100,11 +59,11 @@ class MailState:
 
 class _States:
     def __init__(self, spool: Spool) -> None:
-        self.dir = spool.root / STATE_DIR
+        self.dir = spool.layout.outbox_state
         self.dir.mkdir(mode=0o750, exist_ok=True)
 
     def path(self, spool_id: str) -> Path:
-        return self.dir / f"{spool_id}.json"
+        return self.dir / f"{spool_id}{OUTBOX_STATE}"
 
     def load(self, spool_id: str) -> MailState | None:
         try:
@@ -129,11 +88,11 @@ class _States:
 
     def tidy(self, spool: Spool) -> None:
         """Delete old state files of mails that are no longer in the spool."""
-        kept = {i for d in ("outbox/new", "outbox/cur", "outbox-failed") for i, _, _ in _entries(spool.root / d)}
+        kept = spool.outbox.ids()
         limit = time.time() - STALE_STATE
-        for path in self.dir.glob("*.json"):
+        for path in self.dir.glob(f"*{OUTBOX_STATE}"):
             with contextlib.suppress(FileNotFoundError):
-                if path.name[: -len(".json")] not in kept and path.stat().st_mtime < limit:
+                if path.name[: -len(OUTBOX_STATE)] not in kept and path.stat().st_mtime < limit:
                     path.unlink()
 
 
@@ -287,7 +246,7 @@ class OutboxSender:
     def _deliver(self, claim: Claim, session: _Session, now: float) -> str:
         """Try one claimed mail; return sent | deferred | failed."""
         envelope = self.spool.envelope(claim)
-        state = self.states.load(claim.id) or MailState(queued=_queued_at(claim.id))
+        state = self.states.load(claim.id) or MailState(queued=id_time(claim.id))
         if state.failed_at:  # back from outbox-failed: start over, but never resend to who has it
             state = MailState(queued=now, delivered=state.delivered)
         pending = [r for r in envelope.recipients if r not in state.delivered and r not in state.refused]
@@ -315,7 +274,7 @@ class OutboxSender:
                     state.last_error = first
                     delay = self._backoff(state.attempts)
                     self.states.save(claim.id, state)
-                    _defer(self.spool, claim, now + delay)
+                    self.spool.outbox.defer(claim, now + delay)
                     log.warning("%s: not delivered to %s (attempt %d): %s; next try in %ds", mid,
                                 ", ".join(temporary), state.attempts, first, delay)
                     return "deferred"
@@ -330,9 +289,9 @@ class OutboxSender:
             detail = [f"Message-ID: {mid}", *lines]
             if state.delivered:
                 detail.append(f"delivered to: {', '.join(state.delivered)}")
-            self.spool.fail(claim, "\n".join([summary, "", *detail]))
+            self.spool.outbox.fail(claim, "\n".join([summary, "", *detail]))
             return "failed"
-        self.spool.done(claim)
+        self.spool.outbox.done(claim)
         self.states.remove(claim.id)
         return "sent"
 
@@ -345,20 +304,20 @@ class OutboxSender:
         if not self.relay.host:
             return counts
         now = time.time() if now is None else now
-        _release(self.spool, now)
+        self.spool.outbox.release(now)
         session = _Session(self)
         seen: set[str] = set()
         try:
-            while (claim := self.spool.claim_out()) is not None:
+            for claim in self.spool.outbox.claims():
                 if claim.id in seen:  # due again within this pass (a clock behind `now`): next pass
-                    _defer(self.spool, claim, None)
+                    self.spool.outbox.defer(claim, None)
                     break
                 seen.add(claim.id)
                 try:
                     counts[self._deliver(claim, session, now)] += 1
                 except Exception:  # our bug or our disk, not the mail's: keep it, try again later
                     log.exception("%s: sending failed", claim.id)
-                    _defer(self.spool, claim, now + self._backoff(1))
+                    self.spool.outbox.defer(claim, now + self._backoff(1))
                     counts["deferred"] += 1
         finally:
             session.close()
@@ -393,11 +352,7 @@ class OutboxSender:
 
 def next_due(spool: Spool) -> float | None:
     """The earliest not-before time of the mails waiting in the outbox (None: none waits)."""
-    times = []
-    for _, _, path in _entries(spool.root / "outbox" / "new"):
-        with contextlib.suppress(FileNotFoundError):
-            times.append(path.stat().st_mtime)
-    return min(times) if times else None
+    return spool.outbox.next_due()
 
 
 def _duration(seconds: float) -> str:
@@ -437,10 +392,11 @@ def waiting(spool: Spool) -> list[Waiting]:
     from email.parser import BytesHeaderParser
 
     states = _States(spool)
-    failures = dict(spool.failures_out())
+    failures = dict(spool.outbox.failures())
     out = []
-    for where, directory in (("queued", "outbox/new"), ("sending", "outbox/cur"), ("failed", "outbox-failed")):
-        for spool_id, attempts, path in _entries(spool.root / directory):
+    places: list[tuple[str, Where]] = [("queued", "new"), ("sending", "cur"), ("failed", "failed")]
+    for where, directory in places:
+        for spool_id, attempts, path in spool.outbox.entries(directory):
             try:
                 raw = path.read_bytes()
                 mtime = path.stat().st_mtime
@@ -449,7 +405,7 @@ def waiting(spool: Spool) -> list[Waiting]:
                 continue  # sent or moved while we looked
             head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0] + b"\n\n"
             subject = str(BytesHeaderParser(policy=policy.default).parsebytes(head).get("subject", ""))
-            state = states.load(spool_id) or MailState(queued=_queued_at(spool_id))
+            state = states.load(spool_id) or MailState(queued=id_time(spool_id))
             reason = failures.get(spool_id, "") if where == "failed" else ""
             out.append(Waiting(
                 spool_id, where, envelope.recipients, header_message_id(raw), subject, mtime, state.attempts,
@@ -493,7 +449,7 @@ def retry_now(spool: Spool, relay: RelayConfig | None = None, *, now: float | No
 
     Returns {"released": n} plus send_pending's counts when it sent.
     """
-    counts = {"released": _release(spool, float("inf"))}
+    counts = {"released": spool.outbox.release(float("inf"))}
     if relay is not None and relay.host:
         counts.update(OutboxSender(relay, spool).send_pending(now))
     return counts

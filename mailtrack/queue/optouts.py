@@ -13,10 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from mailtrack.queue.layout import Layout
 from mailtrack.queue.spool import write_durably
-
-OPTOUT_FILE = "optouts.json"
-OPTOUT_LOCK = "optouts.lock"
 
 
 class OptOuts:
@@ -24,8 +22,10 @@ class OptOuts:
     under a lock, as serve, process and deliver may record at the same time."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.path = root / OPTOUT_FILE
+        """`root`: the spool's root."""
+        layout = Layout(root)
+        self.path = layout.optouts
+        self.lock = layout.optouts_lock
 
     def read(self) -> dict[str, list[str]]:
         try:
@@ -41,7 +41,7 @@ class OptOuts:
     def record(self, issue: str, address: str, subscribed: bool) -> bool:
         """`unsubscribe` (subscribed False) or `subscribe` again; True when that changed anything."""
         address = address.strip().strip("<>").lower()
-        fd = os.open(self.root / OPTOUT_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             data = self.read()

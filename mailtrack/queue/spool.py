@@ -5,17 +5,11 @@ directory fsynced (Mailman's switchboard, public-inbox-mda's emergency copy). A 
 mail by renaming `new/X` to `cur/X`: the rename is atomic, so a lost race simply means someone
 else has it. The mail leaves the queue only after its effect is committed (`done`).
 
-    <root>/incoming/{tmp,new,cur}   mail received, waiting for or being processed
-    <root>/failed/                  gave up or quarantined; `<name>.reason` beside each mail
-    <root>/processed/               done, kept until `prune()`
-    <root>/sources/<id>             where a mail came from (`accept(keep_source=True)`), made
-                                    when first needed; deleted with the mail
-    <root>/outbox/{tmp,new,cur}     mail we send; `outbox/env/<id>.json` holds its envelope
-    <root>/outbox-failed/           mail we could not send; `<name>.reason` beside each mail
+Each queue is a `Queue`: a Maildir (tmp/new/cur), its failed directory and maybe a directory for
+finished mail; the `Spool` holds the two of them, the incoming queue and the outbox, and what is
+particular to their mail (where an incoming mail came from, an outgoing mail's envelope). Where
+every file lives, and how mail files are named, is `mailtrack.queue.layout`'s business.
 
-File names are `<id>` or `<id>:1,<attempts>` once a mail has been retried (the Maildir
-"experimental" info suffix), so the attempt count moves with the mail in the same rename and a
-crash can never lose it. Ids sort by arrival: `<time-ns, 20 digits>.P<pid>Q<counter>.<host>`.
 A claim holds an exclusive flock on its file for as long as it lives (the renames keep the
 inode, so the lock moves with the mail): `recover()` puts back only the mail in `cur/` that no
 live process holds, so a `mailtrack deliver` run by the MTA and a `mailtrack process` run by cron
@@ -30,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import time
@@ -38,8 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from mailtrack.mail.ids import header_message_id, mail_key
+from mailtrack.queue.layout import ENVELOPE, ID_RE, REASON, SOURCE, Layout, format_id, format_name, parse_name, reason_name
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +43,7 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
 
-ID_RE = re.compile(r"^[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+$")
-_NAME_RE = re.compile(r"^(?P<id>[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+)(?::1,(?P<n>[0-9]+))?$")
-_REASON = ".reason"
+__all__ = ["ID_RE", "MAX_ATTEMPTS", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "write_durably"]
 
 
 class _Lock:
@@ -161,17 +154,6 @@ def write_durably(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
     _fsync_dir(path.parent)
 
 
-def _parse_name(name: str) -> tuple[str, int] | None:
-    match = _NAME_RE.match(name)
-    if match is None:
-        return None
-    return match.group("id"), int(match.group("n") or 0)
-
-
-def _name(spool_id: str, attempts: int) -> str:
-    return spool_id if attempts == 0 else f"{spool_id}:1,{attempts}"
-
-
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -180,13 +162,31 @@ def _last_line(text: str) -> str:
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
 
 
+Where = Literal["new", "cur", "failed"]  # waiting (or delayed), claimed, given up
+
+
+class Entry(NamedTuple):
+    """One mail file of a queue directory."""
+
+    id: str
+    attempts: int
+    path: Path
+
+
 @dataclass(frozen=True)
-class _Queue:
-    """One Maildir (tmp/new/cur) with its failed directory and, maybe, its done directory."""
+class Queue:
+    """One Maildir (tmp/new/cur) with its failed directory and, maybe, its finished directory.
+
+    A mail may have one file beside it, `<attached>/<id><suffix>` (an incoming mail's source, an
+    outgoing mail's envelope): written before the mail, deleted with it (done() without a
+    finished directory, prune()), and tidied by recover() once no mail of that id is left.
+    """
 
     dir: Path
     failed: Path
-    done: Path | None  # None: done() deletes the mail
+    finished: Path | None = None  # None: done() deletes the mail
+    attached: Path | None = None  # made when first needed
+    suffix: str = ""
 
     @property
     def tmp(self) -> Path:
@@ -201,28 +201,296 @@ class _Queue:
         return self.dir / "cur"
 
     def dirs(self) -> list[Path]:
-        return [self.dir, self.tmp, self.new, self.cur, self.failed] + (
-            [self.done] if self.done else []
-        )
+        return [self.dir, self.tmp, *self._mail_dirs()]
+
+    def attachment(self, spool_id: str) -> Path:
+        """The file beside the mail `spool_id` (it need not exist)."""
+        if self.attached is None:
+            raise ValueError(f"{self.dir} keeps nothing beside its mail")
+        return self.attached / f"{spool_id}{self.suffix}"
+
+    # --- in -----------------------------------------------------------------------------------
+
+    def deliver(self, spool_id: str, raw: bytes, *, attachment: bytes | None = None) -> None:
+        """Keep `raw` durably in new/ as `spool_id`, and first `attachment` beside it. OSError:
+        not kept (and no attachment left behind)."""
+        if attachment is not None:
+            path = self.attachment(spool_id)
+            try:
+                path.parent.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                pass
+            else:
+                _fsync_dir(path.parent.parent)
+            write_durably(path, attachment)
+        try:
+            write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
+        except BaseException:
+            if attachment is not None:
+                with contextlib.suppress(OSError):
+                    self.attachment(spool_id).unlink()
+            raise
+
+    def hold(self, spool_id: str, raw: bytes, reason: str) -> None:
+        """Keep `raw` durably straight in failed/ with `reason`."""
+        write_durably(self.failed / reason_name(spool_id), reason.encode("utf-8", "replace"))
+        write_durably(self.failed / spool_id, raw, tmp=self.tmp / spool_id)
+
+    # --- claims -------------------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Take the oldest mail that is due (not one delayed by retry_later or defer), or None."""
+        now = time.time()
+        for spool_id, attempts, source in self.entries("new"):
+            try:
+                if os.stat(source).st_mtime > now:  # delayed
+                    continue
+            except FileNotFoundError:  # someone else claimed it first
+                continue
+            claim = _take(source, self.cur / source.name, spool_id, attempts)
+            if claim is not None:
+                return claim
+        return None
+
+    def claims(self) -> Iterator[Claim]:
+        """Claim mail after mail until none is due; finish each before asking for the next."""
+        while (claim := self.claim()) is not None:
+            yield claim
+
+    def claim_id(self, spool_id: str) -> Claim | None:
+        """Take this mail (never retried yet), or None if someone has it."""
+        if ID_RE.match(spool_id) is None:
+            return None
+        return _take(self.new / spool_id, self.cur / spool_id, spool_id, 0)
+
+    def owns(self, claim: Claim) -> bool:
+        return claim.path.parent == self.cur
+
+    # --- what becomes of a claim --------------------------------------------------------------
+
+    def done(self, claim: Claim) -> None:
+        """The mail's effect is committed: to the finished directory, or deleted with what is
+        beside it when there is none."""
+        if self.finished is None:
+            claim.path.unlink()
+            claim.release()
+            self._forget(claim.id)
+            return
+        target = self.finished / claim.id
+        os.rename(claim.path, target)
+        claim.release()
+        os.utime(target)  # prune() counts the retention from now, not from arrival
+
+    def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
+        """Count a failed attempt; back to new/ (claimable after `delay`), or to failed/ at MAX."""
+        attempts = claim.attempts + 1
+        if attempts >= MAX_ATTEMPTS:
+            summary = f"failed {attempts} times, last error: {_last_line(error)}"
+            self._to_failed(claim, f"{summary}\n\n{error}")
+            return
+        log.warning("%s (Message-ID %s) failed (attempt %d of %d): %s",
+                    claim.id, _claimed_id(claim), attempts, MAX_ATTEMPTS, _last_line(error))
+        self._put_back(claim, attempts, time.time() + delay.total_seconds() if delay > timedelta(0) else None)
+
+    def defer(self, claim: Claim, not_before: float | None) -> None:
+        """Put the mail back without counting an attempt, claimable from `not_before` (None: now,
+        or whenever its file's time says)."""
+        self._put_back(claim, claim.attempts, not_before)
+
+    def fail(self, claim: Claim, reason: str, *, level: int = logging.ERROR) -> None:
+        """Straight to failed/ with `reason`; logged at `level`: ERROR for a failure (a mail that
+        cannot be delivered), WARNING for a decision (a mail held by policy)."""
+        self._to_failed(claim, reason, level)
+
+    # --- delayed mail -------------------------------------------------------------------------
+
+    def release(self, until: float) -> int:
+        """Make the delayed mails whose not-before time is at most `until` claimable now."""
+        real = time.time()
+        released = 0
+        for _, _, path in self.entries("new"):
+            with contextlib.suppress(FileNotFoundError):
+                mtime = path.stat().st_mtime
+                if real < mtime <= until:
+                    os.utime(path, (real - 1, real - 1))
+                    released += 1
+        return released
+
+    def next_due(self) -> float | None:
+        """The earliest not-before time of the mails in new/ (None: none waits)."""
+        times = []
+        for _, _, path in self.entries("new"):
+            with contextlib.suppress(FileNotFoundError):
+                times.append(path.stat().st_mtime)
+        return min(times) if times else None
+
+    # --- looking ------------------------------------------------------------------------------
+
+    def entries(self, where: Where = "new") -> list[Entry]:
+        """The mails in new/, cur/ or failed/, oldest first."""
+        directory = {"new": self.new, "cur": self.cur, "failed": self.failed}[where]
+        return _entries(directory)
+
+    def ids(self) -> set[str]:
+        """The ids of every mail this queue holds, in any of its directories."""
+        return {entry.id for directory in self._mail_dirs() for entry in _entries(directory)}
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(id, first line of the reason) of every mail in failed/, oldest first."""
+        result = []
+        for name in sorted(os.listdir(self.failed)):
+            if ID_RE.match(name) is None:
+                continue
+            try:
+                reason = (self.failed / reason_name(name)).read_text("utf-8", "replace")
+            except FileNotFoundError:
+                reason = "(no reason recorded)"
+            result.append((name, _first_line(reason)))
+        return result
+
+    def counts(self) -> dict[Path, int]:
+        """How many mails sit in new/, cur/, failed/ and the finished directory."""
+        return {directory: len(_entries(directory)) for directory in self._mail_dirs()}
+
+    # --- upkeep -------------------------------------------------------------------------------
+
+    def requeue(self, spool_id: str) -> bool:
+        """Move a failed mail back to new/, attempts reset; False when failed/ has no such mail."""
+        if ID_RE.match(spool_id) is None:
+            return False
+        try:
+            os.rename(self.failed / spool_id, self.new / spool_id)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.new)
+        with contextlib.suppress(FileNotFoundError):
+            (self.failed / reason_name(spool_id)).unlink()
+        log.info("requeued %s", spool_id)
+        return True
+
+    def recover(self) -> int:
+        """Put claimed-but-unfinished mail back, counting an attempt; return how many came back.
+
+        Mail in `cur/` whose claim is still held (its flock: a live `deliver`, another worker) is
+        left alone. Also deletes what a crash left: old files in tmp/, a reason without its
+        mail, an old attached file without its mail.
+        """
+        recovered = 0
+        stale = time.time() - STALE_TMP.total_seconds()
+        for spool_id, attempts, path in self.entries("cur"):
+            lock = _Lock.take(path)
+            if lock is None:  # held by a live process, or finished meanwhile
+                continue
+            if not path.exists():  # finished between our listing and our lock
+                lock.release()
+                continue
+            claim = Claim(id=spool_id, path=path, attempts=attempts, lock=lock)
+            try:
+                self.retry_later(claim, "interrupted while being processed (crash or kill?)")
+            finally:
+                claim.release()
+            recovered += 1
+        for path in self.tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < stale:
+                    path.unlink()
+        for path in self.failed.glob(f"*{REASON}"):  # a crash between reason and mail
+            if not path.with_name(path.name[: -len(REASON)]).exists():
+                path.unlink()
+        if self.attached is not None and self.attached.is_dir():  # mail deleted by hand, or
+            held = self.ids()  # an interrupted deliver()
+            for path in self.attached.glob(f"*{self.suffix}"):
+                spool_id = path.name[: len(path.name) - len(self.suffix)]
+                if spool_id not in held and path.stat().st_mtime < stale:
+                    path.unlink()
+        return recovered
+
+    def prune(self, older_than: timedelta) -> int:
+        """Delete finished mail finished more than `older_than` ago; return how many."""
+        if self.finished is None:
+            return 0
+        limit = time.time() - older_than.total_seconds()
+        pruned = 0
+        for path in self.finished.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    pruned += 1
+                    self._forget(path.name)
+        return pruned
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _mail_dirs(self) -> list[Path]:
+        return [self.new, self.cur, self.failed] + ([self.finished] if self.finished else [])
+
+    def _put_back(self, claim: Claim, attempts: int, not_before: float | None) -> None:
+        target = self.new / format_name(claim.id, attempts)
+        os.rename(claim.path, target)
+        claim.release()
+        if not_before is not None:
+            os.utime(target, (not_before, not_before))
+
+    def _to_failed(self, claim: Claim, reason: str, level: int = logging.ERROR) -> None:
+        write_durably(self.failed / reason_name(claim.id), reason.encode("utf-8", "replace"))
+        mid = _claimed_id(claim)
+        os.rename(claim.path, self.failed / claim.id)
+        claim.release()
+        _fsync_dir(self.failed)
+        log.log(level, "%s (Message-ID %s) moved to %s: %s", claim.id, mid, self.failed.name, _first_line(reason))
+
+    def _forget(self, spool_id: str) -> None:
+        """Delete what is beside a mail that is gone."""
+        if self.attached is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.attachment(spool_id).unlink()
+
+
+def _entries(directory: Path) -> list[Entry]:
+    out = []
+    for name in sorted(os.listdir(directory)):
+        parsed = parse_name(name)
+        if parsed is not None:
+            out.append(Entry(parsed[0], parsed[1], directory / name))
+    return out
+
+
+def _take(source: Path, target: Path, spool_id: str, attempts: int) -> Claim | None:
+    """Lock `source`, then rename it to `target`: the lock is held before the mail is in
+    cur/, so recover() never sees it there unlocked. None if someone else has it."""
+    lock = _Lock.take(source)
+    if lock is None:
+        return None
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:  # claimed (and maybe finished) by someone else meanwhile
+        lock.release()
+        return None
+    except BaseException:
+        lock.release()
+        raise
+    return Claim(id=spool_id, path=target, attempts=attempts, lock=lock)
 
 
 class Spool:
-    """The incoming queue, the outbox, and their failed and processed directories under `root`."""
+    """The incoming queue and the outbox under `root`, and what is particular to their mail."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._incoming = _Queue(
-            self.root / "incoming", self.root / "failed", self.root / "processed"
+        self.layout = layout = Layout(self.root)
+        self.incoming = Queue(
+            layout.incoming, layout.failed, finished=layout.processed, attached=layout.sources, suffix=SOURCE
         )
-        self._outbox = _Queue(self.root / "outbox", self.root / "outbox-failed", None)
-        self._envelopes = self._outbox.dir / "env"
-        self._sources = self.root / "sources"
+        self.outbox = Queue(layout.outbox, layout.outbox_failed, attached=layout.envelopes, suffix=ENVELOPE)
         self._counter = itertools.count()
-        host = socket.gethostname() or "localhost"
-        self._host = re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64]
+        self._host = socket.gethostname() or "localhost"
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        for path in [*self._incoming.dirs(), *self._outbox.dirs(), self._envelopes]:
+        for path in [*self.incoming.dirs(), *self.outbox.dirs(), layout.envelopes]:
             path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    @property
+    def queues(self) -> tuple[Queue, Queue]:
+        return self.incoming, self.outbox
 
     # --- incoming -----------------------------------------------------------------------------
 
@@ -233,20 +501,8 @@ class Spool:
         reads it back), so the mail knows where it came from as long as it is kept: e.g. which
         IMAP mailbox to file it back in when it fails. It costs two fsyncs more."""
         spool_id = self._new_id()
-        if keep_source and source:
-            try:
-                self._sources.mkdir(mode=DIR_MODE)
-            except FileExistsError:
-                pass
-            else:
-                _fsync_dir(self.root)
-            write_durably(self._sources / spool_id, source.encode("utf-8", "replace"))
-        try:
-            self._deliver(self._incoming, raw, spool_id=spool_id)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                (self._sources / spool_id).unlink()
-            raise
+        kept = source.encode("utf-8", "replace") if keep_source and source else None
+        self.incoming.deliver(spool_id, raw, attachment=kept)
         log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", header_message_id(raw))
         return spool_id
 
@@ -255,63 +511,55 @@ class Spool:
         if ID_RE.match(spool_id) is None:
             return ""
         try:
-            return (self._sources / spool_id).read_text("utf-8", "replace")
+            return self.incoming.attachment(spool_id).read_text("utf-8", "replace")
         except FileNotFoundError:
             return ""
 
+    # The worker's side of the incoming queue, for short (spool.incoming.claims() and so on).
+
     def claim(self) -> Claim | None:
-        """Take the oldest waiting mail (not one delayed by retry_later), or None."""
-        return self._claim(self._incoming)
+        return self.incoming.claim()
 
     def claims(self) -> Iterator[Claim]:
-        """Claim mail after mail until none is waiting; finish each before asking for the next."""
-        while (claim := self.claim()) is not None:
-            yield claim
+        return self.incoming.claims()
 
     def claim_id(self, spool_id: str) -> Claim | None:
         """Take this mail (`mailtrack deliver` processes the one it kept), or None if someone has it."""
-        if ID_RE.match(spool_id) is None:
-            return None
-        queue = self._incoming
-        return self._take(queue.new / spool_id, queue.cur / spool_id, spool_id, 0)
+        return self.incoming.claim_id(spool_id)
+
+    def failures(self) -> list[tuple[str, str]]:
+        return self.incoming.failures()
 
     def recent(self, n: int) -> list[tuple[str, str]]:
         """(id, Message-ID) of the last `n` mails processed, newest first."""
-        assert self._incoming.done is not None
-        paths = sorted((p for p in self._incoming.done.iterdir() if ID_RE.match(p.name)), key=lambda p: p.name, reverse=True)
+        assert self.incoming.finished is not None
+        paths = sorted((p for p in self.incoming.finished.iterdir() if ID_RE.match(p.name)), key=lambda p: p.name, reverse=True)
         out = []
         for p in paths[:n]:
             with contextlib.suppress(OSError):
                 out.append((p.name, header_message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
         return out
 
-    def failures(self) -> list[tuple[str, str]]:
-        """(id, first line of the reason) of every mail in failed/, oldest first."""
-        return self._failures(self._incoming)
-
     def failed_message_ids(self) -> set[str]:
         """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
         ids = set()
-        for name in os.listdir(self._incoming.failed):
-            if ID_RE.match(name):
-                with contextlib.suppress(OSError):
-                    raw = (self._incoming.failed / name).read_bytes()
-                    ids.add(mail_key(raw))
+        for _, _, path in self.incoming.entries("failed"):
+            with contextlib.suppress(OSError):
+                ids.add(mail_key(path.read_bytes()))
         return ids
 
+    def hold(self, raw: bytes, reason: str) -> str:
+        """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
+        patch series that never completed); return its spool id."""
+        spool_id = self._new_id()
+        self.incoming.hold(spool_id, raw, reason)
+        log.warning("%s (Message-ID %s) kept in %s: %s",  # a decision
+                    spool_id, header_message_id(raw) or "none", self.incoming.failed.name, _first_line(reason))
+        return spool_id
+
     def prune(self, older_than: timedelta) -> int:
-        """Delete processed mail finished more than `older_than` ago; return how many."""
-        assert self._incoming.done is not None
-        limit = time.time() - older_than.total_seconds()
-        pruned = 0
-        for path in self._incoming.done.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < limit:
-                    path.unlink()
-                    pruned += 1
-                    with contextlib.suppress(FileNotFoundError):
-                        (self._sources / path.name).unlink()
-        return pruned
+        """Delete processed mail finished more than `older_than` ago (and its source); return how many."""
+        return self.incoming.prune(older_than)
 
     # --- outbox -------------------------------------------------------------------------------
 
@@ -321,238 +569,58 @@ class Spool:
             raise ValueError("an outgoing mail needs at least one recipient")
         spool_id = self._new_id()
         envelope = json.dumps({"sender": sender, "recipients": list(recipients)}).encode()
-        write_durably(self._envelopes / f"{spool_id}.json", envelope)
-        try:
-            self._deliver(self._outbox, raw, spool_id=spool_id)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                (self._envelopes / f"{spool_id}.json").unlink()
-            raise
+        self.outbox.deliver(spool_id, raw, attachment=envelope)
         log.info("queued %s to %s, Message-ID %s", spool_id, ", ".join(recipients), header_message_id(raw))
         return spool_id
 
-    def claim_out(self) -> Claim | None:
-        """Take the oldest outgoing mail waiting to be sent, or None."""
-        return self._claim(self._outbox)
-
-    def claims_out(self) -> Iterator[Claim]:
-        while (claim := self.claim_out()) is not None:
-            yield claim
-
     def envelope(self, claim: Claim) -> Envelope:
         """The envelope queue_out() kept for an outgoing mail."""
-        data = json.loads((self._envelopes / f"{claim.id}.json").read_text())
+        data = json.loads(self.outbox.attachment(claim.id).read_text())
         return Envelope(sender=str(data["sender"]), recipients=[str(r) for r in data["recipients"]])
-
-    def failures_out(self) -> list[tuple[str, str]]:
-        return self._failures(self._outbox)
 
     # --- both queues --------------------------------------------------------------------------
 
     def done(self, claim: Claim) -> None:
         """The mail's effect is committed: incoming -> processed/, outbox -> deleted."""
-        queue = self._queue_of(claim)
-        if queue.done is None:
-            claim.path.unlink()
-            claim.release()
-            with contextlib.suppress(FileNotFoundError):
-                (self._envelopes / f"{claim.id}.json").unlink()
-            return
-        target = queue.done / claim.id
-        os.rename(claim.path, target)
-        claim.release()
-        os.utime(target)  # prune() counts the retention from now, not from arrival
+        self._queue_of(claim).done(claim)
 
     def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
-        """Count a failed attempt; back to new/ (claimable after `delay`), or to failed/ at MAX."""
-        queue = self._queue_of(claim)
-        attempts = claim.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            summary = f"failed {attempts} times, last error: {_last_line(error)}"
-            self._to_failed(queue, claim, f"{summary}\n\n{error}")
-            return
-        log.warning("%s (Message-ID %s) failed (attempt %d of %d): %s",
-                    claim.id, _claimed_id(claim), attempts, MAX_ATTEMPTS, _last_line(error))
-        target = queue.new / _name(claim.id, attempts)
-        os.rename(claim.path, target)
-        claim.release()
-        if delay > timedelta(0):
-            not_before = time.time() + delay.total_seconds()
-            os.utime(target, (not_before, not_before))
+        """Count a failed attempt; back to its queue (claimable after `delay`), or failed at MAX."""
+        self._queue_of(claim).retry_later(claim, error, delay=delay)
 
     def fail(self, claim: Claim, reason: str, *, level: int = logging.ERROR) -> None:
-        """Straight to the failed directory with `reason`; logged at `level`: ERROR for a failure
-        (a mail that cannot be delivered), WARNING for a decision (a mail held by policy)."""
-        self._to_failed(self._queue_of(claim), claim, reason, level)
-
-    def hold(self, raw: bytes, reason: str) -> str:
-        """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
-        patch series that never completed); return its spool id."""
-        queue = self._incoming
-        spool_id = self._new_id()
-        write_durably(queue.failed / f"{spool_id}{_REASON}", reason.encode("utf-8", "replace"))
-        write_durably(queue.failed / spool_id, raw, tmp=queue.tmp / spool_id)
-        log.warning("%s (Message-ID %s) kept in %s: %s",  # a decision
-                    spool_id, header_message_id(raw) or "none", queue.failed.name, _first_line(reason))
-        return spool_id
+        """Straight to its queue's failed directory with `reason` (see Queue.fail)."""
+        self._queue_of(claim).fail(claim, reason, level=level)
 
     def requeue(self, spool_id: str) -> None:
         """Move a failed mail (incoming or outgoing) back to its queue, attempts reset."""
-        if ID_RE.match(spool_id):
-            for queue in (self._incoming, self._outbox):
-                try:
-                    os.rename(queue.failed / spool_id, queue.new / spool_id)
-                except FileNotFoundError:
-                    continue
-                _fsync_dir(queue.new)
-                with contextlib.suppress(FileNotFoundError):
-                    (queue.failed / f"{spool_id}{_REASON}").unlink()
-                log.info("requeued %s", spool_id)
-                return
-        raise KeyError(f"no failed mail with id {spool_id!r}")
+        if not any(queue.requeue(spool_id) for queue in self.queues):
+            raise KeyError(f"no failed mail with id {spool_id!r}")
 
     def recover(self) -> int:
         """On start: put claimed-but-unfinished mail back (counting an attempt); tidy up.
 
-        Mail in `cur/` whose claim is still held (its flock: a live `deliver`, another worker) is
-        left alone. Counting the interrupted attempt means a mail that crashes the process ends in failed/
+        Counting the interrupted attempt means a mail that crashes the process ends in failed/
         after MAX_ATTEMPTS starts instead of crashing it forever. Returns how many came back.
         """
-        recovered = 0
-        stale = time.time() - STALE_TMP.total_seconds()
-        for queue in (self._incoming, self._outbox):
-            for path in sorted(queue.cur.iterdir()):
-                parsed = _parse_name(path.name)
-                if parsed is None:
-                    continue
-                lock = _Lock.take(path)
-                if lock is None:  # held by a live process, or finished meanwhile
-                    continue
-                if not path.exists():  # finished between our listing and our lock
-                    lock.release()
-                    continue
-                claim = Claim(id=parsed[0], path=path, attempts=parsed[1], lock=lock)
-                try:
-                    self.retry_later(claim, "interrupted while being processed (crash or kill?)")
-                finally:
-                    claim.release()
-                recovered += 1
-            for path in queue.tmp.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime < stale:
-                        path.unlink()
-            for path in queue.failed.glob(f"*{_REASON}"):  # a crash between reason and mail
-                if not path.with_name(path.name[: -len(_REASON)]).exists():
-                    path.unlink()
-        kept = {
-            parsed[0]
-            for directory in (self._outbox.new, self._outbox.cur, self._outbox.failed)
-            for name in os.listdir(directory)
-            if (parsed := _parse_name(name)) is not None
-        }
-        for path in self._envelopes.glob("*.json"):  # mail sent, or queue_out() interrupted
-            if path.name[: -len(".json")] not in kept and path.stat().st_mtime < stale:
-                path.unlink()
-        if self._sources.is_dir():  # sources of mail deleted by hand, or of an interrupted accept()
-            incoming = self._incoming
-            assert incoming.done is not None
-            held = {
-                parsed[0]
-                for directory in (incoming.new, incoming.cur, incoming.failed, incoming.done)
-                for name in os.listdir(directory)
-                if (parsed := _parse_name(name)) is not None
-            }
-            for path in self._sources.iterdir():
-                if path.name not in held and path.stat().st_mtime < stale:
-                    path.unlink()
+        recovered = sum(queue.recover() for queue in self.queues)
         if recovered:
             log.warning("recovered %d mail(s) left claimed by an earlier run", recovered)
         return recovered
 
     def counts(self) -> dict[str, int]:
-        """How many mails sit in each queue directory."""
-
-        def count(path: Path) -> int:
-            return sum(1 for p in path.iterdir() if _parse_name(p.name) is not None)
-
-        incoming, outbox = self._incoming, self._outbox
-        assert incoming.done is not None
+        """How many mails sit in each queue directory, by its path under the root."""
         return {
-            "incoming/new": count(incoming.new),
-            "incoming/cur": count(incoming.cur),
-            "failed": count(incoming.failed),
-            "processed": count(incoming.done),
-            "outbox/new": count(outbox.new),
-            "outbox/cur": count(outbox.cur),
-            "outbox-failed": count(outbox.failed),
+            str(directory.relative_to(self.root)): n for queue in self.queues for directory, n in queue.counts().items()
         }
 
     # --- internals ----------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        return f"{time.time_ns():020d}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
+        return format_id(time.time_ns(), os.getpid(), next(self._counter), self._host)
 
-    def _deliver(self, queue: _Queue, raw: bytes, *, spool_id: str = "") -> str:
-        spool_id = spool_id or self._new_id()
-        write_durably(queue.new / spool_id, raw, tmp=queue.tmp / spool_id)
-        return spool_id
-
-    def _claim(self, queue: _Queue) -> Claim | None:
-        now = time.time()
-        for name in sorted(os.listdir(queue.new)):
-            parsed = _parse_name(name)
-            if parsed is None:
-                continue
-            source = queue.new / name
-            try:
-                if os.stat(source).st_mtime > now:  # delayed by retry_later
-                    continue
-            except FileNotFoundError:  # someone else claimed it first
-                continue
-            claim = self._take(source, queue.cur / name, parsed[0], parsed[1])
-            if claim is not None:
-                return claim
-        return None
-
-    @staticmethod
-    def _take(source: Path, target: Path, spool_id: str, attempts: int) -> Claim | None:
-        """Lock `source`, then rename it to `target`: the lock is held before the mail is in
-        cur/, so recover() never sees it there unlocked. None if someone else has it."""
-        lock = _Lock.take(source)
-        if lock is None:
-            return None
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:  # claimed (and maybe finished) by someone else meanwhile
-            lock.release()
-            return None
-        except BaseException:
-            lock.release()
-            raise
-        return Claim(id=spool_id, path=target, attempts=attempts, lock=lock)
-
-    def _queue_of(self, claim: Claim) -> _Queue:
-        for queue in (self._incoming, self._outbox):
-            if claim.path.parent == queue.cur:
+    def _queue_of(self, claim: Claim) -> Queue:
+        for queue in self.queues:
+            if queue.owns(claim):
                 return queue
         raise ValueError(f"{claim.path} is not a claimed mail of this spool")
-
-    def _to_failed(self, queue: _Queue, claim: Claim, reason: str, level: int = logging.ERROR) -> None:
-        write_durably(queue.failed / f"{claim.id}{_REASON}", reason.encode("utf-8", "replace"))
-        mid = _claimed_id(claim)
-        os.rename(claim.path, queue.failed / claim.id)
-        claim.release()
-        _fsync_dir(queue.failed)
-        log.log(level, "%s (Message-ID %s) moved to %s: %s", claim.id, mid, queue.failed.name, _first_line(reason))
-
-    def _failures(self, queue: _Queue) -> list[tuple[str, str]]:
-        result = []
-        for name in sorted(os.listdir(queue.failed)):
-            if ID_RE.match(name) is None:
-                continue
-            try:
-                reason = (queue.failed / f"{name}{_REASON}").read_text("utf-8", "replace")
-            except FileNotFoundError:
-                reason = "(no reason recorded)"
-            result.append((name, _first_line(reason)))
-        return result
