@@ -327,7 +327,7 @@ sys.exit(serve.main(["--repo", sys.argv[1], "process"]))
         ("worker.pipeline", "Gateway", "handle", "pass"),  # after spooling, before anything else
         ("tracker.store", "Store", "move", "pass"),  # mid-commit: objects written, ref not moved
         ("tracker.store", "Store", "move", "real(*a, **k)"),  # committed, the mail not yet finished
-        ("queue.spool", "Spool", "done", "pass"),  # before finishing
+        ("queue.spool", "Queue", "done", "pass"),  # before finishing
     ],
 )
 def test_crash_at_any_point_lands_exactly_once(

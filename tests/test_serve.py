@@ -201,19 +201,19 @@ def refused(port: int) -> bool:
 
 
 FAIL_FIRST_DONE = """
-from mailtrack.queue.spool import Spool
-real_done, calls = Spool.done, []
+from mailtrack.queue.spool import Queue
+real_done, calls = Queue.done, []
 def done(self, claim):
     calls.append(claim.id)
     if len(calls) == 1:
         raise OSError(28, "No space left on device")
     return real_done(self, claim)
-Spool.done = done
+Queue.done = done
 """
 
 
 def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
-    """spool.done() fails once with ENOSPC: the worker logs, backs off and processes the next mail."""
+    """The incoming queue's done() fails once with ENOSPC: the worker logs, backs off and processes the next mail."""
     repo = make_repo(tmp_path / "gw")
     server = Server(repo, free_port(), inject=FAIL_FIRST_DONE)
     server.start()
@@ -224,6 +224,7 @@ def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
     wait_for(lambda: titles(repo) == ["First", "Second"], timeout=30, what="the second mail, after the failure")
     assert None is server.proc.poll()
     assert 0 == server.stop()
+    assert any("No space left on device" in line for line in server.log), server.log  # the fault did happen
     r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"], capture_output=True, check=False)
     assert (0, ["First", "Second"]) == (r.returncode, titles(repo))  # the first, recovered, is not filed twice
 

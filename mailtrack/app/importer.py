@@ -98,6 +98,6 @@ def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str], leve
         return
     kept.add(mid)
     spool_id = gateway.spool.accept(raw, source="import")
-    claim = gateway.spool.claim_id(spool_id)
+    claim = gateway.spool.incoming.claim_id(spool_id)
     if claim is not None:
-        gateway.spool.fail(claim, reason, level=level)
+        gateway.spool.incoming.fail(claim, reason, level=level)

@@ -53,8 +53,6 @@ from mailtrack.tracker.xmlformat import FormatError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "notify-state.json"
-LOCK_FILE = "notify.lock"
 
 # Why a person gets a mail, in the order a person with several roles is told the first one.
 ROLES = (("reporters", "reporter"), ("owners", "owner"), ("assigned", "assignee"), ("carbons", "cc"))
@@ -323,7 +321,7 @@ class Notifier:
 
     @property
     def state_path(self) -> Path:
-        return self.spool.root / STATE_FILE
+        return self.spool.layout.notify_state
 
     @property
     def renderer(self) -> Renderer:
@@ -341,7 +339,7 @@ class Notifier:
         return data if isinstance(data, dict) else None
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # left by a crashed run that had our pid
         write_durably(self.state_path, json.dumps(state, indent=1).encode(), tmp=tmp)
@@ -349,7 +347,7 @@ class Notifier:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One notifier at a time per spool (serve, process and deliver may overlap)."""
-        fd = os.open(self.spool.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(self.spool.layout.notify_lock, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def staging(gw: Gateway) -> Staging:
-    return Staging(gw.spool.root / "patches", gw.parse)
+    return Staging(gw.spool.layout.patches, gw.parse)
 
 
 def applier(gw: Gateway) -> Applier:

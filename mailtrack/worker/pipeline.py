@@ -23,6 +23,7 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
 from mailtrack.mail.parse import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
+from mailtrack.queue.layout import default_root
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def default_spool(store: Store) -> Path:
-    return Path(store.repo.controldir()) / "mailtrack" / "spool"
+    return default_root(Path(store.repo.controldir()))
 
 
 @dataclass

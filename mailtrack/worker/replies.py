@@ -43,7 +43,7 @@ class Replier:
         gw = self.config.gateway
         if not dry_run:
             if self._limiter is None:
-                self._limiter = RateLimiter(self.spool.root / "replies.sqlite")
+                self._limiter = RateLimiter(self.spool.layout.replies_db)
             if not self._limiter.allow(mail.from_addr, gw.reply_rate_limit, gw.reply_rate_window):
                 log.warning("%s: no %s to %s: over the reply rate limit", mail.message_id, kind.template, mail.from_addr)
                 return

@@ -25,20 +25,20 @@ def work(gateway: Gateway, claim: Claim) -> Outcome | None:
     except Exception:
         error = traceback.format_exc()
         log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
-        gateway.spool.retry_later(claim, error)
+        gateway.spool.incoming.retry_later(claim, error)
         return None
     if out.action == Action.HELD:
         # a decision about the mail, not a failure: logged as a warning (ERROR is for retries exhausted)
-        gateway.spool.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
+        gateway.spool.incoming.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
     else:
-        gateway.spool.done(claim)
+        gateway.spool.incoming.done(claim)
     return out
 
 
 def drain(gateway: Gateway) -> int:
     """Process every waiting mail; return how many were taken."""
     n = 0
-    for claim in gateway.spool.claims():
+    for claim in gateway.spool.incoming.claims():
         work(gateway, claim)
         n += 1
     return n
