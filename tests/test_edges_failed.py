@@ -15,7 +15,8 @@ from dovecot import DovecotServer, free_port
 from mailtrack.app.daemon import work
 from mailtrack.config import ImapConfig, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
-from mailtrack.inbound.smtp import Addresses, SmtpListener
+from mailtrack.inbound.smtp import SmtpListener
+from mailtrack.mail.addresses import Ours
 from mailtrack.queue.spool import Spool
 from mailtrack.worker.pipeline import Gateway
 
@@ -86,7 +87,7 @@ def test_a_held_smtp_mail_leaves_imap_mail_with_its_message_id_alone(
     config = ListenConfig(port=free_port())
     raw = held_mail("smtp").replace(b"\n", b"\r\n")
     with (
-        SmtpListener(config, gateway.spool, Addresses()),
+        SmtpListener(config, gateway.spool, Ours()),
         smtplib.SMTP("127.0.0.1", config.port, timeout=10) as client,
     ):
         assert {} == client.sendmail("a@example.test", ["issues@localhost"], raw)

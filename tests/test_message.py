@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mailtrack.mail.addresses import Ours
 from mailtrack.mail.decode import decode_base64, decode_text, decode_words, header_text
 from mailtrack.mail.parse import (
     RESERVED_NAME_RE,
@@ -517,7 +518,7 @@ def test_machine_own_address() -> None:
     raw = HUMAN.replace(b"jane@example.org", b"Issues@Tracker.example.org")
     assert (
         "loop: from our own address issues@tracker.example.org"
-        == parse(raw, own_addresses=["issues@tracker.example.org"]).machine
+        == parse(raw, ours=Ours(extra=("issues@tracker.example.org",))).machine
     )
 
 

@@ -22,14 +22,15 @@ from typing import Any
 import pytest
 
 from dovecot import free_port, wait_for
-from mailtrack.inbound.smtp import Addresses, ListenConfig, SmtpListener
+from mailtrack.inbound.smtp import ListenConfig, SmtpListener
+from mailtrack.mail.addresses import Ours
 from mailtrack.mail.parse import parse
 from mailtrack.queue.spool import Spool
 
 pytest_plugins = ["conftest_edges"]
 
 FROM = "alice@example.test"
-ADDRESSES = Addresses(main="issues@example.test", control="control@example.test")
+ADDRESSES = Ours(main="issues@example.test", control="control@example.test")
 
 StartListener = Callable[..., SmtpListener]
 
@@ -45,7 +46,7 @@ def start(spool: Spool) -> Iterator[StartListener]:
     running: list[SmtpListener] = []
 
     def start_listener(
-        *, spool_: Spool | None = None, addresses: Addresses = ADDRESSES, **fields: Any
+        *, spool_: Spool | None = None, addresses: Ours = ADDRESSES, **fields: Any
     ) -> SmtpListener:
         on_accept = fields.pop("on_accept", None)
         config = replace(ListenConfig(port=free_port(), server_name="gw.example.test"), **fields)
@@ -189,8 +190,8 @@ def test_relay_is_refused_to_swaks(start: StartListener, spool: Spool) -> None:
     ],
 )  # fmt: skip
 def test_addresses(address: str, ours: bool) -> None:
-    """Addresses.accepts: main, main+anything and control, case-insensitive; nothing else."""
-    assert ours == ADDRESSES.accepts(address)
+    """Ours.delivers_here: main, main+anything and control, case-insensitive; nothing else."""
+    assert ours == ADDRESSES.delivers_here(address)
 
 
 def test_oversized_mail_is_refused_at_mail_from_with_size(
@@ -259,8 +260,8 @@ def test_spool_failure_is_a_temporary_451(start: StartListener, tmp_path: Path) 
     assert (451, b"4.3.0") == (info.value.smtp_code, info.value.smtp_error[:5])
 
 
-class BrokenAddresses(Addresses):
-    def accepts(self, address: str) -> bool:
+class BrokenAddresses(Ours):
+    def delivers_here(self, address: str) -> bool:
         raise RuntimeError("a bug of ours")
 
 

@@ -22,7 +22,8 @@ from types import FrameType
 
 from mailtrack.config import Config, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
-from mailtrack.inbound.smtp import Addresses, SmtpListener
+from mailtrack.inbound.smtp import SmtpListener
+from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import header_message_id
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
@@ -59,7 +60,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     notifier.begin(store)  # before any mail is taken: the first one's change is notified too
     sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")
     stop, wake = threading.Event(), threading.Event()
-    addresses = Addresses(main=gw.address, control=gw.control_address)
+    addresses = Ours.of(gw)
     listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set()) for lc in config.listen]
 
     def stop_accepting() -> None:

@@ -26,7 +26,6 @@ import re
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailtrack.config import ListenConfig
+from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import hashed_message_id, header_message_id
 from mailtrack.queue.spool import Spool
 
@@ -53,26 +53,6 @@ def with_message_id(content: bytes) -> bytes:
     if _USABLE_ID_RE.search(header_message_id(content)):
         return content
     return f"Message-ID: {hashed_message_id(content)}\n".encode() + content
-
-
-@dataclass(frozen=True)
-class Addresses:
-    """The gateway's own addresses: the main one, its plus forms, and the control address."""
-
-    main: str = "issues@localhost"
-    control: str = "control@localhost"
-
-    def accepts(self, address: str) -> bool:
-        """Is `address` ours? Case-insensitive; `main` takes `+anything` after its local part."""
-        local, _, domain = address.strip().strip("<>").lower().rpartition("@")
-        if not local or not domain:
-            return False
-        for own in (self.main, self.control):
-            own_local, _, own_domain = own.lower().rpartition("@")
-            if domain == own_domain and local == own_local:
-                return True
-        main_local, _, main_domain = self.main.lower().rpartition("@")
-        return domain == main_domain and local.startswith(main_local + "+")
 
 
 def read_users(path: str) -> dict[str, str]:
@@ -111,7 +91,7 @@ class SpoolHandler:
     def __init__(
         self,
         spool: Spool,
-        addresses: Addresses,
+        addresses: Ours,
         config: ListenConfig,
         *,
         on_accept: Callable[[str], None] | None = None,
@@ -142,7 +122,7 @@ class SpoolHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if not self._addresses.accepts(address):
+        if not self._addresses.delivers_here(address):
             log.info("refused recipient <%s> from %r", address, session.peer)
             return f"550 5.1.1 <{address}>: recipient not accepted here"
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
@@ -345,7 +325,7 @@ class SmtpListener:
         self,
         config: ListenConfig,
         spool: Spool,
-        addresses: Addresses,
+        addresses: Ours,
         *,
         on_accept: Callable[[str], None] | None = None,
     ) -> None:

@@ -48,8 +48,13 @@ class Ours:
         return a in (self.main.lower(), self.control.lower()) or self.detail(a) is not None
 
     def is_ours(self, address: str) -> bool:
-        """Any address of ours: those mail is taken for, and gateway.own_addresses."""
-        return self.delivers_here(address) or bare(address) in {bare(e) for e in self.extra}
+        """Any address of ours or a plus form of one: the main one, the control one, gateway.own_addresses."""
+        local, _, domain = bare(address).rpartition("@")
+        for mine in (self.main, self.control, *self.extra):
+            m_local, _, m_domain = bare(mine).rpartition("@")
+            if domain == m_domain and (local == m_local or local.startswith(m_local + "+")):
+                return True
+        return False
 
     def others(self, addresses: Iterable[str]) -> list[str]:
         """The addresses that are not ours, in order."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import policy
@@ -23,6 +23,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 
+from mailtrack.mail.addresses import Ours
 from mailtrack.mail.decode import (
     CONTROL_RE,
     clean_text,
@@ -126,7 +127,7 @@ def parse(
     *,
     max_attachment_size: int = 10 * 1024 * 1024,
     loop_header: str = LOOP_HEADER,
-    own_addresses: Iterable[str] = (),
+    ours: Ours | None = None,
 ) -> ParsedMail:
     """Parse one mail. Never raises on any input bytes."""
     raw = bytes(raw)
@@ -176,7 +177,7 @@ def parse(
         headers=headers,
         all_quote=bool(body.strip()) and not own,
     )
-    reason = _machine_reason(mail, msg, loop_header=loop_header, own_addresses=own_addresses)
+    reason = _machine_reason(mail, msg, loop_header=loop_header, ours=ours)
     return replace(mail, machine=reason)
 
 
@@ -185,7 +186,7 @@ def _machine_reason(
     msg: Message | None = None,
     *,
     loop_header: str = LOOP_HEADER,
-    own_addresses: Iterable[str] = (),
+    ours: Ours | None = None,
 ) -> str | None:
     """Why this mail was sent by a machine and must never get a reply, or None.
 
@@ -195,7 +196,7 @@ def _machine_reason(
     """
     if mail.header(loop_header) is not None:
         return f"loop: our own {loop_header} header"
-    if mail.from_addr and mail.from_addr in {a.strip().lower() for a in own_addresses}:
+    if mail.from_addr and ours is not None and ours.is_ours(mail.from_addr):
         return f"loop: from our own address {mail.from_addr}"
     if mail.return_path == "":
         return "bounce: null return path (Return-Path: <>)"

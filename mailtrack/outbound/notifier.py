@@ -42,6 +42,7 @@ from dulwich.objects import Commit, ObjectID
 from dulwich.repo import Repo
 
 from mailtrack.config import Config
+from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.compose import Renderer, build_mail, one_line
 from mailtrack.mail.ids import EVENT_HEADER, ISSUE_HEADER, LOOP_HEADER, is_imported, our_message_id
 from mailtrack.queue.optouts import OptOuts
@@ -198,19 +199,12 @@ class Recipient:
     reason: str  # one of REASONS
 
 
-def is_machine_address(address: str, own: list[str]) -> bool:
+def is_machine_address(address: str, ours: Ours) -> bool:
     """Our own addresses (and their plus forms) and machine mailboxes (mailer-daemon, noreply...)."""
-    addr = address.strip().strip("<>").lower()
-    local, at, domain = addr.rpartition("@")
+    local, at, _ = bare(address).rpartition("@")
     if not at or not local:
         return True  # a bare name is nobody we can mail
-    if MACHINE_LOCAL_RE.match(local):
-        return True
-    for mine in own:
-        m_local, _, m_domain = mine.strip().lower().rpartition("@")
-        if domain == m_domain and (local == m_local or local.startswith(m_local + "+")):
-            return True
-    return False
+    return bool(MACHINE_LOCAL_RE.match(local)) or ours.is_ours(address)
 
 
 def recipients(
@@ -218,7 +212,7 @@ def recipients(
     before: Issue | None,
     project: Project,
     watchers: list[str],
-    own: list[str],
+    ours: Ours,
     actor: Person | None,
     optouts: set[str] | frozenset[str] = frozenset(),
 ) -> list[Recipient]:
@@ -244,7 +238,7 @@ def recipients(
     for value, reason in candidates:
         person = Person.parse(value)
         key = person.email.lower()
-        if not key or key in skip or is_machine_address(key, own):
+        if not key or key in skip or is_machine_address(key, ours):
             continue
         skip.add(key)
         out.append(Recipient(person, reason))
@@ -449,8 +443,7 @@ class Notifier:
         if kind == "changed" and not changes:
             return []  # only bookkeeping changed (modified time, extensions)
         actor = notice.actor
-        own = [gw.address, gw.control_address, *gw.own_addresses]
-        people = recipients(after, before, project, cfg.watchers, own, None if cfg.notify_actor else actor,
+        people = recipients(after, before, project, cfg.watchers, Ours.of(gw), None if cfg.notify_actor else actor,
                             self.optouts.of(notice.issue))
         if not people:
             return []

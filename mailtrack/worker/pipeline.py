@@ -146,8 +146,7 @@ class Gateway:
 
     def parse(self, raw: bytes) -> ParsedMail:
         gw = self.config.gateway
-        own = (gw.address, gw.control_address, *gw.own_addresses)
-        return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, own_addresses=own)
+        return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, ours=self.ours)
 
     def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False) -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for.
