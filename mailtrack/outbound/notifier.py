@@ -48,8 +48,8 @@ from mailtrack.mail.ids import EVENT_HEADER, ISSUE_HEADER, LOOP_HEADER, is_impor
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
-from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.store import Snapshot, Store
+from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.store import Snapshot, Store, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,6 @@ def _tree_of(repo: Repo, commit: bytes) -> ObjectID | None:
     return obj.tree if isinstance(obj, Commit) else None
 
 
-def _issue_path(path: bytes) -> tuple[str, str] | None:
-    """(issue name, file name) of a path inside an issue directory, else None."""
-    parts = path.decode("utf-8", "replace").split("/")
-    if len(parts) != 3 or not NAME_RE.match(parts[0] + parts[1]):
-        return None
-    return parts[0] + parts[1], parts[2]
-
-
 def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
     """What each commit of old..new did to each issue, oldest first (`old` None: from the root).
 
@@ -145,7 +137,7 @@ def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
     targets = {
         c.new.path
         for c in tree_changes(store, old_tree, new_tree)
-        if c.new is not None and c.new.path is not None and _issue_path(c.new.path) is not None
+        if c.new is not None and c.new.path is not None and split_issue_path(c.new.path) is not None
     }
     if not targets:
         return []
@@ -165,7 +157,7 @@ def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
             if sha in others:
                 continue  # a merge taking one side's content: that side's commit tells it
             befores = [b for b in [change.old.sha if change.old is not None else None, *others] if b is not None]
-            where = _issue_path(path)
+            where = split_issue_path(path)
             assert where is not None  # every target is inside an issue directory
             name, filename = where
             key = (commit.id, name)

@@ -26,7 +26,7 @@ from mailtrack.mail.ids import SERIES_HEADER
 from mailtrack.patches.detect import _SUBJECT
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.remote import remote_location
-from mailtrack.tracker.store import Store, StoreError
+from mailtrack.tracker.store import Store, StoreError, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 
@@ -180,9 +180,9 @@ def issues_touched(store: Store, commits: list[Commit]) -> list[str]:
             path = (ch.new.path if ch.new and ch.new.path else ch.old.path).decode("utf-8", "replace")  # type: ignore[union-attr]
             if path not in paths:
                 paths.append(path)
-            parts = path.split("/")
-            if len(parts) == 3 and parts[0] + parts[1] not in names:
-                names.append(parts[0] + parts[1])
+            where = split_issue_path(path)
+            if where is not None and where[0] not in names:
+                names.append(where[0])
     snap = store.snapshot()
     lines = []
     for n in names:

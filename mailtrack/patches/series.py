@@ -22,7 +22,7 @@ from mailtrack.tracker import rights
 from mailtrack.tracker.merge import merge_issue, merge_project
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.tracker.rights import Sender
-from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_of
+from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir, issue_of
 from mailtrack.tracker.xmlformat import FormatError
 
 
@@ -104,7 +104,7 @@ class _Series:
         return self.overlay[path] if path in self.overlay else self.snap.read(path)
 
     def issue(self, name: str) -> Issue | None:
-        data = self.read(f"{name[:2]}/{name[2:]}/issue.xml")
+        data = self.read(f"{issue_dir(name)}/issue.xml")
         try:
             return Issue.from_bytes(data, name) if data is not None else None
         except FormatError:
@@ -218,8 +218,8 @@ class _Series:
         for path, data in sorted(writes.items()):
             if path == "project.xml" or data is None:
                 continue
-            fan, rest, leaf = path.split("/")
-            name = fan + rest
+            fan, rest, leaf = path.split("/")  # path_problem let through only xx/38hex/leaf here
+            name = issue_of(path)
             before = self.issue(name)
             new_here = before is None or name in self.created  # opened by this series
             try:

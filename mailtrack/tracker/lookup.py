@@ -16,8 +16,8 @@ from pathlib import Path
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
-from mailtrack.tracker.model import NAME_RE, Comment, Issue, Person, is_comment_filename
-from mailtrack.tracker.store import Snapshot
+from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
+from mailtrack.tracker.store import Snapshot, issue_of, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 SCHEMA_VERSION = "4"
@@ -122,13 +122,13 @@ class Index:
         self.db.execute("DELETE FROM people WHERE path = ?", (path,))
         self.db.execute("DELETE FROM unreadable WHERE path = ?", (path,))
         if path.endswith("/issue.xml"):
-            self.db.execute("DELETE FROM issues WHERE name = ?", (path[:-len("/issue.xml")].replace("/", ""),))
+            self.db.execute("DELETE FROM issues WHERE name = ?", (issue_of(path),))
 
     def _learn(self, path: str, data: bytes) -> None:
-        parts = path.split("/")
-        if len(parts) != 3 or not NAME_RE.match(parts[0] + parts[1]):
+        where = split_issue_path(path)
+        if where is None:
             return
-        name, filename = parts[0] + parts[1], parts[2]
+        name, filename = where
         try:
             if filename == "issue.xml":
                 issue = Issue.from_bytes(data, name)

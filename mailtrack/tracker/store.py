@@ -69,10 +69,22 @@ def issue_dir(name: str) -> str:
     return f"{name[:2]}/{name[2:]}"
 
 
+def split_issue_path(path: str | bytes) -> tuple[str, str] | None:
+    """(issue name, file name) of a path inside an issue directory (`ab/cdef.../issue.xml`), else None:
+    the one answer to "which issue does this path belong to" (project.xml and stray files: none)."""
+    text = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+    parts = text.split("/")
+    if len(parts) != 3 or not NAME_RE.match(parts[0] + parts[1]):
+        return None
+    return parts[0] + parts[1], parts[2]
+
+
 def issue_of(path: str) -> str:
-    """The issue a path inside an issue directory belongs to: `ab/cdef.../issue.xml` -> `abcdef...`."""
-    fan, rest, _ = path.split("/", 2)
-    return fan + rest
+    """The issue a path inside an issue directory belongs to; StoreError for any other path."""
+    where = split_issue_path(path)
+    if where is None:
+        raise StoreError(f"{path}: not a file of an issue")
+    return where[0]
 
 
 @dataclass
