@@ -1,7 +1,7 @@
 """What a field is called: issue.xml's field names and every other name people give them.
 
 One table for every way in: a pseudo-header in a mail (`Assign: bob`), a control command, a
-subject tag's `[assignee=bob]`, `[access.fields]` in the configuration and `git issues edit` all
+subject tag's `[assignee=bob]`, `[access.fields]` in the configuration and `git issues set` all
 turn a typed name into issue.xml's element through `canonical`. Which fields a way in may set is a
 policy of its own (`COMMAND_FIELDS` by mail, `EDITABLE_FIELDS` on the command line); the names are
 the same everywhere. Pure data: this module imports nothing.

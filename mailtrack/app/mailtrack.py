@@ -188,11 +188,12 @@ def _text(written: dict[str, bytes], created: bool) -> list[str]:
     """The lines of the text a mail would leave: a new issue's description, else its (first) comment's."""
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.tracker.model import Comment, Issue, is_comment_filename
+    from mailtrack.tracker.store import issue_of
 
     for path, data in sorted(written.items()):
         directory, _, filename = path.rpartition("/")
         if created and filename == "issue.xml":
-            return Issue.from_bytes(data, directory.replace("/", "")).description.strip("\n").splitlines()
+            return Issue.from_bytes(data, issue_of(path)).description.strip("\n").splitlines()
         if not created and is_comment_filename(filename):
             return Comment.from_bytes(data, filename).text.strip("\n").splitlines()
     return []

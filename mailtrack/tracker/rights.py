@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mailtrack.config import AccessConfig
 from mailtrack.fields import ISSUE_FIELDS
 from mailtrack.tracker.model import Comment, Issue, Person
-from mailtrack.tracker.store import Snapshot
+from mailtrack.tracker.store import Snapshot, split_issue_path
 
 # What mail never changes on an existing issue (besides `modified`, which every change sets).
 FIXED_FIELDS = ("created", "author")
@@ -140,7 +140,8 @@ def file_refusals(sender: Sender, path: str, issue: Issue | None, existing: byte
     written in the same change, which its opener may add to), given what is there already."""
     maintainer = is_maintainer(sender, access)
     leaf = path.rpartition("/")[2]
-    short = issue.name[:7] if issue is not None else path.replace("/", "")[:7]
+    where = split_issue_path(path)
+    short = (issue.name if issue is not None else where[0] if where else path)[:7]
     kind = "comment" if leaf.startswith("comment_") else "attachment"
     if existing is not None and existing != new:
         if maintainer:

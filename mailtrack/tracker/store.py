@@ -61,10 +61,6 @@ class ConcurrentUpdate(StoreError):
     pass
 
 
-# The trailer of a commit made by `mailtrack import` from an old archive: the notifier tells nobody
-# of such a commit (it is on the branch, so every gateway and clone knows it for what it is).
-
-
 def issue_dir(name: str) -> str:
     return f"{name[:2]}/{name[2:]}"
 

@@ -334,7 +334,7 @@ def _subscriptions(gw: Gateway, job: Job, snap: Snapshot) -> bool:
     return True
 
 
-# Once the change is committed (not in a dry run).
+# After the store's update, outside the walk that a lost race repeats (not in a dry run).
 AFTER: tuple[Stage, ...] = (
     Stage("subscriptions", "subscribe and unsubscribe commands, recorded beside the branch", _subscriptions),
 )
