@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import DATA
+from helpers.repos import DATA
 from mailtrack.tracker.model import Comment, Issue, Person, Project, make_name, parse_comment_filename
 from mailtrack.tracker.xmlformat import FormatError
 

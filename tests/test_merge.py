@@ -7,7 +7,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
+from helpers.cli import run_cli
+from helpers.repos import git, make_repo, new_issue, read_comments, read_issue, read_names, tree
 
 
 def clone(src: Path, dst: Path) -> Path:
@@ -29,10 +30,6 @@ def sync_all(hub: Path, a: Path, b: Path) -> None:
         assert 0 == run_cli(r, "pull").code, run_cli(r, "pull").err
         res = run_cli(r, "push")
         assert 0 == res.code, res.err
-
-
-def tree(repo: Path) -> str:
-    return git(repo, "rev-parse", "issues^{tree}").strip()
 
 
 def test_different_fields_merge(tmp_path: Path) -> None:
