@@ -1,7 +1,13 @@
 """Fixtures: throw-away repositories and gateways, the relay sink, a real Dovecot, `mailtrack serve`.
 
-Helpers live in tests/helpers/ (see its __init__); this file only builds fixtures from them, and
-marks each test by what it needs (see pytest_collection_modifyitems).
+Helpers live in tests/helpers/ (see its __init__); this file builds fixtures from them, and marks
+each test by what it needs (pyproject.toml registers the markers):
+- dovecot: it uses the `dovecot` fixture (a real Dovecot; it FAILS, not skips, without one);
+- network: it starts a listener or a server on loopback: any test using a fixture in
+  NETWORK_FIXTURES, or marked so by hand. A test that listens without the marker fails (the
+  `listening_is_marked` fixture), so a new test cannot forget it;
+- offline: neither of the two (`pytest -m offline` runs everything that needs no server);
+- slow: set by hand on the tests that take a second or more (`pytest --durations`).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers.ports
 from helpers.dovecot import DovecotError, DovecotServer
 from helpers.ports import free_port
 from helpers.repos import NONINTERACTIVE, issues_repo, make_gateway, make_repo
@@ -28,6 +36,43 @@ from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Component, Project
 from mailtrack.tracker.store import Change
 from mailtrack.worker.pipeline import Gateway
+
+# Fixtures that start a listener or a server on loopback (test_smtp's `start` starts our listener).
+NETWORK_FIXTURES = {"dovecot", "sink", "tracker", "server", "served", "start"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "dovecot" in fixtures:
+            item.add_marker(pytest.mark.dovecot)
+        if fixtures & NETWORK_FIXTURES and not item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.network)
+        if not (item.get_closest_marker("dovecot") or item.get_closest_marker("network")):
+            item.add_marker(pytest.mark.offline)
+
+
+@pytest.fixture(autouse=True)
+def listening_is_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test not marked `network` that listens on a socket (itself, in a thread, or through
+    helpers.servers.Server) fails, naming what it started: mark it, or use a fixture that is."""
+    if request.node.get_closest_marker("network"):
+        yield
+        return
+    started: list[str] = []
+    real_listen = socket.socket.listen
+
+    def listen(sock: socket.socket, *args: int) -> None:
+        started.append(f"a socket listening on {sock.getsockname()!r}")
+        real_listen(sock, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    monkeypatch.setattr(helpers.ports, "unmarked_listeners", started)
+    yield
+    if started:
+        pytest.fail(f"this test starts {', '.join(started)} but is not marked network: add @pytest.mark.network "
+                    "(or use a fixture that starts the server: NETWORK_FIXTURES in tests/conftest.py)", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

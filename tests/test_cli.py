@@ -234,6 +234,7 @@ def test_list_names_an_unreadable_issue_and_fails(repo: Path) -> None:
     assert line.startswith(f"error: ab/{'ab' * 19}/issue.xml: not a readable XML file: ")
 
 
+@pytest.mark.slow  # ~2 s: a shell pipeline
 def test_list_into_a_closed_pipe_is_quiet(repo: Path) -> None:
     """`git issues list | head -1` exits quietly, as git does when its reader goes away."""
     for n in range(300):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ def test_different_fields_merge(tmp_path: Path) -> None:
     git(a, "fsck", "--strict", "--no-dangling")
 
 
+@pytest.mark.slow  # ~1.2 s
 def test_same_field_later_wins_and_message_names_it(tmp_path: Path) -> None:
     """Both clones set the same field: the later edit wins and the merge commit names both values."""
     hub, a, b, name = two_clones(tmp_path)
@@ -89,6 +91,7 @@ edit = st.tuples(
 )
 
 
+@pytest.mark.slow  # ~1.5 s: hypothesis over clones
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(edit, min_size=1, max_size=10))
 def test_random_edits_converge(tmp_path_factory, steps: list[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]

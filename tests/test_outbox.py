@@ -52,6 +52,7 @@ def test_delivers_each_mail_to_its_recipients(sink: Sink, spool: Spool) -> None:
     assert (True, 0, []) == (b"\r\n" in sink.received[0].raw, spool.counts()["outbox/new"], leftovers)
 
 
+@pytest.mark.network  # starts a Sink itself
 def test_refused_then_451_then_back_delivers_each_mail_once(spool: Spool) -> None:
     """Relay down, then answering 451, then back: each mail arrives exactly once, across restarts."""
     ids = [queue(spool, f"Mail {i}") for i in range(3)]
@@ -141,6 +142,7 @@ def test_gives_up_after_give_up_after(spool: Spool) -> None:
     assert reason.startswith("not delivered to ann@example.org: gave up after 2 attempts in 66m: cannot reach the relay")
 
 
+@pytest.mark.network  # starts a Sink itself
 def test_listing_says_what_waits_and_retry_now_sends_it(spool: Spool) -> None:
     """`mailtrack outbox` shows the next attempt, the last error and the recipients; `retry` sends at once."""
     spool_id = queue(spool, "Waiting", ("ann@example.org", "bob@example.org"))
@@ -161,6 +163,7 @@ def test_listing_says_what_waits_and_retry_now_sends_it(spool: Spool) -> None:
         counts, outbox_listing(spool), len(sink.received))
 
 
+@pytest.mark.network  # starts a Sink itself, with TLS
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_tls_and_auth_with_password_file(tls_cert: tuple[Path, Path], tmp_path: Path, spool: Spool, security: str) -> None:
     """STARTTLS or implicit TLS, AUTH with a password file; a wrong password is a temporary failure."""
@@ -206,6 +209,7 @@ def test_run_loop_sends_when_woken_and_stops(sink: Sink, spool: Spool) -> None:
     assert (["Woken"], False) == ([r.message["Subject"] for r in sink.received], thread.is_alive())
 
 
+@pytest.mark.network  # starts a Sink itself
 def test_outbox_waits_without_a_relay_and_retry_sends_once_there_is_one(repo: Path, tmp_path: Path) -> None:
     """With no relay, `status` and `outbox` say the reply waits and why; `outbox retry` with a relay
     configured sends it, and the outbox is empty after."""

@@ -19,6 +19,8 @@ from helpers.ports import free_port, refused, wait_for
 from helpers.repos import git, make_repo, read_comments, read_issue, read_names, titles
 from helpers.servers import Server
 
+pytestmark = pytest.mark.network  # every test here starts `mailtrack serve` (or holds a port)
+
 
 def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> None:
     """A mail sent with swaks shows up in `git issues list`; a reply to it shows up in `git issues show`."""
@@ -42,6 +44,7 @@ def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> No
     git(server.repo, "fsck", "--strict", "--no-dangling")
 
 
+@pytest.mark.slow  # ~10 s: the worker looks at the branch every daemon.IDLE_SECONDS
 def test_cli_change_in_the_gateway_repo_is_notified_once(server: Server) -> None:
     """A change made with the CLI in the gateway's repository is noticed and queued for notification once."""
     outbox = server.repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
@@ -140,6 +143,7 @@ Spool.done = done
 """
 
 
+@pytest.mark.slow  # ~1.5 s: the worker backs off
 def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
     """spool.done() fails once with ENOSPC: the worker logs, backs off and processes the next mail."""
     repo = make_repo(tmp_path / "gw")
@@ -204,6 +208,7 @@ def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, mo
     assert (0, ["At hand", "In DATA"]) == (r.returncode, titles(repo))
 
 
+@pytest.mark.slow  # ~5 s (pytest --durations)
 def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     """serve on a port another process listens on exits 71 (EX_OSERR) with one line, no traceback,
     that says how to choose another port."""

@@ -11,6 +11,16 @@ import pytest
 
 T = TypeVar("T")
 
+# Set for each test by tests/conftest.py: None when the test is marked `network` (it may start
+# listeners and servers), else a list that collects what it started all the same (it then fails).
+unmarked_listeners: list[str] | None = None
+
+
+def note_listener(what: str) -> None:
+    """Record that the running test starts a listener or a server (see tests/conftest.py)."""
+    if unmarked_listeners is not None:
+        unmarked_listeners.append(what)
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

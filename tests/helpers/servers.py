@@ -15,6 +15,7 @@ from typing import IO
 import pytest
 
 from helpers.cli import mailtrack_command, run_cli
+from helpers.ports import note_listener
 from helpers.repos import git
 
 SEND_EMAIL = "/usr/lib/git-core/git-send-email"
@@ -36,6 +37,7 @@ class Server:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
+        note_listener(f"mailtrack serve on 127.0.0.1:{self.port}")
         args = ["--repo", str(self.repo), "--config", str(self.config), "serve"]
         if self.inject:
             script = f"import sys\n{self.inject}\nfrom mailtrack.app import mailtrack\nsys.exit(mailtrack.main(sys.argv[1:]))\n"
