@@ -8,6 +8,7 @@ import smtplib
 import socket
 import subprocess
 import threading
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from helpers.dovecot import PASSWORD
 from helpers.ports import free_port, refused, wait_for
 from helpers.repos import git, make_repo, read_comments, read_issue, read_names, titles
 from helpers.servers import Server
+from mailtrack.config import Config, ListenConfig, load
 
 pytestmark = pytest.mark.network  # every test here starts `mailtrack serve` (or holds a port)
 
@@ -225,20 +227,24 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert expected == (r.returncode, r.stderr.splitlines())
 
 
-def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Path) -> None:
-    """The README's first command: `mailtrack serve` in a repository, no file: SMTP on 127.0.0.1:8025
-    for issues@localhost, one line on stderr, and a mail to it becomes an issue (and one log line)."""
-    if not refused(8025):
-        pytest.fail("something else listens on 127.0.0.1:8025; the default port must be free for this test")
+def test_serve_on_the_embedded_default_but_the_port_prints_one_line(tmp_path: Path) -> None:
+    """The README's first command: `mailtrack serve` in a repository, with the embedded default but for
+    the port (8025 may be taken by a gateway the user runs): SMTP on 127.0.0.1 for issues@localhost,
+    one line on stderr, and a mail to it becomes an issue (and one log line). That the default itself
+    is 127.0.0.1:8025 is test_docs.py's test_the_embedded_default_listens_on_127_0_0_1_8025."""
+    port = free_port()
+    config = tmp_path / "port.toml"
+    config.write_text(f"[[listen]]\nport = {port}\n")
+    assert replace(Config(), listen=[ListenConfig(port=port)]) == load(config)  # the embedded default, but the port
     repo = make_repo(tmp_path / "gw")
     env = {k: v for k, v in os.environ.items() if k != "MAILTRACK_CONFIG"}
-    proc = subprocess.Popen(mailtrack_command("serve"), cwd=repo, env=env,
+    proc = subprocess.Popen(mailtrack_command("--config", str(config), "serve"), cwd=repo, env=env,
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
-        assert "listening on smtp 127.0.0.1:8025 for issues@localhost" in line, line
-        send(8025, "Default", "<default@example.org>")
+        assert f"listening on smtp 127.0.0.1:{port} for issues@localhost" in line, line
+        send(port, "Default", "<default@example.org>")
         wait_for(lambda: titles(repo) == ["Default"], timeout=30, what="the mail on the branch")
     finally:
         proc.send_signal(signal.SIGTERM)
