@@ -1,32 +1,84 @@
-"""Shared fixtures: throw-away repositories, the real git to check them, the CLI run in-process."""
+"""Fixtures: throw-away repositories and gateways, the relay sink, a real Dovecot, `mailtrack serve`.
+
+Helpers live in tests/helpers/ (see its __init__); this file builds fixtures from them, and marks
+each test by what it needs (pyproject.toml registers the markers):
+- dovecot: it uses the `dovecot` fixture (a real Dovecot; it FAILS, not skips, without one);
+- network: it starts a listener or a server on loopback: any test using a fixture in
+  NETWORK_FIXTURES, or marked so by hand. A test that listens without the marker fails (the
+  `listening_is_marked` fixture), so a new test cannot forget it;
+- offline: neither of the two (`pytest -m offline` runs everything that needs no server);
+- slow: set by hand on the tests that take a second or more (`pytest --durations`).
+"""
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mailtrack.app import git_issues as cli
-from mailtrack.config import AccessConfig, Config, GatewayConfig
+import helpers.ports
+from helpers.dovecot import DovecotError, DovecotServer
+from helpers.ports import free_port
+from helpers.repos import NONINTERACTIVE, issues_repo, make_gateway, make_repo
+from helpers.servers import ADDRESS, Served, Server, clone
+from helpers.sink import Sink
+from helpers.tracker import ALICE, Tracker
+from mailtrack.config import GatewayConfig
 from mailtrack.queue.spool import Spool
-from mailtrack.tracker.model import Comment, Issue
-from mailtrack.tracker.store import Store
-from mailtrack.worker.pipeline import Gateway, default_spool
+from mailtrack.tracker.model import Component, Project
+from mailtrack.tracker.store import Change
+from mailtrack.worker.pipeline import Gateway
 
-DATA = Path(__file__).parent / "data"
-pytest_plugins = ["conftest_edges", "tracker"]  # Dovecot, IMAP users, TLS certificates, the relay sink; the notify tracker
+# Fixtures that start a listener or a server on loopback (test_smtp's `start` starts our listener).
+NETWORK_FIXTURES = {"dovecot", "sink", "tracker", "server", "served", "start"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "dovecot" in fixtures:
+            item.add_marker(pytest.mark.dovecot)
+        if fixtures & NETWORK_FIXTURES and not item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.network)
+        if not (item.get_closest_marker("dovecot") or item.get_closest_marker("network")):
+            item.add_marker(pytest.mark.offline)
+
+
+@pytest.fixture(autouse=True)
+def listening_is_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test not marked `network` that listens on a socket (itself, in a thread, or through
+    helpers.servers.Server) fails, naming what it started: mark it, or use a fixture that is."""
+    if request.node.get_closest_marker("network"):
+        yield
+        return
+    started: list[str] = []
+    real_listen = socket.socket.listen
+
+    def listen(sock: socket.socket, *args: int) -> None:
+        started.append(f"a socket listening on {sock.getsockname()!r}")
+        real_listen(sock, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    monkeypatch.setattr(helpers.ports, "unmarked_listeners", started)
+    yield
+    if started:
+        pytest.fail(f"this test starts {', '.join(started)} but is not marked network: add @pytest.mark.network "
+                    "(or use a fixture that starts the server: NETWORK_FIXTURES in tests/conftest.py)", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
 def git_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs with its own HOME and no system git config, as dulwich's compat tests do."""
+    """Every test runs with its own HOME and no system git config, as dulwich's compat tests do, and
+    nothing it runs may ask on a terminal (helpers.repos.NONINTERACTIVE)."""
     home = tmp_path_factory.mktemp("home")
     (home / ".gitconfig").write_text("[user]\n\tname = Jane Doe\n\temail = jane@example.org\n[init]\n\tdefaultBranch = main\n")
     monkeypatch.setenv("HOME", str(home))
@@ -34,93 +86,17 @@ def git_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     for var in ("GIT_DIR", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    monkeypatch.setenv("GIT_EDITOR", "false")  # a test that opens an editor by mistake fails
+    for var, value in NONINTERACTIVE.items():
+        monkeypatch.setenv(var, value)
 
 
-def git(repo: Path, *args: str, check: bool = True, input: bytes | None = None) -> str:
-    """Run the real git in `repo` and return its stdout."""
-    r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, input=input, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {r.stderr.decode()}")
-    return r.stdout.decode("utf-8", "replace")
-
-
-def git_bytes(repo: Path, *args: str) -> bytes:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True).stdout
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(repo: Path, *args: str, stdin: str = "") -> Result:
-    """`git issues ARGS` in-process, in `repo`."""
-    out, err = io.StringIO(), io.StringIO()
-    old_cwd, old_stdin = os.getcwd(), sys.stdin
-    os.chdir(repo)
-    sys.stdin = io.StringIO(stdin)
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                code = cli.main(list(args))
-            except SystemExit as e:
-                code = int(e.code or 0)
-    finally:
-        os.chdir(old_cwd)
-        sys.stdin = old_stdin
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def make_repo(path: Path, bare: bool = False) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", *(["--bare"] if bare else []))
-    return path
+# --- repositories and gateways ----------------------------------------------------------------
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
     """A repository with an initialised issues branch and one commit on main."""
-    r = make_repo(tmp_path / "repo")
-    (r / "README").write_text("project\n")
-    git(r, "add", "README")
-    git(r, "commit", "-q", "-m", "first")
-    assert run_cli(r, "init").code == 0
-    yield r
-
-
-def new_issue(repo: Path, title: str, *args: str) -> str:
-    """File an issue with the CLI and return its full name."""
-    r = run_cli(repo, "new", title, "-m", f"about {title}", *args)
-    assert r.code == 0, r.err
-    short = r.out.split()[2].rstrip(":")
-    with Store.open(repo) as store:
-        return store.snapshot().resolve(short)
-
-
-def read_issue(repo: Path, name: str) -> Issue:
-    with Store.open(repo) as store:
-        return store.snapshot().issue(name)
-
-
-def read_comments(repo: Path, name: str) -> list[Comment]:
-    with Store.open(repo) as store:
-        return store.snapshot().comments(name)
-
-
-def read_names(repo: Path) -> list[str]:
-    with Store.open(repo) as store:
-        return sorted(store.snapshot().issue_names())
-
-
-def make_gateway(repo: Path, project: str = "proj", reply_rate_limit: int = 100, **access: object) -> Gateway:
-    """A gateway on `repo` (its spool in the repository), with the [access] settings given."""
-    store = Store.open(repo, durable=True)
-    config = Config(gateway=GatewayConfig(project=project, reply_rate_limit=reply_rate_limit),
-                    access=AccessConfig(**access))  # type: ignore[arg-type]
-    return Gateway(config, store, Spool(default_spool(store)))
+    yield issues_repo(tmp_path / "repo")
 
 
 @pytest.fixture
@@ -139,3 +115,116 @@ def gw(repo: Path) -> Iterator[Gateway]:
     yield g
     g.close()
     g.store.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    """An empty spool of its own (not a gateway's)."""
+    return Spool(tmp_path / "spool")
+
+
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.fsync is called on from now on, in order (it still syncs them)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+# --- servers on loopback ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A running relay sink that accepts everything (helpers/sink.py)."""
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tracker(repo: Path, sink: Sink) -> Tracker:
+    """A repository whose project has component core (owner Olga), notified up to now."""
+    t = Tracker(repo, sink)
+    project = Project(components=[Component("core", ["Olga Owner <olga@example.org>"])], closed_statuses=["closed"])
+    t.change(ALICE, lambda s: Change("project", {"project.xml": project.to_bytes()}))
+    assert 0 == t.notify()
+    return t
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """`mailtrack serve` on a fresh repository (no issues branch yet), on a free port."""
+    repo = make_repo(tmp_path / "gw")
+    s = Server(repo, free_port())
+    s.start()
+    yield s
+    if s.proc and s.proc.poll() is None:
+        s.stop()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """`mailtrack serve` on a gateway repository under an address git send-email accepts, and a clone of it."""
+    repo = issues_repo(tmp_path / "gw")
+    server = Server(repo, free_port(), extra=f'address = "{ADDRESS}"', address=ADDRESS)
+    server.start()
+    try:
+        yield Served(repo, server, clone(repo, tmp_path / "clone"))
+    finally:
+        assert 0 == server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cert() -> Iterator[tuple[Path, Path]]:
+    """(certificate, key): a self-signed certificate for localhost / 127.0.0.1, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not installed (apt-get install openssl)")
+    folder = Path(tempfile.mkdtemp(prefix="mailtrack-tls-"))
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    try:
+        yield cert, key
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot(tls_cert: tuple[Path, Path]) -> Iterator[DovecotServer]:
+    """A real Dovecot (IMAP + STARTTLS, IMAPS, LMTP) on loopback for the session; FAILS if absent.
+
+    Its certificate is `tls_cert`'s (trust it with `tls_cert[0]`); any user logs in with
+    helpers.dovecot.PASSWORD.
+    """
+    try:
+        server = DovecotServer(
+            imap_port=free_port(), lmtp_port=free_port(), tls=tls_cert, imaps_port=free_port()
+        )
+    except DovecotError as error:
+        pytest.fail(str(error))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+_users = itertools.count(1)
+
+
+@pytest.fixture
+def imap_user(dovecot: DovecotServer) -> str:
+    """A fresh Dovecot user (own INBOX and Archive) for one test; password helpers.dovecot.PASSWORD."""
+    return dovecot.add_user(f"user{next(_users)}")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, make_gateway, read_comments, read_issue
+from helpers.mail import filed, make_mail, replies, text_of
+from helpers.repos import git, make_gateway, read_comments, read_issue
 from mailtrack.config import AccessConfig, ConfigError, parse
 from mailtrack.worker.pipeline import Gateway
-from test_commands import filed, replies, text_of
-from test_gateway import make_mail
 
 
 def test_fields_table_is_read_with_aliases() -> None:

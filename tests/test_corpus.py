@@ -7,23 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, git_bytes
-from mailtrack.config import Config, GatewayConfig
+from helpers.corpus import EXPECTED, MAIL
+from helpers.repos import git, git_bytes, make_gateway
+from mailtrack.config import GatewayConfig
 from mailtrack.mail.parse import parse, subject_tag
-from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Comment, Issue
-from mailtrack.tracker.store import Store
-from mailtrack.worker.pipeline import Gateway, default_spool
-from test_message import EXPECTED, MAIL
+from mailtrack.worker.pipeline import Gateway
 
 
 @pytest.fixture
 def gateway(repo: Path) -> Iterator[Gateway]:
-    store = Store.open(repo, durable=True)
-    gw = Gateway(Config(gateway=GatewayConfig(project="mailtrack")), store, Spool(default_spool(store)))
+    """The gateway of project "mailtrack" (the corpus mails' subject tag), otherwise as shipped."""
+    gw = make_gateway(repo, project="mailtrack", reply_rate_limit=GatewayConfig().reply_rate_limit)
     yield gw
     gw.close()
-    store.close()
+    gw.store.close()
 
 
 def seed(gw: Gateway, message_id: str) -> str:

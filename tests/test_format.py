@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import DATA
+from helpers.repos import DATA
 from mailtrack.tracker.model import Comment, Issue, Person, Project, make_name, parse_comment_filename
 from mailtrack.tracker.xmlformat import FormatError
 
@@ -135,6 +135,7 @@ def test_wrong_root_is_refused() -> None:
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 
 
+@pytest.mark.slow  # ~1.5 s: hypothesis
 @given(title=text.filter(lambda t: t.strip()), description=text,
        tags=st.lists(text.filter(lambda t: t.strip() and "," not in t and t == t.strip()), max_size=4))
 def test_any_text_round_trips(title: str, description: str, tags: list[str]) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import email
-import mailbox
 import subprocess
 import sys
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -14,88 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA, git, read_comments, read_issue, read_names
+from helpers.cli import mailtrack
+from helpers.mail import make_mail, outbox, spool_path
+from helpers.repos import DATA, git, read_comments, read_issue, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway, default_spool
-
-
-def make_mail(
-    subject: str = "Printer on fire",
-    body: str = "It is on fire.\n",
-    frm: str = "Alice <alice@example.org>",
-    to: str = "issues@localhost",
-    message_id: str | None = "<m1@example.org>",
-    **headers: str,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = frm
-    msg["To"] = to
-    msg["Subject"] = subject
-    if message_id:
-        msg["Message-ID"] = message_id
-    for k, v in headers.items():
-        msg[k.replace("_", "-")] = v
-    msg.set_content(body)
-    return msg.as_bytes()
-
-
-def outbox(repo: Path) -> list[email.message.EmailMessage]:
-    new = default_spool_path(repo) / "outbox" / "new"
-    return [
-        email.message_from_bytes(p.read_bytes(), policy=policy.default)
-        for p in sorted(new.iterdir())
-    ]  # type: ignore[misc]
-
-
-def default_spool_path(repo: Path) -> Path:
-    return repo / ".git" / "mailtrack" / "spool"
-
-
-def deliver(repo: Path, raw: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "deliver", *args],
-        input=raw,
-        capture_output=True,
-        check=False,
-    )
-
-
-def test_deliver_new_issue_end_to_end(repo: Path) -> None:
-    """`mailtrack deliver` turns a mail into one commit by the sender, queues a threaded acknowledgement
-    to the sender and a notification to the Cc'd person (the first mail of a fresh gateway too)."""
-    r = deliver(repo, make_mail(subject="Re: Fwd: Printer on fire", Cc="Bob <bob@example.org>"))
-    assert (0, b"") == (r.returncode, r.stderr)
-    [name] = read_names(repo)
-    issue = read_issue(repo, name)
-    assert ("Printer on fire", "It is on fire.", "<m1@example.org>") == (
-        issue.title,
-        issue.description,
-        issue.message_id,
-    )
-    assert (["Alice <alice@example.org>"], ["Bob <bob@example.org>"]) == (
-        issue.reporters,
-        issue.carbons,
-    )
-    assert (
-        f"Alice <alice@example.org>|repo <issues@localhost>|new {name[:7]}: Printer on fire"
-        == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "issues").strip()
-    )
-    mails = {m["Auto-Submitted"]: m for m in outbox(repo)}
-    assert (["auto-generated", "auto-replied"], "bob@example.org") == (sorted(mails), mails["auto-generated"]["To"].addresses[0].addr_spec)
-    ack = mails["auto-replied"]
-    assert (
-        f"[repo #{name[:7]}] Printer on fire",
-        "<m1@example.org>",
-        "auto-replied",
-        "alice@example.org",
-    ) == (ack["Subject"], ack["In-Reply-To"], ack["Auto-Submitted"], ack["To"])
-    assert f"issues+{name[:7]}@localhost" in ack.get_content()
-    assert [] == list((default_spool_path(repo) / "incoming" / "new").iterdir())
-    assert 1 == len(list((default_spool_path(repo) / "processed").iterdir()))
-    git(repo, "fsck", "--strict", "--no-dangling")
 
 
 def test_reply_by_in_reply_to_becomes_trimmed_comment(gateway: Gateway, repo: Path) -> None:
@@ -241,73 +164,6 @@ def test_attachments_and_html_only_mail(gateway: Gateway, repo: Path) -> None:
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
-def test_dry_run_writes_nothing(repo: Path) -> None:
-    """--dry-run prints the parse, the route, the commands, the fields and the planned commit and
-    replies; not a byte changes under .git (no spool, no index, no object)."""
-    def files() -> dict[str, bytes]:
-        return {str(p): p.read_bytes() for p in sorted((repo / ".git").rglob("*")) if p.is_file()}
-
-    assert 0 == deliver(repo, make_mail(message_id="<first@example.org>")).returncode  # the spool and index exist
-    before = files()
-    r = deliver(repo, make_mail(body="Severity: minor\n\nIt is on fire."), "--dry-run")
-    out = r.stdout.decode()
-    assert (0, before) == (r.returncode, files())
-    assert "Route:      new (its name comes from the time of receipt; no issue named by address, thread or subject)\n" in out
-    assert "  > Severity: minor\n    severity: blocker -> minor\n" in out
-    assert "Would:      created: new " in out and "    severity: minor\n" in out and "    carbons: \n" not in out
-    assert "reply reply-ack.txt to alice@example.org" in out
-
-
-def test_exit_75_when_the_mail_cannot_be_kept(repo: Path, tmp_path: Path) -> None:
-    """When the spool cannot be written, deliver exits 75 so the MTA retries; nothing is committed."""
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    config = tmp_path / "c.toml"
-    config.write_text(f'[gateway]\nspool = "{blocker}/spool"\n')
-    before = git(repo, "rev-parse", "issues")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailtrack.app.mailtrack",
-            "--repo",
-            str(repo),
-            "--config",
-            str(config),
-            "deliver",
-        ],
-        input=make_mail(),
-        capture_output=True,
-        check=False,
-    )
-    assert (75, before) == (r.returncode, git(repo, "rev-parse", "issues"))
-    assert b"cannot use the spool" in r.stderr
-
-
-def test_usage_errors_are_sysexits(repo: Path) -> None:
-    """An empty stdin is EX_DATAERR, a bad option EX_USAGE; a repository deliver cannot use is
-    EX_TEMPFAIL (the MTA keeps the mail and retries), while `process` calls it EX_CONFIG."""
-    assert 65 == deliver(repo, b"").returncode
-    assert (
-        64
-        == subprocess.run(
-            [sys.executable, "-m", "mailtrack.app.mailtrack", "deliver", "--bogus"],
-            capture_output=True,
-            check=False,
-        ).returncode
-    )
-    bad = subprocess.run(
-        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", "/nonexistent", "deliver"],
-        input=b"x",
-        capture_output=True,
-        check=False,
-    )
-    assert (75, True) == (bad.returncode, b"/nonexistent" in bad.stderr)
-    process = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", "/nonexistent", "process"],
-                             capture_output=True, check=False)
-    assert 78 == process.returncode
-
-
 CRASH = """
 import os, sys
 from mailtrack.app import mailtrack as serve
@@ -339,17 +195,13 @@ def test_crash_at_any_point_lands_exactly_once(
         for i in range(3):
             spool.accept(make_mail(subject=f"Crash {i}", message_id=f"<crash{i}@x>"))
     code = CRASH.format(module=module, cls=cls, method=method, before=before)
-    r = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, check=False)
+    r = subprocess.run([sys.executable, "-c", code, str(repo)], stdin=subprocess.DEVNULL, capture_output=True, check=False)
     assert 9 == r.returncode, r.stderr.decode()
-    r = subprocess.run(
-        [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"],
-        capture_output=True,
-        check=False,
-    )
+    r = mailtrack("process", repo=repo)
     assert 0 == r.returncode, r.stderr.decode()
     titles = sorted(read_issue(repo, n).title for n in read_names(repo))
     assert ["Crash 0", "Crash 1", "Crash 2"] == titles
-    counts = Spool(default_spool_path(repo)).counts()
+    counts = Spool(spool_path(repo)).counts()
     assert (0, 0, 0, 3) == (
         counts["incoming/new"],
         counts["incoming/cur"],
@@ -359,42 +211,6 @@ def test_crash_at_any_point_lands_exactly_once(
     git(repo, "fsck", "--strict", "--no-dangling") if before != "pass" or method != "move" else git(
         repo, "fsck", "--strict"
     )
-
-
-def test_import_mbox_is_idempotent(repo: Path, tmp_path: Path) -> None:
-    """import runs every mail of an mbox; running it again changes nothing; a Maildir works too."""
-    box = mailbox.mbox(str(tmp_path / "archive.mbox"))
-    box.add(make_mail(subject="First", message_id="<i1@x>"))
-    box.add(
-        make_mail(subject="Re: First", message_id="<i2@x>", In_Reply_To="<i1@x>", body="answer\n")
-    )
-    box.add(
-        make_mail(subject="Second", message_id="<i3@x>", Date="Mon, 01 Jan 2018 10:00:00 +0000")
-    )
-    box.close()
-    run = [
-        sys.executable,
-        "-m",
-        "mailtrack.app.mailtrack",
-        "--repo",
-        str(repo),
-        "import",
-        str(tmp_path / "archive.mbox"),
-    ]
-    r = subprocess.run(run, capture_output=True, check=False)
-    assert (0, "commented 1, created 2\n") == (r.returncode, r.stdout.decode())
-    assert b"import: 3/3 (100%)" in r.stderr
-    tip = git(repo, "rev-parse", "issues")
-    r = subprocess.run(run, capture_output=True, check=False)
-    assert ("duplicate 3\n", tip) == (r.stdout.decode(), git(repo, "rev-parse", "issues"))
-    second = [
-        read_issue(repo, n) for n in read_names(repo) if read_issue(repo, n).title == "Second"
-    ][0]
-    assert "20180101T100000Z" == second.get("created")
-    maildir = mailbox.Maildir(str(tmp_path / "md"))
-    maildir.add(make_mail(subject="From a Maildir", message_id="<md1@x>"))
-    r = subprocess.run(run[:-1] + [str(tmp_path / "md")], capture_output=True, check=False)
-    assert "created 1\n" == r.stdout.decode()
 
 
 mutations = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8)
@@ -440,24 +256,6 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
         assert out.action in ("dropped", "rejected")
 
 
-def test_status_shows_failures_and_requeue_puts_them_back(repo: Path) -> None:
-    """A mail held for a reason shows in `mailtrack status`; `mailtrack requeue ID` puts it back in the queue."""
-    r = deliver(repo, b"Subject: no sender at all\nMessage-ID: <nofrom@x>\n\nbody\n")
-    assert 0 == r.returncode
-    status = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "status"], capture_output=True, text=True, check=True).stdout
-    [line] = [ln for ln in status.splitlines() if "the mail has no sender address" in ln]
-    spool_id = line.split()[0]
-    assert "  failed         1" in status
-    r2 = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "requeue", spool_id],
-                        capture_output=True, text=True, check=False)
-    assert (0, f"requeued {spool_id}\n") == (r2.returncode, r2.stdout)
-    counts = Spool(default_spool_path(repo)).counts()
-    assert (1, 0) == (counts["incoming/new"], counts["failed"])
-    bad = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "requeue", "nonsense"],
-                         capture_output=True, text=True, check=False)
-    assert (64, "mailtrack: no failed mail with id 'nonsense'\n") == (bad.returncode, bad.stderr)
-
-
 def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gateway: Gateway, repo: Path) -> None:
     """issues+<7 hex>@ from an old notification, once a second issue shares those 7 hex: the
     reply's In-Reply-To settles which issue it is, instead of an error reply."""
@@ -483,19 +281,6 @@ def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gatew
     out = gateway.handle(reply.encode())
     assert ("commented", names[1]) == (out.action, out.issue)
     assert ["Still crashing."] == [c.text for c in read_comments(repo, names[1])]
-
-
-def test_mail_without_message_id_delivered_twice_by_the_mta_is_one_issue(repo: Path) -> None:
-    """No Message-ID: the hash that stands for one ignores the trace fields an MTA adds on top, so
-    a second delivery of the same mail (new Received and Delivered-To lines) changes nothing."""
-    body = b"From: Ann <ann@example.org>\nTo: issues@localhost\nSubject: No id\n\nNo Message-ID here.\n"
-    first = b"Return-Path: <ann@example.org>\nReceived: from a by b; Mon, 1 Jan 2024 10:00:00 +0000\n" + body
-    again = (b"Delivered-To: issues@localhost\nReceived: from a by b\n\tid 2; Mon, 1 Jan 2024 10:05:00 +0000\n"
-             b"Received: from c by a; Mon, 1 Jan 2024 09:59:00 +0000\n" + body)
-    assert [0, 0] == [deliver(repo, raw).returncode for raw in (first, again)]
-    [name] = read_names(repo)
-    assert (1, True) == (len(git(repo, "log", "--format=%s", "issues").splitlines()) - 1,
-                         read_issue(repo, name).message_id.endswith("@mailtrack.invalid>"))
 
 
 def test_reply_to_our_mail_about_an_issue_we_lack_names_it_in_the_error(gateway: Gateway, repo: Path) -> None:

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from dovecot import DovecotServer, wait_for
+from helpers.dovecot import DovecotServer
+from helpers.ports import wait_for
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
 from mailtrack.mail.ids import header_message_id as message_id
 from mailtrack.queue.spool import Spool
-
-pytest_plugins = ["conftest_edges"]
 
 MakePoller = Callable[..., ImapPoller]
 
@@ -32,11 +31,6 @@ def mail(n: int | str) -> bytes:
 
 def mid(n: int | str) -> str:
     return f"<mail-{n}@example.test>"
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 @pytest.fixture

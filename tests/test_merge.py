@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import git, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
+from helpers.cli import run_cli
+from helpers.repos import git, make_repo, new_issue, read_comments, read_issue, read_names, tree
 
 
 def clone(src: Path, dst: Path) -> Path:
@@ -31,10 +33,6 @@ def sync_all(hub: Path, a: Path, b: Path) -> None:
         assert 0 == res.code, res.err
 
 
-def tree(repo: Path) -> str:
-    return git(repo, "rev-parse", "issues^{tree}").strip()
-
-
 def test_different_fields_merge(tmp_path: Path) -> None:
     """Each clone changes another field; after pulls both have both changes, as one merge commit."""
     hub, a, b, name = two_clones(tmp_path)
@@ -53,6 +51,7 @@ def test_different_fields_merge(tmp_path: Path) -> None:
     git(a, "fsck", "--strict", "--no-dangling")
 
 
+@pytest.mark.slow  # ~1.2 s
 def test_same_field_later_wins_and_message_names_it(tmp_path: Path) -> None:
     """Both clones set the same field: the later edit wins and the merge commit names both values."""
     hub, a, b, name = two_clones(tmp_path)
@@ -92,6 +91,7 @@ edit = st.tuples(
 )
 
 
+@pytest.mark.slow  # ~1.5 s: hypothesis over clones
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(edit, min_size=1, max_size=10))
 def test_random_edits_converge(tmp_path_factory, steps: list[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]

@@ -1,26 +1,35 @@
-"""Notifications: changes on the branch become mails to the right people, through a sink relay."""
+"""Notifications: changes on the branch become mails to the right people, through a sink relay; every
+kind carries the headers that mail clients and filters use; the first mail of a fresh installation,
+imports, unsubscribing, and replies to our own mails."""
 
 from __future__ import annotations
 
+import email
 import json
+import mailbox
 from dataclasses import replace
+from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import jinja2
 import pytest
 
-from conftest import git, make_repo, read_comments, run_cli
-from mailtrack.config import Config, NotifyConfig
+from helpers.cli import mailtrack, run_cli
+from helpers.mail import make_mail, text_of, two_issues
+from helpers.ports import free_port, wait_for
+from helpers.repos import git, make_repo, read_comments, read_issue, read_names
+from helpers.servers import Server
+from helpers.sink import Sink
+from helpers.tracker import ALICE, BOB, CONFIG, DAN, EVERYONE, Tracker, body, by_rcpt, everyone_but, h, reasons
+from mailtrack.config import Config, GatewayConfig, NotifyConfig
 from mailtrack.mail.addresses import Ours
-from mailtrack.outbound.notifier import is_machine_address
+from mailtrack.outbound.notifier import Notifier, is_machine_address
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.changes import Edit, close_edits, comment_change, new_issue, reopen_edits
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Change, Snapshot, Store, issue_dir
 from mailtrack.worker.pipeline import Gateway
-from sink import Sink
-from tracker import ALICE, BOB, CONFIG, DAN, EVERYONE, Tracker, body, by_rcpt, everyone_but, h, reasons
 
 
 def test_first_run_records_the_tip_and_notifies_nothing(repo: Path, sink: Sink) -> None:
@@ -206,12 +215,7 @@ def test_reply_to_a_notification_becomes_a_trimmed_comment(tracker: Tracker) -> 
     reply["In-Reply-To"], reply["References"] = h(note, "Message-ID"), f"{h(note, 'References')} {h(note, 'Message-ID')}"
     quoted = "\n".join("> " + line for line in body(note).splitlines())
     reply.set_content(f"Water did not help.\n\nOn Mon, 3 Jun 2024 at 10:00, {note['From']} wrote:\n{quoted}\n")
-    with Store.open(tracker.repo, durable=True) as store:
-        gateway = Gateway(tracker.config, store, tracker.spool)
-        try:
-            out = gateway.handle(reply.as_bytes())
-        finally:
-            gateway.close()
+    out = tracker.handle(reply.as_bytes())
     assert ("commented", name) == (out.action, out.issue)
     assert ["Water did not help."] == [c.text for c in read_comments(tracker.repo, name)]
     tracker.notify()
@@ -300,12 +304,7 @@ def test_new_issue_by_mail_with_attachment(tracker: Tracker) -> None:
     msg["Subject"], msg["Message-ID"] = "Scanner smokes", "<scan1@example.org>"
     msg.set_content("See the log.\n")
     msg.add_attachment(b"smoke\n" * 100, maintype="text", subtype="plain", filename="scan.log")
-    with Store.open(tracker.repo, durable=True) as store:
-        gateway = Gateway(tracker.config, store, tracker.spool)
-        try:
-            out = gateway.handle(msg.as_bytes())
-        finally:
-            gateway.close()
+    out = tracker.handle(msg.as_bytes())
     tracker.notify()
     mails = [m for m in tracker.caught() if m["X-Mailtrack-Event"] == "new"]
     assert {"bob@example.org": "cc", "walt@example.org": "watcher"} == reasons(mails)
@@ -404,3 +403,178 @@ def test_titles_are_written_on_one_line(tracker: Tracker) -> None:
     assert f"new {name[:7]}: Printer on fire" == git(tracker.repo, "log", "-1", "--format=%B", "issues").strip()
     tracker.edit(DAN, name, [Edit("title", "=", "Still\nburning\r\nReply-To: evil@example.org")])
     assert "<title>\nStill burning Reply-To: evil@example.org\n</title>" in git(tracker.repo, "show", path)
+
+
+def test_notification_per_issue_quotes_only_that_issues_lines(gw: Gateway, repo: Path) -> None:
+    """The notifications of a control mail over A and B: each quotes only the lines about its own issue."""
+    a, b = two_issues(gw, repo)
+    old = git(repo, "rev-parse", "issues").strip().encode()
+    body = f"severity {a[:7]} minor\ntag {b[:7]} +ui\n"
+    gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    new = git(repo, "rev-parse", "issues").strip().encode()
+    notifier = Notifier(Config(gateway=GatewayConfig(project="proj")), gw.spool, project="proj")
+    bodies = {}
+    for m in notifier.mails(gw.store, old, new):
+        msg = email.message_from_bytes(m.raw, policy=policy.default)
+        bodies[msg["X-Mailtrack-Issue"]] = text_of(msg)  # type: ignore[arg-type]
+    assert [a[:7], b[:7]] == sorted(bodies, key=lambda s: s != a[:7])
+    assert (True, False) == (f"> severity {a[:7]} minor" in bodies[a[:7]], b[:7] in bodies[a[:7]]), bodies[a[:7]]
+    assert (True, False) == (f"> tag {b[:7]} +ui" in bodies[b[:7]], a[:7] in bodies[b[:7]]), bodies[b[:7]]
+
+
+def test_first_mail_delivered_on_a_fresh_installation_is_notified(repo: Path, sink: Sink) -> None:
+    """With no notifier state yet, `mailtrack deliver` of a new issue with a Cc: the Cc'd person hears of it."""
+    t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="repo")))
+    assert not (t.spool.root / "notify-state.json").exists()
+    r = mailtrack("deliver", repo=repo, input=make_mail(Cc="Bob <bob@example.org>"))
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    mails = by_rcpt(t.caught())
+    assert ["alice@example.org", "bob@example.org"] == sorted(mails)
+    assert ("auto-replied", "new", "cc", name[:7]) == (
+        mails["alice@example.org"]["Auto-Submitted"], mails["bob@example.org"]["X-Mailtrack-Event"],
+        mails["bob@example.org"]["X-Mailtrack-Reason"], mails["bob@example.org"]["X-Mailtrack-Issue"])
+    assert 0 == t.notify()  # told once
+
+
+def test_first_mail_processed_on_a_fresh_installation_is_notified(repo: Path, sink: Sink) -> None:
+    """With no notifier state yet, `mailtrack process` of a spooled mail notifies its change."""
+    t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="repo")))
+    t.spool.accept(make_mail(Cc="Bob <bob@example.org>"), source="test")
+    r = mailtrack("process", repo=repo)
+    assert (0, "processed 1 mail(s), queued 1 notification(s)") == (r.returncode, r.stderr.decode().strip())
+    assert {"alice@example.org": None, "bob@example.org": "cc"} == reasons(t.caught())
+
+
+def test_mail_spooled_before_the_first_serve_is_notified(tmp_path: Path, sink: Sink) -> None:
+    """`mailtrack serve` on a fresh repository with a mail already spooled: its Cc'd person hears of it."""
+    repo = make_repo(tmp_path / "gw")
+    t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="proj")))
+    t.spool.accept(make_mail(Cc="Bob <bob@example.org>"), source="test")
+    server = Server(repo, free_port())
+    server.start()
+    try:
+        wait_for(lambda: t.spool.counts()["processed"] == 1 and t.spool.counts()["outbox/new"] >= 2, timeout=30,
+                 what="the mail processed, its ack and notification queued")
+    finally:
+        assert 0 == server.stop()
+    assert {"alice@example.org": None, "bob@example.org": "cc"} == reasons(t.caught())
+
+
+def test_import_notifies_what_was_pending_and_none_of_the_imported(tracker: Tracker, tmp_path: Path) -> None:
+    """`mailtrack import` notifies what was pending, none of the archive (its commits carry the
+    import trailer, which git log shows), and the next notify() is quiet."""
+    r = run_cli(tracker.repo, "new", "Filed by hand", "-m", "x", "--cc", "Bob <bob@example.org>")
+    assert 0 == r.code, r.err
+    box = mailbox.mbox(str(tmp_path / "old.mbox"))
+    box.add(make_mail(subject="Old report", frm="Carol <carol@example.org>", message_id="<old1@example.org>",
+                      Cc="Dave <dave@example.org>", Date="Mon, 03 Jun 2019 10:00:00 +0000"))
+    box.add(make_mail(subject="Re: Old report", frm="Dave <dave@example.org>", message_id="<old2@example.org>",
+                      In_Reply_To="<old1@example.org>", body="Me too.\n", Date="Tue, 04 Jun 2019 10:00:00 +0000"))
+    box.close()
+    r = mailtrack("import", str(tmp_path / "old.mbox"), repo=tracker.repo)
+    assert 0 == r.returncode, r.stderr
+    assert "commented 1, created 1" == r.stdout.decode().strip()
+    assert 2 == git(tracker.repo, "log", "--format=%B", "issues").count("Imported-By: mailtrack import")
+    assert [("bob@example.org", "Filed by hand")] == [
+        (m["To"].addresses[0].addr_spec, m["Subject"].split("] ", 1)[1]) for m in tracker.caught()]
+    assert 0 == tracker.notify()
+    imported = next(n for n in read_names(tracker.repo) if read_issue(tracker.repo, n).title == "Old report")
+    tracker.edit(DAN, imported, comment="Still broken in 2024.")  # later changes to imported issues are told
+    tracker.notify()
+    assert {"carol@example.org", "dave@example.org"} <= set(reasons(tracker.caught()))
+
+
+def test_unsubscribed_reporter_hears_no_more_until_subscribing_again(tracker: Tracker) -> None:
+    """A reporter's `unsubscribe ID` (the List-Unsubscribe mailto) stops their mail; `subscribe ID` brings it back."""
+    name = tracker.new_issue()
+    tracker.notify()
+    [link] = {h(m, "List-Unsubscribe") for m in tracker.caught()}
+    assert f"<mailto:control@localhost?subject=unsubscribe%20{name[:7]}>" == link
+    out = tracker.handle(make_mail(to="control@localhost", frm="Alice Reporter <alice@example.org>",
+                                    message_id="<unsub@example.org>", subject=f"unsubscribe {name[:7]}", body=""))
+    assert ["Processed: unsubscribe " + name[:7]] == [m["Subject"] for m in tracker.caught()]  # the transcript
+    assert out.commands is not None and ["you get no more mail about this issue"] == [ln.status for ln in out.commands.lines]
+    tracker.edit(DAN, name, comment="Try turning it off.")
+    tracker.notify()
+    heard = reasons(tracker.caught())
+    assert (False, "cc") == ("alice@example.org" in heard, heard.get("bob@example.org"))
+    tracker.handle(make_mail(to="control@localhost", frm="alice@example.org", message_id="<sub@example.org>",
+                              subject="commands", body=f"subscribe {name[:7]}\n"))
+    tracker.caught()  # the transcript
+    tracker.edit(DAN, name, comment="Or on again.")
+    tracker.notify()
+    assert "reporter" == reasons(tracker.caught()).get("alice@example.org")
+
+
+def test_reply_to_the_ack_by_in_reply_to_alone_is_a_comment(tracker: Tracker) -> None:
+    """The ack's Message-ID names the issue: a reply with only In-Reply-To (no References, no tag) is a comment."""
+    out = tracker.handle(make_mail(frm="Alice Reporter <alice@example.org>", message_id="<rep@example.org>"))
+    [ack] = tracker.caught()
+    assert (out.issue, "auto-replied") == (h(ack, "Message-ID").split(".")[1], ack["Auto-Submitted"])
+    reply = EmailMessage()
+    reply["From"], reply["To"], reply["Subject"] = "Alice Reporter <alice@example.org>", "issues@localhost", "Re: Printer on fire"
+    reply["Message-ID"], reply["In-Reply-To"] = "<rep2@example.org>", h(ack, "Message-ID")
+    reply.set_content("It still smokes.\n")
+    again = tracker.handle(reply.as_bytes())
+    assert ("commented", out.issue) == (again.action, again.issue)
+    assert ["It still smokes."] == [c.text for c in read_comments(tracker.repo, out.issue)]
+
+
+def test_reply_to_a_transcript_by_in_reply_to_alone_is_a_comment(tracker: Tracker) -> None:
+    """A control mail's transcript names its one issue: a reply to it alone goes to that issue."""
+    name = tracker.new_issue()
+    tracker.handle(make_mail(to="control@localhost", frm="alice@example.org", message_id="<ctl@example.org>",
+                              subject="commands", body=f"severity {name[:7]} minor\n"))
+    [transcript] = [m for m in tracker.caught() if m["Subject"].startswith("Processed")]
+    reply = EmailMessage()
+    reply["From"], reply["To"], reply["Subject"] = "alice@example.org", "issues@localhost", "Re: Processed: commands"
+    reply["Message-ID"], reply["In-Reply-To"] = "<ctl2@example.org>", h(transcript, "Message-ID")
+    reply.set_content("Thanks, and it is minor indeed.\n")
+    out = tracker.handle(reply.as_bytes())
+    assert ("commented", name) == (out.action, out.issue)
+
+
+CONSTANT = {"List-Id": "proj <proj.localhost>", "Auto-Submitted": "auto-generated", "Precedence": "bulk",
+            "X-Auto-Response-Suppress": "All", "X-Mailtrack-Loop": "issues@localhost"}
+
+
+def attach_only(t: Tracker, name: str) -> None:
+    """A file added to the issue with no comment (as a merge or a patch mail can bring)."""
+    t.change(BOB, lambda s: Change(f"attach {name[:7]}", {f"{issue_dir(name)}/trace.txt": b"t" * 3000}))
+
+
+EVENTS = {
+    "comment": lambda t, n: t.edit(BOB, n, comment="Any news?"),
+    "changed": lambda t, n: t.edit(BOB, n, [Edit("severity", "=", "minor")]),
+    "closed": lambda t, n: t.edit(BOB, n, close_edits),
+    "reopened": lambda t, n: (t.edit(DAN, n, close_edits), t.notify(), t.caught(), t.edit(BOB, n, reopen_edits)),
+    "attachment": attach_only,
+}
+
+
+@pytest.mark.parametrize("event", sorted(EVENTS))
+def test_every_event_has_the_headers_that_thread_and_filter(tracker: Tracker, event: str) -> None:
+    """For each kind of change: threaded under the issue's first mail, Reply-To the issue, From
+    "Name via project", List-Id and List-Unsubscribe, the auto-mail headers, our loop header and
+    the X-Mailtrack-* headers; the actor (Bob) is not told."""
+    name = tracker.new_issue()
+    tracker.notify()
+    tracker.caught()
+    EVENTS[event](tracker, name)
+    tracker.notify()
+    mails = by_rcpt(tracker.caught())
+    assert "bob@example.org" not in mails
+    m = mails["alice@example.org"]
+    short, first = name[:7], f"<mailtrack.{name}.issue@localhost>"
+    expected = {
+        **CONSTANT, "From": "Bob Cc via proj <issues@localhost>", "Subject": f"[proj #{short}] Printer on fire",
+        "In-Reply-To": first, "References": f"<report1@example.org> {first}", "Reply-To": f"issues+{short}@localhost",
+        "List-Unsubscribe": f"<mailto:control@localhost?subject=unsubscribe%20{short}>",
+        "X-Mailtrack-Issue": short, "X-Mailtrack-Event": event, "X-Mailtrack-Components": "core",
+        "X-Mailtrack-Reason": "reporter",
+    }
+    assert expected == {k: h(m, k) for k in expected}
+    assert h(m, "Message-ID").startswith(f"<mailtrack.{name}.") and h(m, "Message-ID") != first
+    if event == "attachment":
+        assert "trace.txt (2.9 KB)" in body(m)

@@ -31,6 +31,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return whl
 
 
+@pytest.mark.slow  # ~2 s: builds a wheel (the module fixture)
 def test_wheel_holds_every_module_and_template(wheel: Path) -> None:
     """Every module of mailtrack/ and every template of templates/ (as mailtrack/templates/) is in the wheel."""
     expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mailtrack").rglob("*.py")}
@@ -38,6 +39,7 @@ def test_wheel_holds_every_module_and_template(wheel: Path) -> None:
     assert set() == expected - set(zipfile.ZipFile(wheel).namelist())
 
 
+@pytest.mark.slow  # builds a wheel when run alone (the module fixture)
 def test_installed_wheel_renders_templates_with_includes(wheel: Path, tmp_path: Path) -> None:
     """The package unpacked from the wheel, with no source tree or editable install in sight, renders a notification."""
     site = tmp_path / "site"

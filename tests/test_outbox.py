@@ -1,4 +1,5 @@
-"""The sender: the outbox to an aiosmtpd sink standing in for the relay, with retries and failures."""
+"""The sender: the outbox to an aiosmtpd sink standing in for the relay, with retries and failures;
+`mailtrack outbox`, `outbox retry` and `status` from the command line."""
 
 from __future__ import annotations
 
@@ -10,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dovecot import free_port, wait_for
+from helpers.cli import deliver, mailtrack
+from helpers.mail import make_mail
+from helpers.ports import free_port, wait_for
+from helpers.sink import Sink
 from mailtrack.config import RelayConfig
 from mailtrack.outbound.sender import OutboxSender, next_due, outbox_listing, retry_now, waiting
 from mailtrack.queue.spool import Spool
-from sink import Sink
-
-pytest_plugins = ["conftest_edges"]
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 def queue(spool: Spool, subject: str = "Hello", to: tuple[str, ...] = ("ann@example.org",), body: str = "Hi.\n") -> str:
@@ -56,6 +52,7 @@ def test_delivers_each_mail_to_its_recipients(sink: Sink, spool: Spool) -> None:
     assert (True, 0, []) == (b"\r\n" in sink.received[0].raw, spool.counts()["outbox/new"], leftovers)
 
 
+@pytest.mark.network  # starts a Sink itself
 def test_refused_then_451_then_back_delivers_each_mail_once(spool: Spool) -> None:
     """Relay down, then answering 451, then back: each mail arrives exactly once, across restarts."""
     ids = [queue(spool, f"Mail {i}") for i in range(3)]
@@ -145,6 +142,7 @@ def test_gives_up_after_give_up_after(spool: Spool) -> None:
     assert reason.startswith("not delivered to ann@example.org: gave up after 2 attempts in 66m: cannot reach the relay")
 
 
+@pytest.mark.network  # starts a Sink itself
 def test_listing_says_what_waits_and_retry_now_sends_it(spool: Spool) -> None:
     """`mailtrack outbox` shows the next attempt, the last error and the recipients; `retry` sends at once."""
     spool_id = queue(spool, "Waiting", ("ann@example.org", "bob@example.org"))
@@ -165,6 +163,7 @@ def test_listing_says_what_waits_and_retry_now_sends_it(spool: Spool) -> None:
         counts, outbox_listing(spool), len(sink.received))
 
 
+@pytest.mark.network  # starts a Sink itself, with TLS
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_tls_and_auth_with_password_file(tls_cert: tuple[Path, Path], tmp_path: Path, spool: Spool, security: str) -> None:
     """STARTTLS or implicit TLS, AUTH with a password file; a wrong password is a temporary failure."""
@@ -208,3 +207,29 @@ def test_run_loop_sends_when_woken_and_stops(sink: Sink, spool: Spool) -> None:
         stop.set()
         thread.join(10)
     assert (["Woken"], False) == ([r.message["Subject"] for r in sink.received], thread.is_alive())
+
+
+@pytest.mark.network  # starts a Sink itself
+def test_outbox_waits_without_a_relay_and_retry_sends_once_there_is_one(repo: Path, tmp_path: Path) -> None:
+    """With no relay, `status` and `outbox` say the reply waits and why; `outbox retry` with a relay
+    configured sends it, and the outbox is empty after."""
+    assert 0 == deliver(repo, make_mail()).returncode  # an acknowledgement to alice
+    status = mailtrack("status", repo=repo, text=True).stdout.splitlines()
+    assert ["  outbox/new     1", "  (no relay is configured: the 1 outgoing mail(s) wait in the outbox)"] == [
+        ln for ln in status if ln.startswith(("  outbox/new", "  (no relay"))]
+    listing = mailtrack("outbox", repo=repo, text=True).stdout.splitlines()
+    assert (listing[0].endswith("  due now"), "    to: alice@example.org", listing[-1]) == (
+        True, listing[1], "no relay is configured ([relay] host): outgoing mail waits here")
+    nothing = mailtrack("outbox", "retry", repo=repo, text=True)
+    assert (0, "0 delayed mail(s) made due now; no relay is configured ([relay] host): nothing sent\n") == (
+        nothing.returncode, nothing.stdout)
+    sink = Sink().start()
+    try:
+        config = tmp_path / "relay.toml"
+        config.write_text(f'[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n')
+        sent = mailtrack("outbox", "retry", repo=repo, config=config, text=True)
+        assert (0, "0 delayed mail(s) made due now; sent 1, deferred 0, failed 0\n") == (sent.returncode, sent.stdout)
+        assert (["alice@example.org"], "the outbox is empty\n") == (
+            [r.recipients[0] for r in sink.received], mailtrack("outbox", repo=repo, config=config, text=True).stdout)
+    finally:
+        sink.stop()

@@ -2,125 +2,36 @@
 
 from __future__ import annotations
 
-import email
 import os
 import re
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from email import policy
 from pathlib import Path
 
 import pytest
 
-from conftest import git, make_gateway, make_repo, new_issue, read_comments, read_issue, read_names, run_cli
-from dovecot import free_port, wait_for
+from helpers.cli import run_cli
+from helpers.mail import outbox
+from helpers.ports import wait_for
+from helpers.repos import git, git_bytes, issues_repo, make_gateway, new_issue, read_comments, read_issue, read_names, tip, tree
+from helpers.servers import ADDRESS, Served, clone, git_send_email, send_email
 from mailtrack.config import AccessConfig, Config, GatewayConfig
 from mailtrack.patches.format import file_diff
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway, default_spool
-from test_serve import Server
 
 MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
-SEND_EMAIL = "/usr/lib/git-core/git-send-email"
-
-
-def tree(repo: Path) -> str:
-    return git(repo, "rev-parse", "issues^{tree}").strip()
-
-
-def tip(repo: Path) -> str:
-    return git(repo, "rev-parse", "issues").strip()
-
-
-def gateway_repo(path: Path) -> Path:
-    r = make_repo(path)
-    (r / "README").write_text("project\n")
-    git(r, "add", "README")
-    git(r, "commit", "-q", "-m", "first")
-    assert 0 == run_cli(r, "init").code
-    return r
-
-
-def clone(gw: Path, path: Path, user: tuple[str, str] = ("Carol Clone", "carol@example.org")) -> Path:
-    subprocess.run(["git", "clone", "-q", str(gw), str(path)], check=True, capture_output=True)
-    git(path, "config", "user.name", user[0])
-    git(path, "config", "user.email", user[1])
-    r = run_cli(path, "pull")
-    assert 0 == r.code, r.err
-    return path
-
-
-ADDRESS = "issues@example.test"  # git send-email wants a dot in the domain
-
-
-class MailServer(Server):
-    """`mailtrack serve` on loopback, under an address git send-email accepts."""
-
-    def __init__(self, repo: Path) -> None:
-        super().__init__(repo, free_port(), extra=f'address = "{ADDRESS}"')
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(self.repo), "--config", str(self.config), "serve"],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        if f"listening on smtp 127.0.0.1:{self.port} for {ADDRESS}" not in line:
-            self.stop()
-            pytest.fail(f"serve did not start: {line}")
-
-
-@dataclass
-class Served:
-    repo: Path  # the gateway's repository, with `mailtrack serve` on it
-    server: MailServer
-    clone: Path  # an offline clone, level with it (Carol Clone)
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    """`mailtrack serve` on a gateway repository under an address git send-email accepts, and a clone of it."""
-    repo = gateway_repo(tmp_path / "gw")
-    server = MailServer(repo)
-    server.start()
-    try:
-        yield Served(repo, server, clone(repo, tmp_path / "clone"))
-    finally:
-        assert 0 == server.stop()
-
-
-def outbox(repo: Path) -> list[email.message.EmailMessage]:
-    new = repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
-    if not new.is_dir():
-        return []
-    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(new.iterdir())]  # type: ignore[misc]
-
-
-def send_email(files: list[Path], port: int, sender: str = "Carol Clone <carol@example.org>") -> None:
-    if subprocess.run(["perl", "-MMail::Address", "-e1"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("git send-email needs Perl's Mail::Address: apt-get install libmailtools-perl")
-    r = subprocess.run(
-        [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={port}", "--smtp-encryption=none",
-         "--smtp-domain=localhost", f"--from={sender}", f"--to={ADDRESS}", "--confirm=never",
-         "--suppress-cc=all", "--quiet", *map(str, files)],
-        capture_output=True, text=True, check=False)
-    assert (0, "") == (r.returncode, r.stderr)
 
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    """An in-process gateway on a repository with an issues branch."""
-    repo = gateway_repo(tmp_path / "gw")
-    store = Store.open(repo, durable=True)
-    g = Gateway(Config(gateway=GatewayConfig(project="proj")), store, Spool(default_spool(store)))
+    """An in-process gateway (project "proj", as shipped) on a repository with an issues branch."""
+    g = make_gateway(issues_repo(tmp_path / "gw"), reply_rate_limit=GatewayConfig().reply_rate_limit)
     yield g
     g.close()
-    store.close()
+    g.store.close()
 
 
 def gw_path(g: Gateway) -> Path:
@@ -161,7 +72,7 @@ def test_push_mail_sends_issues_comments_attachments_and_fields(served: Served, 
     issue = read_issue(repo, a)
     [comment] = read_comments(repo, a)
     assert ("open", "high", ["shot.png"]) == (issue.status, issue.priority, comment.attachments)
-    assert png.read_bytes() == git_show_bytes(repo, f"issues:{a[:2]}/{a[2:]}/shot.png")
+    assert png.read_bytes() == git_bytes(repo, "show", f"issues:{a[:2]}/{a[2:]}/shot.png")
     assert 0 == run_cli(c, "pull").code
     assert (tree(repo), tip(repo)) == (tree(c), tip(c))  # level: the same tip, so nothing is sent twice
     again = run_cli(c, "push", "--mail", "--to", ADDRESS)
@@ -172,13 +83,9 @@ def test_push_mail_sends_issues_comments_attachments_and_fields(served: Served, 
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
-def git_show_bytes(repo: Path, spec: str) -> bytes:
-    return subprocess.run(["git", "-C", str(repo), "show", spec], capture_output=True, check=True).stdout
-
-
 def test_push_mail_output_is_accepted_by_git_am(tmp_path: Path) -> None:
     """`git issues push --stdout` writes a series, binary attachment included, that the real `git am` applies to the same tree."""
-    repo = gateway_repo(tmp_path / "gw")
+    repo = issues_repo(tmp_path / "gw")
     c = clone(repo, tmp_path / "clone")
     a = new_issue(c, "Binary please")
     blob = tmp_path / "data.bin"
@@ -190,7 +97,7 @@ def test_push_mail_output_is_accepted_by_git_am(tmp_path: Path) -> None:
     assert "Subject: [PATCH 0/3] issues: 3 commits" in r.out
     mbox = r.out[re.search(r"^From [0-9a-f]{40} ", r.out[1:], re.M).start() + 1 :]  # type: ignore[union-attr]  # git am stops at a cover letter
     other = tmp_path / "other"
-    subprocess.run(["git", "clone", "-q", str(repo), str(other)], check=True, capture_output=True)
+    git(tmp_path, "clone", "-q", str(repo), str(other))
     git(other, "checkout", "-q", "-b", "issues", "origin/issues")
     git(other, "am", "-q", input=mbox.encode())
     assert tree(c) == tree(other)
@@ -233,7 +140,7 @@ def test_change_by_someone_without_the_right_is_refused(gw: Gateway, tmp_path: P
 
 def test_access_fields_rule_the_fields_a_patch_changes(tmp_path: Path) -> None:
     """[access.fields] holds for patch mails too: a stranger may tag (tags = anyone) but not close."""
-    repo = gateway_repo(tmp_path / "gw")
+    repo = issues_repo(tmp_path / "gw")
     a = new_issue(repo, "Jane's issue")
     store = Store.open(repo, durable=True)
     config = Config(gateway=GatewayConfig(project="proj"), access=AccessConfig(fields={"tags": ["anyone"]}))
@@ -352,14 +259,14 @@ def test_oversized_partial_series_is_refused_at_once(gw: Gateway) -> None:
 
 def test_push_mail_needs_a_starting_point(tmp_path: Path) -> None:
     """Without a recorded pull or --since, `push --mail` says what to do instead of sending the whole history."""
-    c = gateway_repo(tmp_path / "lonely")
+    c = issues_repo(tmp_path / "lonely")
     r = run_cli(c, "push", "--mail", "--to", ADDRESS)
     assert (1, "error: no refs/remotes/origin/issues: run 'git issues pull' first, or give --since REV\n") == (r.code, r.err)
 
 
 def test_push_since_a_revision_writes_only_the_later_commits(tmp_path: Path) -> None:
     """`push -o DIR --since issues~1` writes one patch, for the last commit only."""
-    c = gateway_repo(tmp_path / "solo")
+    c = issues_repo(tmp_path / "solo")
     new_issue(c, "Older")
     newer = new_issue(c, "Newer")
     r = run_cli(c, "push", "--since", "issues~1", "-o", str(tmp_path / "out"))
@@ -408,10 +315,8 @@ def test_push_mail_files_are_addressed_and_go_out_with_git_send_email(served: Se
     r = run_cli(c, "push", "--mail", "-o", str(out), "--to", ADDRESS)
     [patch] = [Path(p) for p in r.out.split()]
     assert f"\nTo: {ADDRESS}\n" in patch.read_text()
-    sent = subprocess.run(
-        [SEND_EMAIL, "--smtp-server=127.0.0.1", f"--smtp-server-port={server.port}", "--smtp-encryption=none",
-         "--smtp-domain=localhost", "--confirm=never", "--suppress-cc=all", "--quiet", str(patch)],
-        cwd=c, capture_output=True, text=True, check=False)
+    sent = git_send_email("--smtp-server=127.0.0.1", f"--smtp-server-port={server.port}", "--smtp-encryption=none",
+                          "--smtp-domain=localhost", "--suppress-cc=all", "--quiet", str(patch), cwd=c)
     assert (0, "") == (sent.returncode, sent.stderr)
     wait_for(lambda: tree(repo) == tree(c), timeout=30, what="the series applied")
 
@@ -428,7 +333,7 @@ def _part(n: int, m: int, frm: str, mid: str, root: str, path: str) -> bytes:
 def test_two_senders_series_in_one_thread_are_kept_apart(tmp_path: Path) -> None:
     """Alice's and Bob's [PATCH 1/2] in the same thread never replace each other: each series is
     applied with its own parts, and a v2 sent later in the same thread is applied too."""
-    repo = gateway_repo(tmp_path / "gw")
+    repo = issues_repo(tmp_path / "gw")
     a = new_issue(repo, "Shared")
     g = make_gateway(repo, unknown_senders="accept")
     try:
@@ -449,7 +354,7 @@ def test_two_senders_series_in_one_thread_are_kept_apart(tmp_path: Path) -> None
 def test_patch_mails_obey_the_senders_rules(tmp_path: Path) -> None:
     """A patch is a change: with require_auth_for_commands it needs a vouched sender, and an unknown
     sender is held (in failed) when unknown_senders = "hold"."""
-    repo = gateway_repo(tmp_path / "gw")
+    repo = issues_repo(tmp_path / "gw")
     a = new_issue(repo, "Jane's issue")
     diff = file_diff(f"{a[:2]}/{a[2:]}/note.txt", None, b"forged\n")
     tip0 = tip(repo)
@@ -506,7 +411,7 @@ def test_a_malformed_diff_header_is_refused_not_a_crash(gw: Gateway) -> None:
 
 def _series(tmp_path: Path, *args: str) -> tuple[Path, Path, list[bytes]]:
     """A gateway, a clone with two new commits, and their `git format-patch ARGS` mails (cover letter first)."""
-    repo = gateway_repo(tmp_path / "gw")
+    repo = issues_repo(tmp_path / "gw")
     c = clone(repo, tmp_path / "clone")
     new_issue(c, "First offline")
     new_issue(c, "Second offline")

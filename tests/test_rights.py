@@ -8,7 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import git, make_gateway, new_issue, read_comments, read_issue, run_cli
+from helpers.cli import run_cli
+from helpers.repos import git, make_gateway, new_issue, read_comments, read_issue, tip
 from mailtrack.config import AccessConfig, ConfigError
 from mailtrack.worker.pipeline import Gateway
 
@@ -39,17 +40,13 @@ def _patch_mail(repo: Path, tmp: Path, who: tuple[str, str], edit: dict[str, byt
     return subprocess.run(["git", "-C", str(work), "format-patch", "-1", "--stdout"], capture_output=True, check=True).stdout
 
 
-def _tip(repo: Path) -> str:
-    return git(repo, "rev-parse", "issues").strip()
-
-
 def test_a_strangers_patch_may_not_rewrite_someone_elses_comment(gw: Gateway, repo: Path, tmp_path: Path) -> None:
     """Mallory's patch rewriting Jane's comment is refused with the reason, and the comment stays Jane's words."""
     name, comment, _ = _issue_with_comment(repo)
     text = git(repo, "show", f"issues:{comment}").replace("Jane's own words", "Jane admits it was her fault")
-    before = _tip(repo)
+    before = tip(repo)
     out = gw.handle(_patch_mail(repo, tmp_path, MALLORY, {comment: text.encode()}))
-    assert ("rejected", before) == (out.action, _tip(repo))
+    assert ("rejected", before) == (out.action, tip(repo))
     assert f"{comment}: mallory@example.net may not rewrite a comment on issue {name[:7]}" in out.reason
     assert ["Jane's own words"] == [c.text for c in read_comments(repo, name) if "words" in c.text]
 
@@ -57,9 +54,9 @@ def test_a_strangers_patch_may_not_rewrite_someone_elses_comment(gw: Gateway, re
 def test_a_strangers_patch_may_not_replace_someone_elses_attachment(gw: Gateway, repo: Path, tmp_path: Path) -> None:
     """Mallory's patch replacing Jane's attachment is refused, and the attachment keeps its bytes."""
     name, _, attachment = _issue_with_comment(repo)
-    before = _tip(repo)
+    before = tip(repo)
     out = gw.handle(_patch_mail(repo, tmp_path, MALLORY, {attachment: b"malware\n"}))
-    assert ("rejected", before) == (out.action, _tip(repo))
+    assert ("rejected", before) == (out.action, tip(repo))
     assert f"{attachment}: mallory@example.net may not rewrite an attachment on issue {name[:7]}" in out.reason
     assert "jane's log\n" == git(repo, "show", f"issues:{attachment}")
 
@@ -69,9 +66,9 @@ def test_a_strangers_patch_may_not_change_an_issues_author(gw: Gateway, repo: Pa
     name, _, _ = _issue_with_comment(repo)
     path = f"{name[:2]}/{name[2:]}/issue.xml"
     xml = git(repo, "show", f"issues:{path}").replace("jane@example.org", "mallory@example.net")
-    before = _tip(repo)
+    before = tip(repo)
     out = gw.handle(_patch_mail(repo, tmp_path, MALLORY, {path: xml.encode()}))
-    assert ("rejected", before) == (out.action, _tip(repo))
+    assert ("rejected", before) == (out.action, tip(repo))
     assert f"issue {name[:7]}: mallory@example.net may not change its <author>" in out.reason
     assert "jane@example.org" == read_issue(repo, name).author.email
 
@@ -81,9 +78,9 @@ def test_a_strangers_patch_may_not_comment_in_someone_elses_name(gw: Gateway, re
     name, comment, _ = _issue_with_comment(repo)
     forged = git(repo, "show", f"issues:{comment}").replace("Jane's own words", "I withdraw this report")
     leaf = re.sub(r"_[0-9a-f]{40}\.xml$", "_" + "e" * 40 + ".xml", comment.rpartition("/")[2])  # another comment file
-    before = _tip(repo)
+    before = tip(repo)
     out = gw.handle(_patch_mail(repo, tmp_path, MALLORY, {f"{name[:2]}/{name[2:]}/{leaf}": forged.encode()}))
-    assert ("rejected", before) == (out.action, _tip(repo))
+    assert ("rejected", before) == (out.action, tip(repo))
     assert "mallory@example.net may not write a comment in the name of Jane Doe <jane@example.org>" in out.reason
 
 

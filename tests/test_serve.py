@@ -1,4 +1,4 @@
-"""`mailtrack serve` end to end: real SMTP clients, the real git, SIGTERM under load."""
+"""`mailtrack serve` end to end: real SMTP clients, the real git, SIGTERM under load, its log."""
 
 from __future__ import annotations
 
@@ -7,82 +7,28 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-from conftest import git, make_repo, read_comments, read_issue, read_names, run_cli
-from dovecot import free_port, wait_for
+from helpers.cli import mailtrack, mailtrack_command, run_cli
+from helpers.dovecot import PASSWORD
+from helpers.ports import free_port, refused, wait_for
+from helpers.repos import git, make_repo, read_comments, read_issue, read_names, titles
+from helpers.servers import Server
+from mailtrack.config import Config, ListenConfig, load
 
-
-class Server:
-    def __init__(self, repo: Path, port: int, extra: str = "", *, inject: str = "") -> None:
-        """`inject`: Python run in the server process before `mailtrack serve` (a fault to inject)."""
-        self.repo, self.port, self.inject = repo, port, inject
-        self.config = repo / "mailtrack.toml"
-        self.config.write_text(f'[gateway]\nproject = "proj"\n{extra}\n[[listen]]\nport = {port}\n')
-        self.proc: subprocess.Popen[str] | None = None
-        self.first_line = ""  # serve's one line at start: where it listens, what it polls
-        self.log: list[str] = []  # serve's stderr after the first line, read as it comes (the pipe never fills)
-        self._reader: threading.Thread | None = None
-
-    def start(self) -> None:
-        args = ["--repo", str(self.repo), "--config", str(self.config), "serve"]
-        if self.inject:
-            script = f"import sys\n{self.inject}\nfrom mailtrack.app import mailtrack\nsys.exit(mailtrack.main(sys.argv[1:]))\n"
-            command = [sys.executable, "-c", script, *args]
-        else:
-            command = [sys.executable, "-m", "mailtrack.app.mailtrack", *args]
-        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        assert self.proc.stderr is not None
-        line = self.first_line = self.proc.stderr.readline()
-        if f"listening on smtp 127.0.0.1:{self.port} for issues@localhost" not in line:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stderr.close()
-            pytest.fail(f"serve did not start: {line}")
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.log.append(line.rstrip("\n"))
-
-    def finish(self) -> int:
-        """Wait for serve to exit (SIGTERM sent) and for the rest of its stderr; its exit code."""
-        assert self.proc is not None and self.proc.stderr is not None
-        code = self.proc.wait(timeout=60)
-        if self._reader is not None:
-            self._reader.join(timeout=30)
-        self.proc.stderr.close()
-        return code
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.finish()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    repo = make_repo(tmp_path / "gw")
-    s = Server(repo, free_port())
-    s.start()
-    yield s
-    if s.proc and s.proc.poll() is None:
-        s.stop()
+pytestmark = pytest.mark.network  # every test here starts `mailtrack serve` (or holds a port)
 
 
 def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> None:
     """A mail sent with swaks shows up in `git issues list`; a reply to it shows up in `git issues show`."""
     r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(server.port), "--from", "alice@example.org",
                         "--to", "issues@localhost", "--header", "Subject: Disk full", "--header", "Message-Id: <swaks1@example.org>",
-                        "--body", "The disk is full."], capture_output=True, text=True, check=False)
+                        "--body", "The disk is full."], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     assert 0 == r.returncode, r.stdout
     listed = wait_for(lambda: run_cli(server.repo, "list").out, what="the issue in git issues list")
     assert listed.rstrip().endswith("Disk full")
@@ -100,6 +46,7 @@ def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> No
     git(server.repo, "fsck", "--strict", "--no-dangling")
 
 
+@pytest.mark.slow  # ~10 s: the worker looks at the branch every daemon.IDLE_SECONDS
 def test_cli_change_in_the_gateway_repo_is_notified_once(server: Server) -> None:
     """A change made with the CLI in the gateway's repository is noticed and queued for notification once."""
     outbox = server.repo / ".git" / "mailtrack" / "spool" / "outbox" / "new"
@@ -158,8 +105,6 @@ def test_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
 
 def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dovecot, imap_user: str) -> None:  # type: ignore[no-untyped-def]
     """serve polls a real Dovecot: a mail becomes an issue and goes to Archive; a held one goes to Failed."""
-    from dovecot import PASSWORD
-
     repo = make_repo(tmp_path / "gw")
     imap = (f'[access]\nunknown_senders = "hold"\nopen = ["anyone"]\nmaintainers = ["boss@example.org"]\n'
             f'[[imap]]\nhost = "127.0.0.1"\nport = {dovecot.imap_port}\nsecurity = "plain"\nusername = "{imap_user}"\n'
@@ -188,18 +133,6 @@ def send(port: int, subject: str, mid: str) -> None:
         smtp.send_message(msg)
 
 
-def titles(repo: Path) -> list[str]:
-    return sorted(read_issue(repo, n).title for n in read_names(repo))
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 FAIL_FIRST_DONE = """
 from mailtrack.queue.spool import Queue
 real_done, calls = Queue.done, []
@@ -212,6 +145,7 @@ Queue.done = done
 """
 
 
+@pytest.mark.slow  # ~1.5 s: the worker backs off
 def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
     """The incoming queue's done() fails once with ENOSPC: the worker logs, backs off and processes the next mail."""
     repo = make_repo(tmp_path / "gw")
@@ -225,7 +159,7 @@ def test_worker_survives_an_oserror_from_the_spool(tmp_path: Path) -> None:
     assert None is server.proc.poll()
     assert 0 == server.stop()
     assert any("No space left on device" in line for line in server.log), server.log  # the fault did happen
-    r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"], capture_output=True, check=False)
+    r = mailtrack("process", repo=repo)
     assert (0, ["First", "Second"]) == (r.returncode, titles(repo))  # the first, recovered, is not filed twice
 
 
@@ -273,10 +207,11 @@ def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, mo
     go.touch()
     code = server.finish()
     assert (0, ["At hand"]) == (code, titles(repo))
-    r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "process"], capture_output=True, check=False)
+    r = mailtrack("process", repo=repo)
     assert (0, ["At hand", "In DATA"]) == (r.returncode, titles(repo))
 
 
+@pytest.mark.slow  # ~5 s (pytest --durations)
 def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     """serve on a port another process listens on exits 71 (EX_OSERR) with one line, no traceback,
     that says how to choose another port."""
@@ -286,27 +221,31 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         (repo / "mailtrack.toml").write_text(f"[[listen]]\nport = {port}\n")
-        r = subprocess.run([sys.executable, "-m", "mailtrack.app.mailtrack", "--repo", str(repo), "--config", str(repo / "mailtrack.toml"),
-                            "serve"], capture_output=True, text=True, check=False, timeout=60)
+        r = subprocess.run(mailtrack_command("--repo", str(repo), "--config", str(repo / "mailtrack.toml"), "serve"),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, timeout=60)
     expected = (71, [f"mailtrack: cannot listen on smtp 127.0.0.1:{port}: Address already in use;"
                      " to listen on another port, set port in a [[listen]] table of a --config file"])
     assert expected == (r.returncode, r.stderr.splitlines())
 
 
-def test_serve_without_a_config_listens_on_8025_and_prints_one_line(tmp_path: Path) -> None:
-    """The README's first command: `mailtrack serve` in a repository, no file: SMTP on 127.0.0.1:8025
-    for issues@localhost, one line on stderr, and a mail to it becomes an issue (and one log line)."""
-    if not refused(8025):
-        pytest.fail("something else listens on 127.0.0.1:8025; the default port must be free for this test")
+def test_serve_on_the_embedded_default_but_the_port_prints_one_line(tmp_path: Path) -> None:
+    """The README's first command: `mailtrack serve` in a repository, with the embedded default but for
+    the port (8025 may be taken by a gateway the user runs): SMTP on 127.0.0.1 for issues@localhost,
+    one line on stderr, and a mail to it becomes an issue (and one log line). That the default itself
+    is 127.0.0.1:8025 is test_docs.py's test_the_embedded_default_listens_on_127_0_0_1_8025."""
+    port = free_port()
+    config = tmp_path / "port.toml"
+    config.write_text(f"[[listen]]\nport = {port}\n")
+    assert replace(Config(), listen=[ListenConfig(port=port)]) == load(config)  # the embedded default, but the port
     repo = make_repo(tmp_path / "gw")
     env = {k: v for k, v in os.environ.items() if k != "MAILTRACK_CONFIG"}
-    proc = subprocess.Popen([sys.executable, "-m", "mailtrack.app.mailtrack", "serve"], cwd=repo, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(mailtrack_command("--config", str(config), "serve"), cwd=repo, env=env,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
-        assert "listening on smtp 127.0.0.1:8025 for issues@localhost" in line, line
-        send(8025, "Default", "<default@example.org>")
+        assert f"listening on smtp 127.0.0.1:{port} for issues@localhost" in line, line
+        send(port, "Default", "<default@example.org>")
         wait_for(lambda: titles(repo) == ["Default"], timeout=30, what="the mail on the branch")
     finally:
         proc.send_signal(signal.SIGTERM)

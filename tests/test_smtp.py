@@ -21,23 +21,16 @@ from typing import Any
 
 import pytest
 
-from dovecot import free_port, wait_for
+from helpers.ports import free_port, wait_for
 from mailtrack.inbound.smtp import ListenConfig, SmtpListener
 from mailtrack.mail.addresses import Ours
 from mailtrack.mail.parse import parse
 from mailtrack.queue.spool import Spool
 
-pytest_plugins = ["conftest_edges"]
-
 FROM = "alice@example.test"
 ADDRESSES = Ours(main="issues@example.test", control="control@example.test")
 
 StartListener = Callable[..., SmtpListener]
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 @pytest.fixture
@@ -85,7 +78,7 @@ def headers(raw: bytes, name: str) -> list[str]:
 
 def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["swaks", "--hide-informational", *args], capture_output=True, text=True, timeout=60
+        ["swaks", "--hide-informational", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
     )
 
 
@@ -220,17 +213,9 @@ def test_oversized_mail_is_refused_after_data_without_size(
 
 
 def test_250_comes_after_the_mail_is_fsynced_in_new(
-    start: StartListener, spool: Spool, monkeypatch: pytest.MonkeyPatch
+    start: StartListener, spool: Spool, fsynced: list[str]
 ) -> None:
     """When the client has its 250, the mail is in incoming/new, file and directory fsynced."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
     listener = start()
     with smtplib.SMTP("127.0.0.1", listener.config.port) as client:
         client.ehlo()
@@ -241,7 +226,7 @@ def test_250_comes_after_the_mail_is_fsynced_in_new(
     spool_id = reply.decode().rsplit(" ", 1)[1]
     incoming = spool.root / "incoming"
     assert (250, [incoming / "new" / spool_id]) == (code, new)
-    assert [str(incoming / "tmp" / spool_id), str(incoming / "new")] == synced
+    assert [str(incoming / "tmp" / spool_id), str(incoming / "new")] == fsynced
 
 
 class BrokenSpool(Spool):

@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.mail import held_mail
 from mailtrack.mail.ids import header_message_id as message_id
 from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool
 
 RAW = b"From: a@example.test\r\nSubject: s\r\nMessage-ID: <m1@example.test>\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 def names(directory: Path) -> list[str]:
@@ -48,20 +44,12 @@ def test_accept_keeps_the_exact_bytes_in_new(spool: Spool) -> None:
 
 
 def test_accept_fsyncs_the_file_and_the_directory_before_returning(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
+    spool: Spool, fsynced: list[str]
 ) -> None:
     """accept() fsyncs the mail in tmp/, renames it into new/, then fsyncs new/."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
     spool_id = spool.accept(RAW)
     incoming = spool.root / "incoming"
-    assert [str(incoming / "tmp" / spool_id), str(incoming / "new")] == synced
+    assert [str(incoming / "tmp" / spool_id), str(incoming / "new")] == fsynced
 
 
 def test_accept_raises_and_leaves_nothing_when_the_disk_fails(
@@ -302,3 +290,36 @@ def test_message_id_reads_a_folded_header() -> None:
     """message_id() finds the Message-ID, case-insensitively, unfolded; "" when there is none."""
     raw = b"Subject: x\nMESSAGE-ID:\n <abc@example.test>\n\nMessage-ID: <body@x>\n"
     assert ("<abc@example.test>", "") == (message_id(raw), message_id(b"Subject: x\n\nbody"))
+
+
+def test_the_source_outlives_failure_and_goes_with_pruning(tmp_path: Path) -> None:
+    """Spool.source() reads back the source accept() was told to keep while the mail is kept (also in failed, also
+    after a requeue); prune() removes it with the mail."""
+    spool = Spool(tmp_path / "spool")
+    assert "" == spool.source(spool.accept(held_mail("t"), source="smtp:[127.0.0.1]"))  # not asked to
+    spool_id = spool.accept(held_mail("s"), source="imap:u@h:1/INBOX", keep_source=True)
+    claim = spool.claim_id(spool_id)
+    assert claim is not None
+    spool.fail(claim, "held")
+    assert "imap:u@h:1/INBOX" == spool.source(spool_id)
+    spool.requeue(spool_id)
+    claim = spool.claim_id(spool_id)
+    assert claim is not None
+    spool.done(claim)
+    assert ("imap:u@h:1/INBOX", "") == (spool.source(spool_id), spool.source("nonsense"))
+    assert 1 == spool.prune(timedelta(seconds=-1))
+    assert ("", []) == (spool.source(spool_id), list((spool.root / "sources").iterdir()))
+
+
+def test_recover_removes_only_stale_orphaned_sources(tmp_path: Path) -> None:
+    """recover() deletes an old source whose mail is gone (deleted by hand), keeps a kept mail's."""
+    spool = Spool(tmp_path / "spool")
+    kept = spool.accept(held_mail("kept"), source="imap:kept", keep_source=True)
+    gone = spool.accept(held_mail("gone"), source="imap:gone", keep_source=True)
+    (spool.root / "incoming" / "new" / gone).unlink()
+    for spool_id in (kept, gone):
+        os.utime(spool.root / "sources" / spool_id, (0, 0))
+    spool.recover()
+    assert ("imap:kept", "", [kept]) == (
+        spool.source(kept), spool.source(gone), [p.name for p in (spool.root / "sources").iterdir()]
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, new_issue, read_comments, read_issue
+from helpers.repos import git, new_issue, read_comments, read_issue
 from mailtrack.tracker.changes import Edit, edit_issue
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Change, Snapshot, Store, ValidationError
@@ -105,7 +105,7 @@ def test_work_tree_index_and_head_untouched(repo: Path) -> None:
 def test_branch_name_from_git_config(repo: Path) -> None:
     """git config issues.branch names another branch."""
     git(repo, "config", "issues.branch", "tracker")
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     assert 0 == run_cli(repo, "init").code
     new_issue(repo, "Elsewhere")

@@ -18,6 +18,7 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # ~2.5 s: mypy over the package
 def test_mypy_strict_finds_nothing_in_the_package() -> None:
     """`mypy --strict mailtrack` under pyproject.toml's [tool.mypy] says Success."""
     proc = subprocess.run([_tool("mypy"), "--strict", "mailtrack"], cwd=ROOT, capture_output=True, text=True, check=False)

@@ -1,6 +1,6 @@
-"""Helpers for the network-edge tests: free ports, waiting with a deadline, a throw-away Dovecot.
+"""A throw-away Dovecot 2.3 (IMAP + LMTP) on loopback, for the IMAP poller's tests.
 
-The Dovecot 2.3 (IMAP + LMTP) is configured from `tests/dovecot/dovecot.conf.template`: it reads
+It is configured from `tests/helpers/dovecot.conf.template`: it reads
 nothing from /etc, listens on 127.0.0.1 only, with TLS when given a certificate; any user name
 logs in with PASSWORD (so each test can have a fresh user); maildirs under a temporary base
 folder; starts in ~0.05 s. As root the mail belongs to the `dovecot` user, and the base folder
@@ -19,35 +19,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import pytest
 from imapclient import IMAPClient
 
-TEMPLATE = Path(__file__).parent / "dovecot" / "dovecot.conf.template"
+TEMPLATE = Path(__file__).parent / "dovecot.conf.template"
 PASSWORD = "secret"
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class DovecotError(RuntimeError):

@@ -1,5 +1,5 @@
 """The notification tests' tracker: a gateway repository, its spool and a relay sink, and the people
-on its issues. A pytest plugin (tests/conftest.py): the `tracker` fixture is one notified up to now."""
+on its issues. The `tracker` fixture (tests/conftest.py) is one notified up to now."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
-
+from helpers.sink import Sink
 from mailtrack.config import Config, GatewayConfig, NotifyConfig
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.changes import Edit, edit_issue, new_issue
-from mailtrack.tracker.model import Component, Person, Project
+from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Change, Snapshot, Store
-from sink import Sink
+from mailtrack.worker.pipeline import Gateway, Outcome
 
 ALICE = Person("Alice Reporter", "alice@example.org")
 BOB = Person("Bob Cc", "bob@example.org")
@@ -72,6 +71,15 @@ class Tracker:
         with Store.open(self.repo) as store:
             return Notifier(config or self.config, self.spool).notify(store)
 
+    def handle(self, raw: bytes) -> Outcome:
+        """The gateway of this tracker (its configuration, its spool) takes one mail."""
+        with Store.open(self.repo, durable=True) as store:
+            gateway = Gateway(self.config, store, self.spool)
+            try:
+                return gateway.handle(raw)
+            finally:
+                gateway.close()
+
     def caught(self) -> list[EmailMessage]:
         """Send the outbox to the sink; the mails it got since the last call."""
         OutboxSender(self.sink.relay(), self.spool).send_pending()
@@ -80,16 +88,6 @@ class Tracker:
         for r in new:
             assert [r.message["To"].addresses[0].addr_spec] == r.recipients
         return [r.message for r in new]
-
-
-@pytest.fixture
-def tracker(repo: Path, sink: Sink) -> Tracker:
-    """A repository whose project has component core (owner Olga), notified up to now."""
-    t = Tracker(repo, sink)
-    project = Project(components=[Component("core", ["Olga Owner <olga@example.org>"])], closed_statuses=["closed"])
-    t.change(ALICE, lambda s: Change("project", {"project.xml": project.to_bytes()}))
-    assert 0 == t.notify()
-    return t
 
 
 def everyone_but(actor: str) -> dict[str, str]:

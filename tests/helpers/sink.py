@@ -2,7 +2,7 @@
 
 `Sink().start()` listens on a free port; `relay()` is the [relay] configuration that reaches it;
 `received` is what it took; its handler can refuse recipients, answer DATA with an error and
-check AUTH. The `sink` fixture (tests/conftest_edges.py) is one that is running.
+check AUTH. The `sink` fixture (tests/conftest.py) is one that is running.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from dovecot import free_port
+from helpers.ports import free_port
 from mailtrack.config import RelayConfig
 
 

@@ -1,17 +1,20 @@
-"""The failed-folder move of `mailtrack serve`'s worker (daemon.work) against a real Dovecot: a mail
-that ends in failed goes back only to the mailbox it was fetched from, and only the copy we kept."""
+"""Mail that ends in failed: `mailtrack status` lists it with its reason, `mailtrack requeue` puts it
+back (by its spool ID or a unique prefix), and `mailtrack serve`'s worker (daemon.work), against a
+real Dovecot, moves a failed IMAP mail back only to the mailbox it was fetched from, and only the
+copy we kept."""
 
 from __future__ import annotations
 
-import os
 import smtplib
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from dovecot import DovecotServer, free_port
+from helpers.cli import deliver, mailtrack
+from helpers.dovecot import DovecotServer
+from helpers.mail import held_mail, spool_path
+from helpers.ports import free_port
 from mailtrack.app.daemon import work
 from mailtrack.config import ImapConfig, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
@@ -20,12 +23,43 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.queue.spool import Spool
 from mailtrack.worker.pipeline import Gateway
 
+
+def test_status_shows_failures_and_requeue_puts_them_back(repo: Path) -> None:
+    """A mail held for a reason shows in `mailtrack status`; `mailtrack requeue ID` puts it back in the queue."""
+    r = deliver(repo, b"Subject: no sender at all\nMessage-ID: <nofrom@x>\n\nbody\n")
+    assert 0 == r.returncode
+    status = mailtrack("status", repo=repo, text=True, check=True).stdout
+    [line] = [ln for ln in status.splitlines() if "the mail has no sender address" in ln]
+    spool_id = line.split()[0]
+    assert "  failed         1" in status
+    r2 = mailtrack("requeue", spool_id, repo=repo, text=True)
+    assert (0, f"requeued {spool_id}\n") == (r2.returncode, r2.stdout)
+    counts = Spool(spool_path(repo)).counts()
+    assert (1, 0) == (counts["incoming/new"], counts["failed"])
+    bad = mailtrack("requeue", "nonsense", repo=repo, text=True)
+    assert (64, "mailtrack: no failed mail with id 'nonsense'\n") == (bad.returncode, bad.stderr)
+
+
+def test_requeue_takes_a_unique_prefix_of_a_spool_id(repo: Path) -> None:
+    """`requeue` by a unique prefix of a failed mail's ID; an ambiguous prefix names the candidates, an
+    unknown one says there is none; neither moves anything."""
+    for n in (1, 2):
+        assert 0 == deliver(repo, f"Subject: no sender {n}\nMessage-ID: <nofrom{n}@x>\n\nbody\n".encode()).returncode
+    status = mailtrack("status", repo=repo, text=True).stdout
+    ids = sorted(ln.split()[0] for ln in status.splitlines() if "the mail has no sender address" in ln)
+    assert 2 == len(ids), status
+    common = next(i for i, (x, y) in enumerate(zip(ids[0], ids[1], strict=True)) if x != y)  # the shared prefix
+    ambiguous = mailtrack("requeue", ids[0][:common], repo=repo, text=True)
+    assert (64, f"mailtrack: ambiguous spool ID '{ids[0][:common]}': 2 failed mails start with it: {ids[0]}, {ids[1]}\n") == (
+        ambiguous.returncode, ambiguous.stderr)
+    unknown = mailtrack("requeue", "19990101", repo=repo, text=True)
+    assert (64, "mailtrack: no failed mail with id '19990101'\n") == (unknown.returncode, unknown.stderr)
+    done = mailtrack("requeue", ids[1][:common + 1], repo=repo, text=True)
+    assert (0, f"requeued {ids[1]}\n") == (done.returncode, done.stdout)
+    assert [ids[0]] == [ln.split()[0] for ln in mailtrack("status", repo=repo, text=True).stdout.splitlines() if "no sender address" in ln]
+
+
 FOLDERS = ("INBOX", "Archive", "Failed")
-
-
-def held_mail(subject: str, message_id: str = "<same@example.test>") -> bytes:
-    """A mail the gateway holds (it has no From), so it ends in the spool's failed queue."""
-    return f"To: issues@localhost\nSubject: {subject}\nMessage-ID: {message_id}\n\nbody\n".encode()
 
 
 @pytest.fixture
@@ -94,36 +128,3 @@ def test_a_held_smtp_mail_leaves_imap_mail_with_its_message_id_alone(
     assert 1 == work_all(gateway, pollers)
     assert (["new"], ["kept"], []) == folders(dovecot, poller)
     assert 2 == len(gateway.spool.failures())
-
-
-def test_the_source_outlives_failure_and_goes_with_pruning(tmp_path: Path) -> None:
-    """Spool.source() reads back the source accept() was told to keep while the mail is kept (also in failed, also
-    after a requeue); prune() removes it with the mail."""
-    spool = Spool(tmp_path / "spool")
-    assert "" == spool.source(spool.accept(held_mail("t"), source="smtp:[127.0.0.1]"))  # not asked to
-    spool_id = spool.accept(held_mail("s"), source="imap:u@h:1/INBOX", keep_source=True)
-    claim = spool.claim_id(spool_id)
-    assert claim is not None
-    spool.fail(claim, "held")
-    assert "imap:u@h:1/INBOX" == spool.source(spool_id)
-    spool.requeue(spool_id)
-    claim = spool.claim_id(spool_id)
-    assert claim is not None
-    spool.done(claim)
-    assert ("imap:u@h:1/INBOX", "") == (spool.source(spool_id), spool.source("nonsense"))
-    assert 1 == spool.prune(timedelta(seconds=-1))
-    assert ("", []) == (spool.source(spool_id), list((spool.root / "sources").iterdir()))
-
-
-def test_recover_removes_only_stale_orphaned_sources(tmp_path: Path) -> None:
-    """recover() deletes an old source whose mail is gone (deleted by hand), keeps a kept mail's."""
-    spool = Spool(tmp_path / "spool")
-    kept = spool.accept(held_mail("kept"), source="imap:kept", keep_source=True)
-    gone = spool.accept(held_mail("gone"), source="imap:gone", keep_source=True)
-    (spool.root / "incoming" / "new" / gone).unlink()
-    for spool_id in (kept, gone):
-        os.utime(spool.root / "sources" / spool_id, (0, 0))
-    spool.recover()
-    assert ("imap:kept", "", [kept]) == (
-        spool.source(kept), spool.source(gone), [p.name for p in (spool.root / "sources").iterdir()]
-    )
