@@ -8,13 +8,13 @@ import pytest
 
 from helpers.cli import run_cli
 from helpers.mail import OUTBOX, filed, make_mail, replies, text_of, two_issues
-from helpers.repos import git, make_gateway, read_comments, read_issue, read_names
+from helpers.repos import default_spool, git, make_gateway, read_comments, read_issue, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import runner
-from mailtrack.worker.pipeline import Gateway, default_spool
+from mailtrack.worker.pipeline import Gateway
 
 
 def test_pseudo_headers_on_a_new_issue(gw: Gateway, repo: Path) -> None:

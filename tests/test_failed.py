@@ -84,7 +84,7 @@ def folders(dovecot: DovecotServer, poller: ImapPoller) -> tuple[list[str], ...]
 
 def work_all(gateway: Gateway, pollers: list[ImapPoller]) -> int:
     n = 0
-    for claim in gateway.spool.claims():
+    for claim in gateway.spool.incoming.claims():
         work(gateway, claim, pollers)
         n += 1
     return n
@@ -104,7 +104,7 @@ def test_a_held_imap_mail_goes_to_the_failed_folder_of_its_own_mailbox(
     assert 1 == work_all(gateway, pollers)
     assert ([], [], ["mine"]) == folders(dovecot, mine)
     assert ([], ["other's"], []) == folders(dovecot, other)
-    assert 2 == len(gateway.spool.failures())
+    assert 2 == len(gateway.spool.incoming.failures())
 
 
 def test_a_held_smtp_mail_leaves_imap_mail_with_its_message_id_alone(
@@ -127,4 +127,4 @@ def test_a_held_smtp_mail_leaves_imap_mail_with_its_message_id_alone(
         assert {} == client.sendmail("a@example.test", ["issues@localhost"], raw)
     assert 1 == work_all(gateway, pollers)
     assert (["new"], ["kept"], []) == folders(dovecot, poller)
-    assert 2 == len(gateway.spool.failures())
+    assert 2 == len(gateway.spool.incoming.failures())

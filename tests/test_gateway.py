@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from helpers.cli import mailtrack
 from helpers.mail import make_mail, outbox, spool_path
-from helpers.repos import DATA, git, read_comments, read_issue, read_names
+from helpers.repos import DATA, default_spool, git, read_comments, read_issue, read_names
 from mailtrack.config import Config, GatewayConfig
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
-from mailtrack.worker.pipeline import Gateway, default_spool
+from mailtrack.worker.pipeline import Gateway
 
 
 def test_reply_by_in_reply_to_becomes_trimmed_comment(gateway: Gateway, repo: Path) -> None:
@@ -137,7 +137,7 @@ def test_machine_mail_kept_when_configured(repo: Path) -> None:
         spool.accept(make_mail(frm="MAILER-DAEMON@example.org"))
         runner.drain(gw)
         gw.close()
-        [(spool_id, reason)] = spool.failures()
+        [(spool_id, reason)] = spool.incoming.failures()
     assert reason.startswith("machine mail: ")
 
 
@@ -243,15 +243,15 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
     raw = raw[: max(cut, 200)] + noise
     spool = gateway.spool
     spool_id = spool.accept(bytes(raw))
-    claim = spool.claim_id(spool_id)
+    claim = spool.incoming.claim_id(spool_id)
     assert claim is not None
     out = runner.work(gateway, claim)
-    assert out is not None, spool.failures()
+    assert out is not None, spool.incoming.failures()
     if out.action in ("created", "commented", "duplicate"):
         with Store.open(repo) as store:
             assert gateway.index.lookup(store.snapshot(), out.message_id) is not None
     elif out.action == "held":
-        assert spool_id in [i for i, _ in spool.failures()]
+        assert spool_id in [i for i, _ in spool.incoming.failures()]
     else:
         assert out.action in ("dropped", "rejected")
 

@@ -13,14 +13,26 @@ import pytest
 from helpers.cli import run_cli
 from helpers.mail import outbox
 from helpers.ports import wait_for
-from helpers.repos import git, git_bytes, issues_repo, make_gateway, new_issue, read_comments, read_issue, read_names, tip, tree
+from helpers.repos import (
+    default_spool,
+    git,
+    git_bytes,
+    issues_repo,
+    make_gateway,
+    new_issue,
+    read_comments,
+    read_issue,
+    read_names,
+    tip,
+    tree,
+)
 from helpers.servers import ADDRESS, Served, clone, git_send_email, send_email
 from mailtrack.config import AccessConfig, Config, GatewayConfig
 from mailtrack.patches.format import file_diff
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
-from mailtrack.worker.pipeline import Gateway, default_spool
+from mailtrack.worker.pipeline import Gateway
 
 MAX_SERIES_BYTES = GatewayConfig().max_patch_series_size
 
@@ -300,7 +312,7 @@ def test_partial_series_past_its_timeout_is_reported_and_kept(gw: Gateway, tmp_p
     [report] = outbox(repo)
     text = " ".join(report.get_content().split())
     assert ("Re: [PATCH 2/3] two of three", True) == (report["Subject"], "incomplete patch series: got 2 of 3" in text)
-    [(_, reason)] = gw.spool.failures()
+    [(_, reason)] = gw.spool.incoming.failures()
     assert reason.startswith("incomplete patch series: got 2 of 3")
     [kept] = [p for p in (gw.spool.root / "failed").iterdir() if not p.name.endswith(".reason")]
     assert part == kept.read_bytes()

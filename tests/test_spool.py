@@ -75,7 +75,7 @@ def test_ids_are_unique_and_sort_by_arrival(spool: Spool) -> None:
     assert sorted(ids) == ids
     assert 30 == len(set(ids))
     claimed = []
-    for claim in spool.claims():
+    for claim in spool.incoming.claims():
         claimed.append(claim.id)
         spool.done(claim)
     assert ids == claimed
@@ -84,12 +84,12 @@ def test_ids_are_unique_and_sort_by_arrival(spool: Spool) -> None:
 def test_claim_moves_to_cur_and_done_to_processed(spool: Spool) -> None:
     """claim() renames new/X to cur/X; done() moves it to processed/; nothing left to claim."""
     spool_id = spool.accept(RAW)
-    claim = spool.claim()
+    claim = spool.incoming.claim()
     assert Claim(id=spool_id, path=spool.root / "incoming" / "cur" / spool_id, attempts=0) == claim
     assert claim is not None and RAW == claim.read()
     spool.done(claim)
     assert [spool_id] == names(spool.root / "processed")
-    assert None is spool.claim()
+    assert None is spool.incoming.claim()
     expected = {
         "incoming/new": 0, "incoming/cur": 0, "failed": 0, "processed": 1,
         "outbox/new": 0, "outbox/cur": 0, "outbox-failed": 0,
@@ -105,7 +105,7 @@ def test_concurrent_workers_never_claim_the_same_mail(tmp_path: Path) -> None:
 
     def work() -> None:
         spool = Spool(tmp_path)
-        for claim in spool.claims():
+        for claim in spool.incoming.claims():
             with lock:
                 claimed.append(claim.id)
             spool.done(claim)
@@ -123,13 +123,13 @@ def test_retry_later_counts_attempts_then_fails_with_the_error(spool: Spool) -> 
     spool_id = spool.accept(RAW)
     attempts = []
     for n in range(MAX_ATTEMPTS):
-        claim = spool.claim()
+        claim = spool.incoming.claim()
         assert claim is not None
         attempts.append(claim.attempts)
         spool.retry_later(claim, f"Traceback (most recent call last):\nValueError: bad {n}")
     assert [0, 1, 2] == attempts
-    assert None is spool.claim()
-    assert [(spool_id, "failed 3 times, last error: ValueError: bad 2")] == spool.failures()
+    assert None is spool.incoming.claim()
+    assert [(spool_id, "failed 3 times, last error: ValueError: bad 2")] == spool.incoming.failures()
     reason = (spool.root / "failed" / f"{spool_id}.reason").read_text()
     assert "Traceback (most recent call last):\nValueError: bad 2" == reason.split("\n\n", 1)[1]
     assert RAW == (spool.root / "failed" / spool_id).read_bytes()
@@ -138,23 +138,23 @@ def test_retry_later_counts_attempts_then_fails_with_the_error(spool: Spool) -> 
 def test_retry_later_with_a_delay_holds_the_mail_back(spool: Spool) -> None:
     """A mail put back with a delay is not claimable until the delay has passed."""
     spool.accept(RAW)
-    claim = spool.claim()
+    claim = spool.incoming.claim()
     assert claim is not None
     spool.retry_later(claim, "busy", delay=timedelta(hours=1))
-    assert None is spool.claim()
+    assert None is spool.incoming.claim()
     path = next((spool.root / "incoming" / "new").iterdir())
     os.utime(path, (0, 0))  # the hour has passed
-    again = spool.claim()
+    again = spool.incoming.claim()
     assert (claim.id, 1) == (again.id if again else None, again.attempts if again else None)
 
 
 def test_fail_quarantines_with_the_reason(spool: Spool) -> None:
     """fail() moves the mail straight to failed/ with its reason beside it."""
     spool_id = spool.accept(RAW)
-    claim = spool.claim()
+    claim = spool.incoming.claim()
     assert claim is not None
     spool.fail(claim, "unknown sender held for moderation\ndetails")
-    assert [(spool_id, "unknown sender held for moderation")] == spool.failures()
+    assert [(spool_id, "unknown sender held for moderation")] == spool.incoming.failures()
     assert [spool_id, f"{spool_id}.reason"] == names(spool.root / "failed")
 
 
@@ -162,12 +162,12 @@ def test_requeue_puts_a_failed_mail_back_with_attempts_reset(spool: Spool) -> No
     """requeue() moves a failed mail back to incoming/new, attempts 0, reason removed."""
     spool_id = spool.accept(RAW)
     for _ in range(MAX_ATTEMPTS):
-        claim = spool.claim()
+        claim = spool.incoming.claim()
         assert claim is not None
         spool.retry_later(claim, "boom")
     spool.requeue(spool_id)
     assert [] == names(spool.root / "failed")
-    claim = spool.claim()
+    claim = spool.incoming.claim()
     assert (spool_id, 0) == (claim.id if claim else None, claim.attempts if claim else None)
 
 
@@ -183,10 +183,10 @@ def test_recover_puts_claimed_mail_back_and_counts_the_attempt(tmp_path: Path) -
     """After a crash (claims never finished) recover() puts them back in new/, one attempt more."""
     first = Spool(tmp_path)
     ids = [first.accept(RAW), first.accept(RAW)]
-    assert first.claim() is not None and first.claim() is not None
+    assert first.incoming.claim() is not None and first.incoming.claim() is not None
     restarted = Spool(tmp_path)
     assert 2 == restarted.recover()
-    claims = list(restarted.claims())
+    claims = list(restarted.incoming.claims())
     assert [(i, 1) for i in ids] == [(c.id, c.attempts) for c in claims]
 
 
@@ -194,7 +194,7 @@ HOLDER = """
 import sys
 from mailtrack.queue.spool import Spool
 spool = Spool(sys.argv[1])
-claim = spool.claim_id(spool.accept(b"Subject: held\\n\\nbody\\n", source="deliver"))
+claim = spool.incoming.claim_id(spool.accept(b"Subject: held\\n\\nbody\\n", source="deliver"))
 print("claimed" if claim else "missed", flush=True)
 sys.stdin.read()  # hold the claim until the test closes our stdin, then exit without done()
 """
@@ -220,13 +220,13 @@ def test_recover_leaves_a_claim_held_by_a_live_process_alone(tmp_path: Path) -> 
 def test_finished_claims_release_their_lock(spool: Spool) -> None:
     """done(), retry_later() and fail() drop the claim's lock: the mail can be claimed again at once."""
     spool.accept(RAW)
-    claim = spool.claim()
-    assert claim is not None and None is spool.claim()
+    claim = spool.incoming.claim()
+    assert claim is not None and None is spool.incoming.claim()
     spool.retry_later(claim, "boom")
-    again = spool.claim()
+    again = spool.incoming.claim()
     assert again is not None and (claim.id, 1) == (again.id, again.attempts)
     spool.done(again)
-    assert None is spool.claim()
+    assert None is spool.incoming.claim()
 
 
 def test_a_mail_that_keeps_crashing_the_worker_ends_in_failed(tmp_path: Path) -> None:
@@ -235,9 +235,9 @@ def test_a_mail_that_keeps_crashing_the_worker_ends_in_failed(tmp_path: Path) ->
     for _ in range(MAX_ATTEMPTS):
         spool = Spool(tmp_path)
         spool.recover()
-        assert spool.claim() is not None  # ...and the process dies
+        assert spool.incoming.claim() is not None  # ...and the process dies
     Spool(tmp_path).recover()
-    assert [spool_id] == [i for i, _reason in Spool(tmp_path).failures()]
+    assert [spool_id] == [i for i, _reason in Spool(tmp_path).incoming.failures()]
 
 
 def test_recover_removes_a_reason_without_its_mail(spool: Spool) -> None:
@@ -250,7 +250,7 @@ def test_recover_removes_a_reason_without_its_mail(spool: Spool) -> None:
 def test_prune_deletes_only_old_processed_mail(spool: Spool) -> None:
     """prune() deletes processed mail finished longer ago than the retention, keeps the rest."""
     old, new = spool.accept(RAW), spool.accept(RAW)
-    for claim in spool.claims():
+    for claim in spool.incoming.claims():
         spool.done(claim)
     os.utime(spool.root / "processed" / old, (1, 1))
     assert 1 == spool.prune(timedelta(days=7))
@@ -263,7 +263,7 @@ def test_outbox_keeps_the_envelope_until_sent(spool: Spool) -> None:
     claim = spool.outbox.claim()
     assert claim is not None and spool_id == claim.id
     assert Envelope("issues@localhost", ["a@x.test", "b@x.test"]) == spool.envelope(claim)
-    assert None is spool.claim()  # the incoming queue is another queue
+    assert None is spool.incoming.claim()  # the incoming queue is another queue
     spool.done(claim)
     expected: dict[str, list[str]] = {
         "outbox/new": [],
@@ -298,12 +298,12 @@ def test_the_source_outlives_failure_and_goes_with_pruning(tmp_path: Path) -> No
     spool = Spool(tmp_path / "spool")
     assert "" == spool.source(spool.accept(held_mail("t"), source="smtp:[127.0.0.1]"))  # not asked to
     spool_id = spool.accept(held_mail("s"), source="imap:u@h:1/INBOX", keep_source=True)
-    claim = spool.claim_id(spool_id)
+    claim = spool.incoming.claim_id(spool_id)
     assert claim is not None
     spool.fail(claim, "held")
     assert "imap:u@h:1/INBOX" == spool.source(spool_id)
     spool.requeue(spool_id)
-    claim = spool.claim_id(spool_id)
+    claim = spool.incoming.claim_id(spool_id)
     assert claim is not None
     spool.done(claim)
     assert ("imap:u@h:1/INBOX", "") == (spool.source(spool_id), spool.source("nonsense"))

@@ -515,21 +515,6 @@ class Spool:
         except FileNotFoundError:
             return ""
 
-    # The worker's side of the incoming queue, for short (spool.incoming.claims() and so on).
-
-    def claim(self) -> Claim | None:
-        return self.incoming.claim()
-
-    def claims(self) -> Iterator[Claim]:
-        return self.incoming.claims()
-
-    def claim_id(self, spool_id: str) -> Claim | None:
-        """Take this mail (`mailtrack deliver` processes the one it kept), or None if someone has it."""
-        return self.incoming.claim_id(spool_id)
-
-    def failures(self) -> list[tuple[str, str]]:
-        return self.incoming.failures()
-
     def recent(self, n: int) -> list[tuple[str, str]]:
         """(id, Message-ID) of the last `n` mails processed, newest first."""
         assert self.incoming.finished is not None
@@ -578,7 +563,7 @@ class Spool:
         data = json.loads(self.outbox.attachment(claim.id).read_text())
         return Envelope(sender=str(data["sender"]), recipients=[str(r) for r in data["recipients"]])
 
-    # --- both queues --------------------------------------------------------------------------
+    # --- a claim of either queue, finished by the queue that holds it ---------------------------
 
     def done(self, claim: Claim) -> None:
         """The mail's effect is committed: incoming -> processed/, outbox -> deleted."""

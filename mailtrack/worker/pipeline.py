@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from mailtrack.config import Config
@@ -23,7 +22,6 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
 from mailtrack.mail.parse import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
-from mailtrack.queue.layout import default_root
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
@@ -38,10 +36,6 @@ from mailtrack.worker.replies import Replier
 from mailtrack.worker.route import Addressing, Route, RouteKind, route
 
 log = logging.getLogger(__name__)
-
-
-def default_spool(store: Store) -> Path:
-    return default_root(Path(store.repo.controldir()))
 
 
 @dataclass

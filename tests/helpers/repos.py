@@ -7,10 +7,11 @@ from pathlib import Path
 
 from helpers.cli import run_cli
 from mailtrack.config import AccessConfig, Config, GatewayConfig
+from mailtrack.queue.layout import default_root
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Comment, Issue
 from mailtrack.tracker.store import Store
-from mailtrack.worker.pipeline import Gateway, default_spool
+from mailtrack.worker.pipeline import Gateway
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -97,3 +98,8 @@ def make_gateway(repo: Path, project: str = "proj", reply_rate_limit: int = 100,
     config = Config(gateway=GatewayConfig(project=project, reply_rate_limit=reply_rate_limit),
                     access=AccessConfig(**access))  # type: ignore[arg-type]
     return Gateway(config, store, Spool(default_spool(store)))
+
+
+def default_spool(store: Store) -> Path:
+    """The spool a gateway on this store uses when none is configured (queue.layout.default_root)."""
+    return default_root(Path(store.repo.controldir()))
