@@ -7,7 +7,6 @@ addresses of ours: mail from them is a loop, and nobody there is put on a Cc lis
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mailtrack.config import GatewayConfig
@@ -55,7 +54,3 @@ class Ours:
             if domain == m_domain and (local == m_local or local.startswith(m_local + "+")):
                 return True
         return False
-
-    def others(self, addresses: Iterable[str]) -> list[str]:
-        """The addresses that are not ours, in order."""
-        return [a for a in addresses if not self.is_ours(a)]

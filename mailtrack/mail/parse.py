@@ -276,6 +276,11 @@ def strip_subject_tag(subject: str, project: str) -> str:
     return " ".join(text.split())
 
 
+def issue_title(subject: str, project: str) -> str:
+    """The title of the issue a mail opens (or names): its subject without prefixes and tags."""
+    return strip_subject_tag(subject, project).strip() or "(no subject)"
+
+
 def _parse_bytes(raw: bytes) -> Message | None:
     """The MIME tree; failing that (parser bugs, absurd nesting) the headers and a flat body."""
     attempts = ((policy.default, False), (policy.compat32, False), (policy.compat32, True))

@@ -16,9 +16,11 @@ from enum import StrEnum
 from dulwich.objects import Blob, ObjectID
 
 from mailtrack.config import AccessConfig
+from mailtrack.mail.parse import ParsedMail
 from mailtrack.patches.detect import _HEX2, _HEX38, FILE_MODE, MAX_PATCHES
 from mailtrack.patches.diff import FilePatch, Patch, apply_hunks, parse_patch
 from mailtrack.tracker import rights
+from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.merge import merge_issue, merge_project
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.tracker.rights import Sender
@@ -83,10 +85,10 @@ class Applier:
     """What applying a series needs of the gateway: the branch, the rules, and how to read a mail."""
 
     store: Store
+    index: Index  # who the branch knows (the rights' `known`)
     access: AccessConfig
     committer: Person
-    sender_of: Callable[[Snapshot, str], Sender]  # the rights' view of an address, on a snapshot
-    mail_of: Callable[[bytes], tuple[str, str]]  # (From address, subject) of a raw patch mail
+    parse: Callable[[bytes], ParsedMail]  # the gateway's parser, with its limits
     max_series: int  # bytes of one series
     max_file: int  # bytes of one file it writes
 
@@ -111,7 +113,8 @@ class _Series:
             return None
 
     def sender(self, address: str) -> Sender:
-        return self.ctx.sender_of(self.snap, address)
+        """The sender of a patch as the rights see it; its mail was admitted (DKIM/DMARC too) when it came."""
+        return Sender(address, known=self.ctx.index.known(self.snap, address))
 
     def apply(self, patch: Patch) -> tuple[dict[str, bytes | None], list[str]]:
         """The files this patch writes over the series so far, and every reason to refuse it."""
@@ -229,14 +232,12 @@ class _Series:
                     reasons += [f"{path}: {e}" for e in project.validate(issue, self.snap.tags()) if e not in stale]
                     reasons += rights.issue_refusals(sender, None if new_here else before, issue, self.snap, access)
                     continue
-                comment = is_comment_filename(leaf)
-                if comment:
-                    Comment.from_bytes(data, leaf)
+                comment = Comment.from_bytes(data, leaf) if is_comment_filename(leaf) else None
                 if before is None and f"{fan}/{rest}/issue.xml" not in writes:
                     reasons.append(f"{path}: {'a comment on' if comment else 'an attachment of'} no issue")
                     continue
                 reasons += rights.file_refusals(sender, path, None if new_here else before, self.snap.read(path), data,
-                                                self.snap, access)
+                                                comment.author if comment else None, self.snap, access)
             except (FormatError, ValueError, TypeError) as e:  # whatever a hostile file makes the parser raise
                 reasons.append(f"{path}: does not parse: {e}")
         return reasons
@@ -254,8 +255,8 @@ def apply_series(ctx: Applier, raws: list[bytes]) -> tuple[list[PatchResult], by
     limit = ctx.max_series
     if total > limit or len(raws) > MAX_PATCHES:  # before anything is decoded
         why = f"the series is too large ({len(raws)} patches, {total} bytes; at most {MAX_PATCHES} patches and {limit} bytes)"
-        return [PatchResult(i, ctx.mail_of(raw)[1], PatchStatus.REFUSED, [why]) for i, raw in enumerate(raws, 1)], None
-    parsed = sorted((parse_patch(raw, ctx.mail_of(raw)[0], ctx.max_file) for raw in raws), key=lambda p: p.number)
+        return [PatchResult(i, ctx.parse(raw).subject, PatchStatus.REFUSED, [why]) for i, raw in enumerate(raws, 1)], None
+    parsed = sorted((parse_patch(raw, ctx.parse(raw).from_addr, ctx.max_file) for raw in raws), key=lambda p: p.number)
     results = [PatchResult(p.number, p.subject) for p in parsed]
     store = ctx.store
     for _attempt in range(20):

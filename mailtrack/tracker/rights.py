@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mailtrack.config import AccessConfig
 from mailtrack.fields import ISSUE_FIELDS
-from mailtrack.tracker.model import Comment, Issue, Person
+from mailtrack.tracker.model import Issue, Person
 from mailtrack.tracker.store import Snapshot, split_issue_path
 
 # What mail never changes on an existing issue (besides `modified`, which every change sets).
@@ -135,14 +135,14 @@ def issue_refusals(sender: Sender, before: Issue | None, after: Issue, snap: Sna
 
 
 def file_refusals(sender: Sender, path: str, issue: Issue | None, existing: bytes | None, new: bytes,
-                  snap: Snapshot, access: AccessConfig) -> list[str]:
-    """Why the sender may not write a comment or an attachment (`path`) of `issue` (None: an issue
-    written in the same change, which its opener may add to), given what is there already."""
+                  author: Person | None, snap: Snapshot, access: AccessConfig) -> list[str]:
+    """Why the sender may not write a comment (by `author`) or an attachment (`author` None) at
+    `path` of `issue` (None: an issue written in the same change, which its opener may add to),
+    given what is there already."""
     maintainer = is_maintainer(sender, access)
-    leaf = path.rpartition("/")[2]
     where = split_issue_path(path)
-    short = (issue.name if issue is not None else where[0] if where else path)[:7]
-    kind = "comment" if leaf.startswith("comment_") else "attachment"
+    short = (where[0] if where else path)[:7]
+    kind = "comment" if author is not None else "attachment"
     if existing is not None and existing != new:
         if maintainer:
             return []
@@ -151,8 +151,6 @@ def file_refusals(sender: Sender, path: str, issue: Issue | None, existing: byte
     reasons = []
     if issue is not None and not may(sender, access.comment, issue, snap, access):
         reasons.append(f"{path}: {sender.address} may not comment on issue {short}")
-    if kind == "comment" and not maintainer:
-        author = Comment.from_bytes(new, leaf).author
-        if author.email.lower() != sender.email:
-            reasons.append(f"{path}: {sender.address} may not write a comment in the name of {author.mailbox} (only a maintainer may)")
+    if author is not None and author.email.lower() != sender.email and not maintainer:
+        reasons.append(f"{path}: {sender.address} may not write a comment in the name of {author.mailbox} (only a maintainer may)")
     return reasons

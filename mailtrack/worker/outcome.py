@@ -25,10 +25,6 @@ class Action(StrEnum):
     REJECTED = "rejected"  # refused, and the sender told why
     NOTHING = "nothing"  # a control mail that changed nothing
 
-    @property
-    def committed(self) -> bool:
-        return self in (Action.CREATED, Action.COMMENTED, Action.CHANGED)
-
 
 class Reply(StrEnum):
     """The replies we send to a sender; each is one template."""

@@ -15,7 +15,6 @@ from mailtrack.mail.parse import ParsedMail
 from mailtrack.patches.detect import MAX_PATCHES, patch_numbers
 from mailtrack.patches.series import Applier, PatchResult, PatchStatus, apply_series
 from mailtrack.patches.staging import Staging
-from mailtrack.tracker.rights import Sender
 from mailtrack.worker import admission
 from mailtrack.worker.outcome import Action, Outcome, Reply
 
@@ -31,17 +30,15 @@ def staging(gw: Gateway) -> Staging:
 
 def applier(gw: Gateway) -> Applier:
     cfg = gw.config
-    return Applier(
-        gw.store, cfg.access, gw.identity,
-        sender_of=lambda snap, address: Sender(address, known=gw.index.known(snap, address)),
-        mail_of=lambda raw: (lambda m: (m.from_addr, m.subject))(gw.parse(raw)),
-        max_series=cfg.gateway.max_patch_series_size, max_file=cfg.gateway.max_attachment_size,
-    )  # fmt: skip
+    return Applier(gw.store, gw.index, cfg.access, gw.identity, gw.parse,
+                   max_series=cfg.gateway.max_patch_series_size, max_file=cfg.gateway.max_attachment_size)
 
 
-def _report(gw: Gateway, mail: ParsedMail, out: Outcome, dry_run: bool, results: list[PatchResult], refused: bool) -> None:
-    gw.replier.send(mail, Reply.PATCHES, out, dry_run, gw.title(mail), patches=results, refused=refused,
-                    total=len(results), error=out.reason, hint="")
+def _report(gw: Gateway, mail: ParsedMail, out: Outcome, dry_run: bool, results: list[PatchResult], refused: bool,
+            total: int = 0) -> None:
+    """What became of each patch (`total`: of how many, when not all of them are in `results`)."""
+    gw.replier.send(mail, Reply.PATCHES, out, dry_run, patches=results, refused=refused,
+                    total=total or len(results), error=out.reason, hint="")
 
 
 def _refuse_one(gw: Gateway, mail: ParsedMail, out: Outcome, dry_run: bool, n: int = 0) -> Outcome:
@@ -59,7 +56,8 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
         out.decide(Action.HELD, "the mail has no sender address (From)")
         return out
     snap = gw.store.snapshot()
-    who = admission.sender(mail, snap, gw.index, gw.config.access)
+    vouched = admission.verified_by(mail, gw.config.access.trusted_authserv_ids)
+    who = admission.sender(mail, vouched, snap, gw.index, gw.config.access)
     refusal = admission.patch_refusal(who, len(mail.raw), gw.config.gateway.max_patch_series_size, snap, gw.config.access, gw.project)
     if refusal is not None:
         out.decide(*refusal)
@@ -117,9 +115,7 @@ def _refuse_partial(gw: Gateway, stage: Staging, folder: Path, mail: ParsedMail,
     """Refuse a partial series: tell its sender, keep its mails in the spool's failed queue."""
     out.decide(Action.REJECTED, reason)
     first = stage.first(folder, mail)
-    gw.replier.send(first, Reply.PATCHES, out, False, gw.title(first),
-                    patches=[PatchResult(0, first.subject, PatchStatus.REFUSED, [reason])], refused=True, total=total,
-                    error=reason, hint="")
+    _report(gw, first, out, False, [PatchResult(0, first.subject, PatchStatus.REFUSED, [reason])], True, total)
     for raw in stage.kept(folder):
         gw.spool.hold(raw, f"{reason}\nMessage-ID: {gw.parse(raw).message_id}")
     stage.finish(folder, out.line())

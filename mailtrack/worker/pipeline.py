@@ -20,7 +20,7 @@ from typing import Any
 from mailtrack.config import Config
 from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
-from mailtrack.mail.parse import ParsedMail, parse, split_pseudo_headers, strip_subject_tag
+from mailtrack.mail.parse import ParsedMail, issue_title, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool
@@ -80,7 +80,7 @@ def _sender(gw: Gateway, job: Job, snap: Snapshot) -> bool:
     if not job.mail.from_addr:
         job.out.decide(Action.HELD, "the mail has no sender address (From)")
         return False
-    job.sender = admission.sender(job.mail, snap, gw.index, gw.config.access)
+    job.sender = admission.sender(job.mail, job.out.verified, snap, gw.index, gw.config.access)
     return True
 
 
@@ -190,9 +190,6 @@ class Gateway:
     def machine_action(self) -> Action:
         return Action.HELD if self.config.gateway.machine_mail == "keep" else Action.DROPPED
 
-    def title(self, mail: ParsedMail) -> str:
-        return strip_subject_tag(mail.subject, self.project).strip() or "(no subject)"
-
     # --- the change a mail makes ----------------------------------------------------------------
 
     def new_issue(self, snap: Snapshot, job: Job) -> Change | None:
@@ -203,7 +200,7 @@ class Gateway:
         attachments = [(a.filename, a.data) for a in mail.attachments]
         edits = self._cc_edits(mail)
         # the commands are checked against the new issue, with its reporter's rights
-        issue, ch = new_issue(snap, author, self.title(mail), text, edits, created=job.when, message_id=mail.message_id)
+        issue, ch = new_issue(snap, author, issue_title(mail.subject, self.project), text, edits, created=job.when, message_id=mail.message_id)
         out.issue, out.short = issue.name, issue.name[:7]
         if lines:
             applied = commands.apply(lines, _WithIssue(snap, issue), job.sender, issue.name, self.config.access)
@@ -212,7 +209,7 @@ class Gateway:
                 out.decide(Action.REJECTED, f"{len(applied.errors)} command error(s)")
                 return None
             edits += applied.edits.get(issue.name, [])
-            issue, ch = new_issue(snap, author, self.title(mail), text, edits, created=job.when, message_id=mail.message_id)
+            issue, ch = new_issue(snap, author, issue_title(mail.subject, self.project), text, edits, created=job.when, message_id=mail.message_id)
         if attachments:  # attachments belong to the comment that brought them
             _, files = comment_change(snap, issue.name, author, "Attachments sent with the report.", attachments, job.when)
             ch.files.update(files)
@@ -290,23 +287,22 @@ class Gateway:
     def replies(self, mail: ParsedMail, out: Outcome, dry_run: bool) -> None:
         """The replies the decision calls for."""
         r, gw = out.route, self.config.gateway
-        title = self.title(mail)
         send = self.replier.send
         if out.action == Action.REJECTED and r is not None and r.kind == RouteKind.UNKNOWN_ISSUE:
-            send(mail, Reply.ERROR, out, dry_run, title,
+            send(mail, Reply.ERROR, out, dry_run,
                  error=f"Your mail names issue {r.ident}, and {self.project} has no such issue ({r.reason}).",
                  hint=f"To open a new issue, write to <{gw.address}> with a subject that names no issue.")
         elif out.action == Action.REJECTED and out.commands is None:
-            send(mail, Reply.ERROR, out, dry_run, title, error=out.reason + ".",
+            send(mail, Reply.ERROR, out, dry_run, error=out.reason + ".",
                  hint=f"Ask the maintainers of {self.project} to let you in.")
         if out.commands is not None and out.commands.lines:
-            send(mail, Reply.TRANSCRIPT, out, dry_run, title, applied=out.commands)
+            send(mail, Reply.TRANSCRIPT, out, dry_run, applied=out.commands)
             if out.commands.help:
-                send(mail, Reply.HELP, out, dry_run, title, help=commands.HELP)
+                send(mail, Reply.HELP, out, dry_run, help=commands.HELP)
             for name in out.commands.shows:
-                send(mail, Reply.SHOW, out, dry_run, title, shown=self._show(name))
+                send(mail, Reply.SHOW, out, dry_run, shown=self._show(name))
         if out.action == Action.CREATED:
-            send(mail, Reply.ACK, out, dry_run, title)
+            send(mail, Reply.ACK, out, dry_run)
 
     def _show(self, name: str) -> dict[str, Any]:
         snap = self.store.snapshot()

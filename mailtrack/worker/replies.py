@@ -9,7 +9,7 @@ from typing import Any
 from mailtrack.config import Config
 from mailtrack.mail.compose import Renderer, build_mail
 from mailtrack.mail.ids import LOOP_HEADER, reply_message_id
-from mailtrack.mail.parse import ParsedMail
+from mailtrack.mail.parse import ParsedMail, issue_title
 from mailtrack.queue.ratelimit import RateLimiter
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Person
@@ -36,7 +36,7 @@ class Replier:
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
 
-    def send(self, mail: ParsedMail, kind: Reply, out: Outcome, dry_run: bool, title: str, **extra: Any) -> None:
+    def send(self, mail: ParsedMail, kind: Reply, out: Outcome, dry_run: bool, **extra: Any) -> None:
         """Queue a reply of `kind` to a human sender, threaded under their mail, within the rate limit."""
         if mail.machine or not mail.from_addr or self.quiet:
             return
@@ -56,7 +56,7 @@ class Replier:
             "project": self.project, "address": gw.address, "control_address": gw.control_address,
             "subject": mail.subject or "(no subject)", "short": out.short, "issue": out.issue,
             "issue_address": f"{local}+{out.short}@{domain}" if out.short else "",
-            "title": title, "skipped": list(mail.skipped), "sender": mail.from_addr,
+            "title": issue_title(mail.subject, self.project), "skipped": list(mail.skipped), "sender": mail.from_addr,
             "errors": len(applied.errors) if applied else 0, "applied": applied, **extra,
         }  # fmt: skip
         headers, body = self.renderer.render(kind.template, **context)
