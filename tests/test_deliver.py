@@ -77,6 +77,15 @@ def test_dry_run_writes_nothing(repo: Path) -> None:
     assert "reply reply-ack.txt to alice@example.org" in out
 
 
+def test_dry_run_names_the_stage_that_decided(repo: Path) -> None:
+    """--dry-run says which pipeline stage decided: a duplicate at route, a new issue at change."""
+    assert 0 == deliver(repo, make_mail(message_id="<known@example.org>")).returncode
+    again = deliver(repo, make_mail(message_id="<known@example.org>"), "--dry-run").stdout.decode()
+    fresh = deliver(repo, make_mail(message_id="<fresh@example.org>"), "--dry-run").stdout.decode()
+    assert ("Would:      duplicate", "Decided in: route\n") == (again.splitlines()[-2][:21], again.splitlines()[-1] + "\n")
+    assert "Decided in: change\n" in fresh
+
+
 def test_dry_run_says_the_name_is_not_final_and_shows_the_text(repo: Path) -> None:
     """--dry-run of a new issue: the Route line says its name comes from the time of receipt, and a
     Text block shows the first eight lines of the description, then how many more there are."""

@@ -172,6 +172,8 @@ def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
         if len(text) > TEXT_LINES:
             lines.append(f"  ({len(text) - TEXT_LINES} more line(s))")
     lines.append(f"Would:      {out.action}" + (f": {out.message}" if out.message else f" ({out.reason})" if out.reason else ""))
+    if out.stage:
+        lines.append(f"Decided in: {out.stage}")  # the pipeline stage (worker.pipeline.PIPELINE) that decided
     for path in out.files:
         lines.append(f"  write {path}")
         if path.endswith("/issue.xml") and path in out.written:

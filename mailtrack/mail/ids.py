@@ -18,6 +18,9 @@ LOOP_HEADER = "X-Mailtrack-Loop"  # on every mail we send: one that comes back i
 SERIES_HEADER = "X-Mailtrack-Series"  # on a series written by `git issues push --mail`
 ISSUE_HEADER = "X-Mailtrack-Issue"  # the issue's short name, on notifications
 EVENT_HEADER = "X-Mailtrack-Event"  # what happened, on notifications
+STATUS_HEADER = "X-Mailtrack-Status"  # the issue's status, on notifications (for filters)
+COMPONENTS_HEADER = "X-Mailtrack-Components"  # its components, on notifications
+REASON_HEADER = "X-Mailtrack-Reason"  # why this recipient gets it (reporter, assignee, ...)
 
 IMPORTED_TRAILER = "Imported-By: mailtrack import"
 VERIFIED_TRAILER = "Verified-By"

@@ -44,7 +44,16 @@ from dulwich.repo import Repo
 from mailtrack.config import Config
 from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.compose import Renderer, build_mail, one_line
-from mailtrack.mail.ids import EVENT_HEADER, ISSUE_HEADER, LOOP_HEADER, is_imported, our_message_id
+from mailtrack.mail.ids import (
+    COMPONENTS_HEADER,
+    EVENT_HEADER,
+    ISSUE_HEADER,
+    LOOP_HEADER,
+    REASON_HEADER,
+    STATUS_HEADER,
+    is_imported,
+    our_message_id,
+)
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
@@ -303,7 +312,7 @@ class Notifier:
         self.spool = spool
         self.project = project
         self._renderer = renderer
-        self.optouts = OptOuts(spool.root)
+        self.optouts = OptOuts(spool.layout)
 
     @property
     def state_path(self) -> Path:
@@ -474,8 +483,8 @@ class Notifier:
                     "List-Unsubscribe": f"<mailto:{gw.control_address}?subject=unsubscribe%20{short}>",
                     "Auto-Submitted": "auto-generated", "Precedence": "bulk", "X-Auto-Response-Suppress": "All",
                     LOOP_HEADER: gw.address, ISSUE_HEADER: short, EVENT_HEADER: kind,
-                    "X-Mailtrack-Status": after.status, "X-Mailtrack-Components": ", ".join(after.components),
-                    "X-Mailtrack-Reason": r.reason,
+                    STATUS_HEADER: after.status, COMPONENTS_HEADER: ", ".join(after.components),
+                    REASON_HEADER: r.reason,
                 },  # fmt: skip
                 domain=domain,
                 message_id=message_id,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from dulwich.patch import _parse_git_diff_header_paths
 
 from mailtrack.mail.ids import SERIES_HEADER
+from mailtrack.tracker.model import NAME_RE
 
 if TYPE_CHECKING:
     from mailtrack.mail.parse import ParsedMail
@@ -21,13 +22,10 @@ if TYPE_CHECKING:
 MAX_PATCHES = 100  # patches in one series (its size in bytes is gateway.max_patch_series_size)
 FILE_MODE = b"100644"
 
-_SUBJECT = re.compile(r"\[(?:RFC\s+)?PATCH\b([^\]]*)\]", re.I)
+SUBJECT_TAG = re.compile(r"\[(?:RFC\s+)?PATCH\b([^\]]*)\]", re.I)
 _NUMBERS = re.compile(r"(\d+)/(\d+)")
-_HEX2 = re.compile(r"^[0-9a-f]{2}$")
-_HEX38 = re.compile(r"^[0-9a-f]{38}$")
 _DIFF_PATH = re.compile(rb"^diff --git (.*)$", re.M)
 _STAT_LINE = re.compile(r"^\s*(?:\.\.\.)?\S*(?:issue\.xml|comment_\S*\.xml|project\.xml)\s*\|", re.M)
-_HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
 # --- in: recognising and gathering patch mails -----------------------------------------------
@@ -35,7 +33,7 @@ _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 def patch_numbers(subject: str) -> tuple[int, int] | None:
     """(n, m) of a `[PATCH n/m]` subject, (1, 1) for `[PATCH]`; None when it is no patch subject."""
-    found = _SUBJECT.search(subject or "")
+    found = SUBJECT_TAG.search(subject or "")
     if not found:
         return None
     nm = _NUMBERS.search(found.group(1))
@@ -60,7 +58,7 @@ def _touches_issues(path: str) -> bool:
     `.git`: a diff of some other tree (`.github/`, `db/schema.sql`) is no patch of ours."""
     parts = path.split("/")
     return (path == "project.xml" or parts[0].lower() == ".git"
-            or (len(parts) > 1 and bool(_HEX2.match(parts[0])) and bool(_HEX38.match(parts[1]))))
+            or (len(parts) > 1 and len(parts[0]) == 2 and bool(NAME_RE.match(parts[0] + parts[1]))))
 
 
 def is_patch_mail(mail: ParsedMail) -> bool:

@@ -16,8 +16,10 @@ from email.header import decode_header, make_header
 
 from dulwich.patch import _parse_git_diff_header_paths, git_am_patch_split, git_base85_decode
 
-from mailtrack.patches.detect import _HUNK, _SUBJECT, patch_numbers
+from mailtrack.patches.detect import SUBJECT_TAG, patch_numbers
 from mailtrack.tracker.model import Person
+
+HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")  # a hunk header of a unified diff
 
 
 @dataclass
@@ -148,7 +150,7 @@ def parse_diff(diff: bytes, max_file: int = 10 * 1024 * 1024) -> list[FilePatch]
                 except ValueError as e:
                     cur.problems.append(f"a binary patch that does not decode or is too large ({e})")
             continue
-        elif (m := _HUNK.match(text)) is not None:
+        elif (m := HUNK.match(text)) is not None:
             old_len = int(m.group(2)) if m.group(2) is not None else 1
             new_len = int(m.group(4)) if m.group(4) is not None else 1
             hunk = Hunk(int(m.group(1)), old_len, [])
@@ -213,7 +215,7 @@ def parse_patch(raw: bytes, sender: str, max_file: int = 10 * 1024 * 1024) -> Pa
     commit, diff, _ = git_am_patch_split(io.BytesIO(raw), "utf-8")
     subject = re.sub(r"\s*\n\s*", " ", _decode_header(msg.get("Subject", ""))).strip()
     n, m = patch_numbers(subject) or (1, 1)
-    title = _SUBJECT.sub("", subject, count=1).strip()
+    title = SUBJECT_TAG.sub("", subject, count=1).strip()
     body = commit.message.decode("utf-8", "replace").partition("\n")[2]
     message = title + ("\n" + body.rstrip("\n") if body.strip() else "")
     name, addr = email.utils.parseaddr(_decode_header(commit.author.decode("utf-8", "replace")))

@@ -23,7 +23,7 @@ from dulwich.refs import Ref
 from dulwich.walk import ORDER_TOPO
 
 from mailtrack.mail.ids import SERIES_HEADER
-from mailtrack.patches.detect import _SUBJECT
+from mailtrack.patches.detect import SUBJECT_TAG
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.remote import remote_location
 from mailtrack.tracker.store import Store, StoreError, split_issue_path
@@ -236,7 +236,7 @@ def format_series(store: Store, commits: list[Commit], sender: Person, domain: s
 
 
 def patch_filename(p: PatchMail) -> str:
-    words = re.sub(r"[^A-Za-z0-9]+", "-", _SUBJECT.sub("", p.subject)).strip("-")[:52].rstrip("-")
+    words = re.sub(r"[^A-Za-z0-9]+", "-", SUBJECT_TAG.sub("", p.subject)).strip("-")[:52].rstrip("-")
     return f"{p.number:04d}-{words or 'patch'}.patch"
 
 

@@ -17,14 +17,13 @@ from dulwich.objects import Blob, ObjectID
 
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
-from mailtrack.patches.detect import _HEX2, _HEX38, FILE_MODE, MAX_PATCHES
+from mailtrack.patches.detect import FILE_MODE, MAX_PATCHES
 from mailtrack.patches.diff import FilePatch, Patch, apply_hunks, parse_patch
 from mailtrack.tracker import rights
-from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.merge import merge_issue, merge_project
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
 from mailtrack.tracker.rights import Sender
-from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir, issue_of
+from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir, issue_of, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 
@@ -37,9 +36,10 @@ def path_problem(path: str, project_ok: bool) -> str:
         return f"{path}: touches .git"
     if path == "project.xml":
         return "" if project_ok else "project.xml: you may not change the project (its maintainers may)"
-    if len(parts) != 3 or not _HEX2.match(parts[0]) or not _HEX38.match(parts[1]):
+    where = split_issue_path(path)
+    if where is None:
         return f"{path}: outside the layout of the issues branch (xx/38hex/issue.xml, comment_*.xml, attachments, project.xml)"
-    leaf = parts[2]
+    leaf = where[1]
     if leaf == "issue.xml" or is_comment_filename(leaf):
         return ""
     if leaf.startswith(".") or is_reserved_filename(leaf) or len(leaf) > 200:
@@ -85,7 +85,6 @@ class Applier:
     """What applying a series needs of the gateway: the branch, the rules, and how to read a mail."""
 
     store: Store
-    index: Index  # who the branch knows (the rights' `known`)
     access: AccessConfig
     committer: Person
     parse: Callable[[bytes], ParsedMail]  # the gateway's parser, with its limits
@@ -96,8 +95,8 @@ class Applier:
 class _Series:
     """One series applied over a snapshot, in memory: the files it writes, patch by patch."""
 
-    def __init__(self, ctx: Applier, snap: Snapshot) -> None:
-        self.ctx, self.snap = ctx, snap
+    def __init__(self, ctx: Applier, snap: Snapshot, who: Sender) -> None:
+        self.ctx, self.snap, self.who = ctx, snap, who
         self.overlay: dict[str, bytes | None] = {}
         self.created: set[str] = set()
         self.extra_blobs: list[bytes] = []
@@ -112,16 +111,12 @@ class _Series:
         except FormatError:
             return None
 
-    def sender(self, address: str) -> Sender:
-        """The sender of a patch as the rights see it; its mail was admitted (DKIM/DMARC too) when it came."""
-        return Sender(address, known=self.ctx.index.known(self.snap, address))
-
     def apply(self, patch: Patch) -> tuple[dict[str, bytes | None], list[str]]:
         """The files this patch writes over the series so far, and every reason to refuse it."""
         access = self.ctx.access
         reasons = list(patch.problems)
         writes: dict[str, bytes | None] = {}
-        project_ok = rights.may(self.sender(patch.sender), access.change_project, None, self.snap, access)
+        project_ok = rights.may(self.who, access.change_project, None, self.snap, access)
         for fp in patch.files:
             reasons += [f"{fp.path}: {p}" if fp.path != "?" else p for p in fp.problems]
             if fp.path == "?":
@@ -210,7 +205,7 @@ class _Series:
     def _check(self, patch: Patch, writes: dict[str, bytes | None]) -> list[str]:
         """Parse what would be written, check it against project.xml, and ask the rights."""
         access = self.ctx.access
-        sender = self.sender(patch.sender)
+        sender = self.who
         reasons = []
         project = self.snap.project()
         if "project.xml" in writes:
@@ -249,8 +244,9 @@ class _Series:
             self.overlay[path] = data
 
 
-def apply_series(ctx: Applier, raws: list[bytes]) -> tuple[list[PatchResult], bytes | None]:
-    """Apply a complete series onto the tip: every patch or none. Returns the results and the new tip."""
+def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[PatchResult], bytes | None]:
+    """Apply a complete series from `who` (its sender, admitted when each part came: a series is
+    gathered per sender) onto the tip: every patch or none. Returns the results and the new tip."""
     total = sum(len(r) for r in raws)
     limit = ctx.max_series
     if total > limit or len(raws) > MAX_PATCHES:  # before anything is decoded
@@ -265,7 +261,7 @@ def apply_series(ctx: Applier, raws: list[bytes]) -> tuple[list[PatchResult], by
             for r in results:
                 r.status, r.reasons = PatchStatus.REFUSED, ["the tracker has no issues branch yet"]
             return results, None
-        series = _Series(ctx, snap)
+        series = _Series(ctx, snap, who)
         refused = False
         per_patch: list[dict[str, bytes | None]] = []
         for p, r in zip(parsed, results, strict=True):

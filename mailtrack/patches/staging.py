@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailtrack.mail.parse import ParsedMail
-from mailtrack.patches.detect import thread_root
+from mailtrack.patches.detect import patch_numbers, thread_root
 from mailtrack.queue.spool import write_durably
 
 
@@ -126,8 +126,7 @@ class Staging:
         for p in parts:
             p.unlink()
 
-    def expired(self, timeout: float, retention: float, numbers: Callable[[str], tuple[int, int] | None],
-                keep: Path | None = None) -> Iterator[Waiting]:
+    def expired(self, timeout: float, retention: float, keep: Path | None = None) -> Iterator[Waiting]:
         """The partial series that waited longer than `timeout` seconds (for the caller to refuse and
         `finish`); finished ones are forgotten after `retention` seconds."""
         now = time.time()
@@ -145,5 +144,5 @@ class Staging:
             if not parts or now - max(p.stat().st_mtime for p in parts) < timeout:
                 continue
             first = self.parse(parts[0].read_bytes())
-            _, m = numbers(first.subject) or (1, 1)
+            _, m = patch_numbers(first.subject) or (1, 1)
             yield Waiting(folder, first, sorted(int(p.stem) for p in parts), m)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 
+from mailtrack.mail.addresses import bare
 from mailtrack.queue.layout import Layout
 from mailtrack.queue.spool import write_durably
 
@@ -21,9 +21,8 @@ class OptOuts:
     """`{issue name: [address, ...]}` in `<spool>/optouts.json`, written with write-fsync-rename
     under a lock, as serve, process and deliver may record at the same time."""
 
-    def __init__(self, root: Path) -> None:
-        """`root`: the spool's root."""
-        layout = Layout(root)
+    def __init__(self, layout: Layout) -> None:
+        """`layout`: the spool's (Spool.layout)."""
         self.path = layout.optouts
         self.lock = layout.optouts_lock
 
@@ -40,7 +39,7 @@ class OptOuts:
 
     def record(self, issue: str, address: str, subscribed: bool) -> bool:
         """`unsubscribe` (subscribed False) or `subscribe` again; True when that changed anything."""
-        address = address.strip().strip("<>").lower()
+        address = bare(address)
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

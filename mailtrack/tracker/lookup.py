@@ -17,7 +17,7 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
-from mailtrack.tracker.store import Snapshot, issue_of, split_issue_path
+from mailtrack.tracker.store import Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 SCHEMA_VERSION = "4"
@@ -121,8 +121,9 @@ class Index:
         self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
         self.db.execute("DELETE FROM people WHERE path = ?", (path,))
         self.db.execute("DELETE FROM unreadable WHERE path = ?", (path,))
-        if path.endswith("/issue.xml"):
-            self.db.execute("DELETE FROM issues WHERE name = ?", (issue_of(path),))
+        where = split_issue_path(path)
+        if where is not None and where[1] == "issue.xml":
+            self.db.execute("DELETE FROM issues WHERE name = ?", (where[0],))
 
     def _learn(self, path: str, data: bytes) -> None:
         where = split_issue_path(path)

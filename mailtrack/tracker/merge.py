@@ -17,7 +17,7 @@ from dulwich.objects import ObjectID
 
 from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS
 from mailtrack.tracker.model import Component, Issue, Person, Project
-from mailtrack.tracker.store import Store, issue_of
+from mailtrack.tracker.store import Store, split_issue_path
 
 _NOT_MERGED = {"created", "author", "modified", "extensions", "name"}
 
@@ -137,8 +137,9 @@ def merge_trees(store: Store, base: ObjectID | None, ours: ObjectID, theirs: Obj
             files[path] = _blob(store, our_sha or their_sha)
             continue
         base_data = _blob(store, c.old.sha if c.old else None)
-        if path.endswith("/issue.xml"):
-            name = issue_of(path)
+        where = split_issue_path(path)
+        if where is not None and where[1] == "issue.xml":
+            name = where[0]
             merged, n = merge_issue(
                 Issue.from_bytes(base_data, name) if base_data else None,
                 Issue.from_bytes(_blob(store, our_sha) or b"", name),

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailtrack.config import AccessConfig
-from mailtrack.fields import ISSUE_FIELDS
+from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import Issue, Person
 from mailtrack.tracker.store import Snapshot, split_issue_path
 
@@ -103,10 +103,8 @@ def field_refusal(sender: Sender, fields: tuple[str, ...], issue: Issue, snap: S
 def differences(before: Issue, after: Issue) -> list[str]:
     """Every field of issue.xml that differs, bookkeeping (`modified`) aside; `extensions` for the
     unknown elements."""
-    changed = [f for f in ISSUE_FIELDS if f != "modified" and getattr(before, f) != getattr(after, f)]
-    if before.extensions != after.extensions:
-        changed.append("extensions")
-    return changed
+    fixed = [f for f in FIXED_FIELDS if getattr(before, f) != getattr(after, f)]
+    return fixed + changed_fields(before, after) + (["extensions"] if before.extensions != after.extensions else [])
 
 
 def issue_refusals(sender: Sender, before: Issue | None, after: Issue, snap: Snapshot, access: AccessConfig) -> list[str]:
@@ -114,7 +112,7 @@ def issue_refusals(sender: Sender, before: Issue | None, after: Issue, snap: Sna
     short = after.name[:7]
     if before is None:
         if not may(sender, access.open, after, snap, access):
-            return [f"{sender.address} may not open issues (allowed: {', '.join(access.open)})"]
+            return [f"{sender.address} may not open issues"]
         if after.author.email.lower() != sender.email and not is_maintainer(sender, access):
             return [f"issue {short}: {sender.address} may not open an issue in the name of {after.author.mailbox}"
                     " (only a maintainer may)"]
@@ -150,7 +148,7 @@ def file_refusals(sender: Sender, path: str, issue: Issue | None, existing: byte
                 f"{kind}s are never changed by mail; only a maintainer may"]
     reasons = []
     if issue is not None and not may(sender, access.comment, issue, snap, access):
-        reasons.append(f"{path}: {sender.address} may not comment on issue {short}")
+        reasons.append(f"{path}: {sender.address} may not {'comment on' if author is not None else 'add to'} issue {short}")
     if author is not None and author.email.lower() != sender.email and not maintainer:
         reasons.append(f"{path}: {sender.address} may not write a comment in the name of {author.mailbox} (only a maintainer may)")
     return reasons

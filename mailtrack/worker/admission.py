@@ -8,6 +8,8 @@ The rights themselves are mailtrack.tracker.rights: this module only asks them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
 from mailtrack.tracker import rights
@@ -70,6 +72,12 @@ def sender(mail: ParsedMail, vouched: str, snap: Snapshot, index: Index, access:
     """The sender of a mail as the rights see it; `vouched`: what `verified_by` said of the mail."""
     verified = not access.require_auth_for_commands or bool(vouched)
     return Sender(mail.from_addr, known=index.known(snap, mail.from_addr), verified=verified)
+
+
+def opener(who: Sender) -> Sender:
+    """The sender as the opener of the issue their mail creates: its reporter, known to it (the
+    commands of a new issue are checked against the issue, with its reporter's rights)."""
+    return replace(who, known=True)
 
 
 def _unknown(who: Sender, snap: Snapshot, access: AccessConfig, project: str) -> Refusal | None:

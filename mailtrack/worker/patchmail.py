@@ -15,6 +15,7 @@ from mailtrack.mail.parse import ParsedMail
 from mailtrack.patches.detect import MAX_PATCHES, patch_numbers
 from mailtrack.patches.series import Applier, PatchResult, PatchStatus, apply_series
 from mailtrack.patches.staging import Staging
+from mailtrack.tracker.rights import Sender
 from mailtrack.worker import admission
 from mailtrack.worker.outcome import Action, Outcome, Reply
 
@@ -30,7 +31,7 @@ def staging(gw: Gateway) -> Staging:
 
 def applier(gw: Gateway) -> Applier:
     cfg = gw.config
-    return Applier(gw.store, gw.index, cfg.access, gw.identity, gw.parse,
+    return Applier(gw.store, cfg.access, gw.identity, gw.parse,
                    max_series=cfg.gateway.max_patch_series_size, max_file=cfg.gateway.max_attachment_size)
 
 
@@ -67,7 +68,7 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
         out.decide(Action.REJECTED, f"[PATCH {n}/{m}] is no part of a series of 1 to {MAX_PATCHES} patches")
         return _refuse_one(gw, mail, out, dry_run, n)
     if m == 1 and n == 1:
-        return _apply(gw, mail, [mail.raw], dry_run, out)
+        return _apply(gw, mail, [mail.raw], who, dry_run, out)
     stage = staging(gw)
     folder = stage.slot(mail, n, m)
     if folder is None:
@@ -88,16 +89,16 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     if missing:
         out.decide(Action.PENDING, f"patch {n}/{m}: waiting for {', '.join(str(i) for i in sorted(missing))}")
         return out
-    out = _apply(gw, stage.first(folder, mail), stage.parts(folder, m), dry_run, out)
+    out = _apply(gw, stage.first(folder, mail), stage.parts(folder, m), who, dry_run, out)
     stage.finish(folder, out.line())
     return out
 
 
-def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], dry_run: bool, out: Outcome) -> Outcome:
+def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], who: Sender, dry_run: bool, out: Outcome) -> Outcome:
     if dry_run:
         out.decide(Action.PENDING, "a patch series (not applied in a dry run)")
         return out
-    results, tip = apply_series(applier(gw), raws)
+    results, tip = apply_series(applier(gw), raws, who)
     refused = any(r.status == PatchStatus.REFUSED for r in results)
     if refused:
         why = "; ".join(x for r in results for x in r.reasons if r.status == PatchStatus.REFUSED)
@@ -129,7 +130,7 @@ def expire(gw: Gateway, keep: Path | None = None) -> None:
         return
     timeout = gw.config.gateway.patch_series_timeout
     retention = gw.config.gateway.processed_retention_days * 86400
-    for waiting in list(stage.expired(timeout, retention, patch_numbers, keep=keep)):
+    for waiting in list(stage.expired(timeout, retention, keep=keep)):
         out = Outcome(Action.REJECTED, message_id=waiting.first.message_id, stage="patches")
         have = ", ".join(map(str, waiting.have))
         _refuse_partial(gw, stage, waiting.folder, waiting.first, waiting.total,

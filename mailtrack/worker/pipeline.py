@@ -33,7 +33,7 @@ from mailtrack.worker import admission, commands, patchmail
 from mailtrack.worker.commands import Applied, LineAction
 from mailtrack.worker.outcome import Action, Outcome, Reply
 from mailtrack.worker.replies import Replier
-from mailtrack.worker.route import Addressing, Route, RouteKind, route
+from mailtrack.worker.route import Route, RouteKind, route
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Stage:
 
 
 def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    r = route(job.mail, snap, gw.index, gw.addressing)
+    r = route(job.mail, snap, gw.index, gw.ours, gw.project)
     job.route, job.out.route, job.out.issue = r, r, r.issue
     job.out.short = snap.short(r.issue) if r.issue else ""
     if r.kind == RouteKind.DUPLICATE:
@@ -127,7 +127,6 @@ class Gateway:
         gw = config.gateway
         self.project = store.project_name(gw.project)
         self.ours = Ours.of(gw)
-        self.addressing = Addressing(self.ours, self.project)
         self.identity = Person(gw.name or self.project, gw.address)
         self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self.replier = Replier(config, store, spool, self.project, self.identity)
@@ -203,7 +202,7 @@ class Gateway:
         issue, ch = new_issue(snap, author, issue_title(mail.subject, self.project), text, edits, created=job.when, message_id=mail.message_id)
         out.issue, out.short = issue.name, issue.name[:7]
         if lines:
-            applied = commands.apply(lines, _WithIssue(snap, issue), job.sender, issue.name, self.config.access)
+            applied = commands.apply(lines, _WithIssue(snap, issue), admission.opener(job.sender), issue.name, self.config.access)
             out.commands = applied
             if not applied.ok:
                 out.decide(Action.REJECTED, f"{len(applied.errors)} command error(s)")
@@ -319,7 +318,7 @@ def _subscriptions(gw: Gateway, job: Job, snap: Snapshot) -> bool:
     for ln in applied.lines:
         if ln.action not in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE) or not ln.issue or ln.error or ln.refused:
             continue
-        if OptOuts(gw.spool.root).record(ln.issue, job.mail.from_addr, ln.action == LineAction.SUBSCRIBE):
+        if OptOuts(gw.spool.layout).record(ln.issue, job.mail.from_addr, ln.action == LineAction.SUBSCRIBE):
             log.info("%s: %s %s %s", job.mail.message_id, ln.action, ln.issue[:7], job.mail.from_addr)
     return True
 

@@ -39,14 +39,6 @@ class Route:
     commands: list[str] = field(default_factory=list)  # from a subject tag's [field=value] brackets
 
 
-@dataclass(frozen=True)
-class Addressing:
-    """Our addresses (mail.addresses) and the project's name in subject tags."""
-
-    ours: Ours
-    project: str
-
-
 def _resolve(snap: Snapshot, ident: str) -> str | None:
     try:
         return snap.resolve(ident)
@@ -54,13 +46,13 @@ def _resolve(snap: Snapshot, ident: str) -> str | None:
         return None
 
 
-def _tag_commands(mail: ParsedMail, snap: Snapshot, addressing: Addressing, name: str) -> list[str]:
+def _tag_commands(mail: ParsedMail, snap: Snapshot, project: str, name: str) -> list[str]:
     """The `[field=value]` commands of the subject tag, when the tag names the issue `name`.
 
     A mail routed by its address or its thread still carries its subject's commands; a tag that
     names another issue (a reply whose subject was pasted from elsewhere) gives none.
     """
-    tag = subject_tag(mail.subject, addressing.project)
+    tag = subject_tag(mail.subject, project)
     if tag is None or not tag[1]:
         return []
     return list(tag[1]) if _resolve(snap, tag[0]) == name else []
@@ -83,19 +75,20 @@ def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str, s
     return None
 
 
-def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing) -> Route:
+def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: str) -> Route:
+    """`ours`: our addresses; `project`: the name in subject tags."""
     if index.lookup(snap, mail.message_id):
         return Route(RouteKind.DUPLICATE, index.lookup(snap, mail.message_id) or "", f"{mail.message_id} is on the branch already")
     if mail.machine:
         return Route(RouteKind.MACHINE, reason=mail.machine)
 
     recipients = list(mail.delivered_to) + [a for _, a in mail.to] + [a for _, a in mail.cc]
-    ours = {bare(a) for a in recipients if addressing.ours.delivers_here(a)}
-    if ours and all(addressing.ours.is_control(a) for a in ours):
+    to_us = {bare(a) for a in recipients if ours.delivers_here(a)}
+    if to_us and all(ours.is_control(a) for a in to_us):
         # only to control@: a mail also to issues@ or issues+<id>@ is that mail, control@ in copy
-        return Route(RouteKind.CONTROL, reason=f"sent to {addressing.ours.control}")
+        return Route(RouteKind.CONTROL, reason=f"sent to {ours.control}")
     for address in recipients:
-        detail = addressing.ours.detail(address)
+        detail = ours.detail(address)
         if detail is None:
             continue
         ident, _, rest = detail.partition("+")
@@ -108,20 +101,20 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, addressing: Addressing
                 name = threaded[0]
             else:
                 return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the address {address} names no issue of ours", ident=ident)
-        return Route(RouteKind.COMMENT, name, f"sent to {address}", commands=commands + _tag_commands(mail, snap, addressing, name))
+        return Route(RouteKind.COMMENT, name, f"sent to {address}", commands=commands + _tag_commands(mail, snap, project, name))
 
     threaded = _thread(mail, snap, index)
     if threaded is not None:
         name, why, ident = threaded
         if not name:
             return Route(RouteKind.UNKNOWN_ISSUE, reason=why, ident=ident)
-        return Route(RouteKind.COMMENT, name, why, commands=_tag_commands(mail, snap, addressing, name))
+        return Route(RouteKind.COMMENT, name, why, commands=_tag_commands(mail, snap, project, name))
 
-    tag = subject_tag(mail.subject, addressing.project)
+    tag = subject_tag(mail.subject, project)
     if tag is not None:
         ident, commands = tag
         name = _resolve(snap, ident)
         if name is None:
-            return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the subject names [{addressing.project} #{ident}], which is no issue of ours", ident=ident)
-        return Route(RouteKind.COMMENT, name, f"the subject tag [{addressing.project} #{ident}]", commands=list(commands))
+            return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the subject names [{project} #{ident}], which is no issue of ours", ident=ident)
+        return Route(RouteKind.COMMENT, name, f"the subject tag [{project} #{ident}]", commands=list(commands))
     return Route(RouteKind.NEW, reason="no issue named by address, thread or subject")
