@@ -102,6 +102,17 @@ def test_a_field_rule_can_open_a_field_to_anyone(repo: Path) -> None:
         g.store.close()
 
 
+def test_the_reporter_of_a_new_issue_is_known_to_it(repo: Path) -> None:
+    """severity = ["known"]: a first-time sender's `Severity:` in their new issue applies, as its reporter."""
+    g = make_gateway(repo, fields={"severity": ["known"]})
+    try:
+        out = g.handle(make_mail(message_id="<first@x>", frm="newcomer@example.net", body="Severity: minor\n\nIt broke.\n"))
+        assert ("created", "minor") == (out.action, read_issue(repo, out.issue).severity)
+    finally:
+        g.close()
+        g.store.close()
+
+
 def test_control_close_with_a_resolution_needs_the_resolution_rule(repo: Path) -> None:
     """By control mail, `close ID RES` needs both the status and the resolution rule; `close ID` only status's."""
     g = make_gateway(repo, fields={"resolution": ["maintainer"]})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.repos import git, new_issue, read_comments, read_issue
+from helpers.mail import make_mail
+from helpers.repos import git, make_gateway, new_issue, read_comments, read_issue
 from mailtrack.tracker.changes import Edit, edit_issue
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Change, Snapshot, Store, ValidationError
@@ -110,3 +111,18 @@ def test_branch_name_from_git_config(repo: Path) -> None:
     assert 0 == run_cli(repo, "init").code
     new_issue(repo, "Elsewhere")
     assert "Elsewhere" in git(repo, "log", "-1", "--format=%s", "tracker")
+
+
+def test_a_stray_issue_xml_outside_the_layout_stops_nothing(repo: Path) -> None:
+    """notes/issue.xml on the branch (outside xx/38hex/) is not an issue: the index and the next
+    mails pass over it when it is written, changed and deleted."""
+    g = make_gateway(repo)
+    try:
+        jane = Person("Jane Doe", "jane@example.org")
+        for i, data in enumerate([b"<notes/>\n", b"<notes>2</notes>\n", None]):
+            g.store.update(lambda snap, data=data: Change("a stray file", {"notes/issue.xml": data}), jane)
+            out = g.handle(make_mail(subject=f"Mail {i}", message_id=f"<stray{i}@x>"))
+            assert "created" == out.action, out.reason
+    finally:
+        g.close()
+        g.store.close()
