@@ -490,3 +490,29 @@ def test_impossible_patch_numbers_are_refused_before_anything_is_kept(gw: Gatewa
     out = gw.handle(raw)
     held = default_spool(gw.store) / "patches"
     assert ("rejected", [], 1) == (out.action, list(held.rglob("*.eml")) if held.exists() else [], len(outbox(gw_path(gw))))
+
+
+def test_a_timed_out_series_requeued_from_failed_is_applied(tmp_path: Path) -> None:
+    """A series refused for its timeout keeps its parts in failed; `mailtrack requeue` of each after
+    the missing part came puts the whole series on the branch, nothing dropped as a duplicate."""
+    from mailtrack.app.mailtrack import main as mailtrack
+
+    repo, c, mails = _series(tmp_path, "--cover-letter")
+    cover, first, second = _thread(mails, deep=False)
+    g = make_gateway(repo)
+    try:
+        assert ["pending", "pending"] == [g.handle(raw).action for raw in (cover, first)]
+        config = tmp_path / "timeout.toml"
+        config.write_text('[gateway]\nproject = "proj"\npatch_series_timeout = 0\n')
+        assert 0 == mailtrack(["--repo", str(repo), "--config", str(config), "process"])  # cover and 1/2 to failed
+        held = [spool_id for spool_id, _reason in g.spool.incoming.failures()]
+        assert 2 == len(held)
+        assert "pending" == g.handle(second).action  # 2/2 comes late: a new attempt, waiting for 1/2
+        for spool_id in held:
+            g.spool.requeue(spool_id)
+        actions = [runner.work(g, claim) for claim in g.spool.incoming.claims()]
+    finally:
+        g.close()
+        g.store.close()
+    assert "changed" in [a.action for a in actions if a is not None], actions
+    assert tree(c) == tree(repo)

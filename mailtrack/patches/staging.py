@@ -4,6 +4,8 @@ One folder per sender, thread and series length (`<spool>/patches/<key>/`), with
 folder per attempt at the series (a generation): a v2 sent in reply to an unfinished v1 never mixes
 with it. A generation holds its parts as `<n>.eml`; once taken it keeps only a `done` file naming
 the Message-IDs it took (so a redelivery or a late cover letter is known) and what they answer.
+A generation that was refused (timed out, too large, refused by the rights) claims none of its
+Message-IDs: its mails, sent again or requeued from failed after a fix, make a new attempt.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from mailtrack.mail.parse import ParsedMail
 from mailtrack.patches.detect import patch_numbers, thread_root
 from mailtrack.queue.spool import write_durably
+
+REFUSED = "refused"  # the line in a `done` file that marks a refused attempt
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Staging:
         for folder in sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
             if (folder / "done").exists():
                 lines = (folder / "done").read_text("utf-8", "replace").splitlines()[1:]
+                if REFUSED in lines:  # a refused attempt: its mails may come again
+                    continue
                 ids = {ln[5:] for ln in lines if ln.startswith("part ")}
                 out.append(_Generation(folder, True, set(), ids, {ln[6:] for ln in lines if ln.startswith("reply ")}))
                 continue
@@ -117,12 +123,12 @@ class Staging:
                 return self.parse((folder / name).read_bytes())
         return fallback
 
-    def finish(self, folder: Path, summary: str) -> None:
-        """Mark a generation done with the Message-IDs it took, and let its mails go."""
+    def finish(self, folder: Path, summary: str, *, refused: bool = False) -> None:
+        """Mark a generation done with the Message-IDs it took (none, when it was `refused`), and let its mails go."""
         parts = sorted(folder.glob("*.eml"))
         mails = [self.parse(p.read_bytes()) for p in parts]
         lines = [f"part {m.message_id}" for m in mails] + [f"reply {m.in_reply_to}" for m in mails if m.in_reply_to]
-        write_durably(folder / "done", "\n".join([summary, *lines]).encode() + b"\n")
+        write_durably(folder / "done", "\n".join([summary, *([REFUSED] if refused else []), *lines]).encode() + b"\n")
         for p in parts:
             p.unlink()
 

@@ -145,7 +145,7 @@ def file_refusals(sender: Sender, path: str, issue: Issue | None, existing: byte
         if maintainer:
             return []
         return [f"{path}: {sender.address} may not rewrite {'a' if kind == 'comment' else 'an'} {kind} on issue {short}: "
-                f"{kind}s are never changed by mail; only a maintainer may"]
+                f"no mail changes a {kind} once it is on the branch, and a patch may only if a maintainer sends it"]
     reasons = []
     if issue is not None and not may(sender, access.comment, issue, snap, access):
         reasons.append(f"{path}: {sender.address} may not {'comment on' if author is not None else 'add to'} issue {short}")

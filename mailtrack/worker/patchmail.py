@@ -90,7 +90,7 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
         out.decide(Action.PENDING, f"patch {n}/{m}: waiting for {', '.join(str(i) for i in sorted(missing))}")
         return out
     out = _apply(gw, stage.first(folder, mail), stage.parts(folder, m), who, dry_run, out)
-    stage.finish(folder, out.line())
+    stage.finish(folder, out.line(), refused=out.action == Action.REJECTED)
     return out
 
 
@@ -119,7 +119,7 @@ def _refuse_partial(gw: Gateway, stage: Staging, folder: Path, mail: ParsedMail,
     _report(gw, first, out, False, [PatchResult(0, first.subject, PatchStatus.REFUSED, [reason])], True, total)
     for raw in stage.kept(folder):
         gw.spool.hold(raw, f"{reason}\nMessage-ID: {gw.parse(raw).message_id}")
-    stage.finish(folder, out.line())
+    stage.finish(folder, out.line(), refused=True)
 
 
 def expire(gw: Gateway, keep: Path | None = None) -> None:
@@ -133,6 +133,8 @@ def expire(gw: Gateway, keep: Path | None = None) -> None:
     for waiting in list(stage.expired(timeout, retention, keep=keep)):
         out = Outcome(Action.REJECTED, message_id=waiting.first.message_id, stage="patches")
         have = ", ".join(map(str, waiting.have))
+        missing = ", ".join(str(n) for n in range(1, waiting.total + 1) if n not in waiting.have)
         _refuse_partial(gw, stage, waiting.folder, waiting.first, waiting.total,
-                        f"incomplete patch series: got {have} of {waiting.total} within {timeout} s", out)
+                        f"incomplete patch series: got {have} of {waiting.total} within {timeout} s; missing {missing}"
+                        " (send the series again; its mails are kept in failed, `mailtrack requeue` takes them back)", out)
         log.info("%s", out.line())
