@@ -176,7 +176,7 @@ class NotifyConfig:
     watchers: list[str] = field(default_factory=list)  # addresses that hear of every change
     notify_actor: bool = False  # whether the person who made a change gets a copy
     wrap: int = 72  # wrap notification text at this column (0: never)
-    rate_limit: int = 10  # at most this many changes one address makes to one issue are notified...
+    rate_limit: int = 10  # at most this many changes one address makes to one issue are notified (0: no bound)...
     rate_window: int = 3600  # ...within this many seconds; later ones are on the branch, not mailed
 
 
