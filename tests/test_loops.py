@@ -14,6 +14,7 @@ from helpers.cli import deliver
 from helpers.mail import make_mail, spool_path, text_of
 from helpers.repos import git, read_comments, read_names
 from mailtrack.mail.ids import is_our_message_id, issue_of_ours, new_message_id, our_message_id, reply_message_id
+from mailtrack.queue.ratelimit import RateLimiter
 
 LIST = "devs@lists.example.org"
 
@@ -24,7 +25,7 @@ def outgoing(repo: Path) -> list[tuple[str, EmailMessage]]:
     for path in sorted((spool_path(repo) / "outbox" / "new").iterdir()):
         envelope = json.loads((spool_path(repo) / "outbox" / "env" / f"{path.name}.json").read_text())
         msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
-        out += [(rcpt, msg) for rcpt in envelope["recipients"]]  # type: ignore[misc]
+        out += [(rcpt, msg) for rcpt in envelope["recipients"]]
     return out
 
 
@@ -103,3 +104,16 @@ def test_two_auto_responders_stop_answering_each_other(repo: Path) -> None:
     assert rounds < 60, "the auto-responders never stopped"
     assert (rounds, [True, True], [True, True]) == (
         len(read_comments(repo, name)), [len(notices[b]) <= 3 for b in bots], [len(replies[b]) <= 2 for b in bots])
+
+
+def test_a_notice_asked_about_again_gets_the_same_answer(tmp_path: Path) -> None:
+    """RateLimiter.allow_once: limit 2 per key; a token it allowed is allowed again (a range resumed
+    after a crash), a third token is refused, and the window frees the key again."""
+    limiter = RateLimiter(tmp_path / "rate.sqlite")
+    try:
+        answers = [limiter.allow_once("i a@x", token, 2, 3600, now=100.0) for token in ("c1", "c2", "c1", "c3")]
+        other_key = limiter.allow_once("i b@x", "c4", 2, 3600, now=100.0)
+        later = limiter.allow_once("i a@x", "c3", 2, 3600, now=4000.0)
+    finally:
+        limiter.close()
+    assert ([True, True, True, False], True, True) == (answers, other_key, later)

@@ -7,18 +7,14 @@ from __future__ import annotations
 import contextlib
 import email
 import json
-import shutil
 import smtplib
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,24 +31,6 @@ FROM = "alice@example.test"
 ADDRESSES = Ours(main="issues@example.test", control="control@example.test")
 
 StartListener = Callable[..., SmtpListener]
-
-
-@pytest.fixture
-def start(spool: Spool) -> Iterator[StartListener]:
-    """start(**ListenConfig fields, forward=...) -> a running listener on a free loopback port, stopped afterwards."""
-    running: list[SmtpListener] = []
-
-    def start_listener(forward: str = "", **fields: Any) -> SmtpListener:
-        config = replace(ListenConfig(port=free_port(), server_name="gw.example.test"), **fields)
-        listener = SmtpListener(config, spool, ADDRESSES, postmaster_forward=forward)
-        listener.start()
-        running.append(listener)
-        wait_for(lambda: listener.active_sessions == 0, what="the start-up probe session to end")
-        return listener
-
-    yield start_listener
-    for listener in running:
-        listener.stop()
 
 
 def message(subject: str = "Hello", to: str = "issues@example.test", **headers: str) -> EmailMessage:
@@ -239,7 +217,7 @@ def test_postmaster_mail_is_kept_for_the_admin_never_for_the_tracker(start: Star
     """Mail to postmaster goes to <spool>/postmaster/new, not to incoming; a mail to postmaster and
     issues@ is kept in both, each copy with its own Delivered-To; with postmaster_forward, a copy is
     queued to the admin with a null sender."""
-    listener = start(forward="admin@example.org")
+    listener = start(postmaster_forward="admin@example.org")
     with smtplib.SMTP("127.0.0.1", listener.config.port) as client:
         client.send_message(message("to postmaster", to="postmaster@example.test"))
         client.send_message(message("both"), to_addrs=["postmaster@example.test", "issues@example.test"])
@@ -296,14 +274,6 @@ def served(repo: Path, config: Path, where: str) -> Iterator[list[str]]:
         proc.terminate()
         proc.communicate(timeout=60)
     assert 0 == proc.returncode
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short temporary folder (tmp_path can be too long for a Unix socket's 108 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="mt-sock-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve_to_the_end(repo: Path, config: Path) -> subprocess.CompletedProcess[str]:
