@@ -158,20 +158,20 @@ class SpoolHandler:
         postmaster = [r for r in envelope.rcpt_tos if self._addresses.is_postmaster(r)]
         tracker = [r for r in envelope.rcpt_tos if r not in postmaster]
         source = f"{self._config.protocol}:{_peer_text(session.peer)}"
-        try:
-            spool_id = ""
-            if postmaster:
-                raw = self._stamp(session, envelope, postmaster) + content
-                spool_id = await asyncio.to_thread(self._keep_for_postmaster, raw, source)
+        try:  # the tracker's copy first: if the postmaster's then fails, the retry is a duplicate the worker knows
+            spool_ids = []
             if tracker:
                 raw = self._stamp(session, envelope, tracker) + content
-                spool_id = await asyncio.to_thread(self._spool.accept, raw, source=source)
+                spool_ids.append(await asyncio.to_thread(self._spool.accept, raw, source=source))
+            if postmaster:
+                raw = self._stamp(session, envelope, postmaster) + content
+                spool_ids.append(await asyncio.to_thread(self._keep_for_postmaster, raw, source))
         except Exception:
             log.exception("could not spool mail from %r, Message-ID %s", session.peer, header_message_id(content))
             return TEMPFAIL
         if tracker:
-            self._notify(spool_id)
-        return f"250 2.0.0 OK queued as {spool_id}"  # in LMTP, _LmtpServer repeats it once per accepted recipient
+            self._notify(spool_ids[0])
+        return f"250 2.0.0 OK queued as {spool_ids[0]}"  # in LMTP, _LmtpServer repeats it once per accepted recipient
 
     def _keep_for_postmaster(self, raw: bytes, source: str) -> str:
         spool_id = self._spool.keep_for_postmaster(raw, source=source)
