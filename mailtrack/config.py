@@ -65,7 +65,7 @@ class ListenConfig:
     auth_users_file: str = ""  # lines `user:password`; with it, AUTH PLAIN/LOGIN is offered
     require_auth: bool = False  # refuse MAIL until AUTH
     max_sessions: int = 50
-    max_sessions_per_client: int = 10  # sessions from one IP address at once (0: no limit; a Unix socket's count only in max_sessions)
+    max_sessions_per_client: int = 20  # sessions from one IP address at once (0: no limit; a Unix socket's count only in max_sessions)
     max_messages_per_session: int = 100
     max_recipients: int = 100
     timeout: float = 300.0  # seconds of client silence before we hang up
