@@ -41,6 +41,7 @@ class GatewayConfig:
     reply_rate_window: int = 3600  # ...within this many seconds
     patch_series_timeout: int = 3600  # seconds a partial patch series waits for its missing parts
     max_patch_series_size: int = 5 * 1024 * 1024  # bytes of one patch series, as mailed
+    postmaster_forward: str = ""  # mail to our postmaster@ is kept in <spool>/postmaster/ and also sent here
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):
@@ -64,9 +65,11 @@ class ListenConfig:
     auth_users_file: str = ""  # lines `user:password`; with it, AUTH PLAIN/LOGIN is offered
     require_auth: bool = False  # refuse MAIL until AUTH
     max_sessions: int = 50
+    max_sessions_per_client: int = 20  # sessions from one IP address at once (0: no limit; a Unix socket's count only in max_sessions)
     max_messages_per_session: int = 100
     max_recipients: int = 100
     timeout: float = 300.0  # seconds of client silence before we hang up
+    idle_timeout: float = 60.0  # seconds a session may go without delivering a mail (NOOP, RSET... do not count; 0: no limit)
 
     def __post_init__(self) -> None:
         if self.protocol not in ("smtp", "lmtp"):
@@ -173,6 +176,8 @@ class NotifyConfig:
     watchers: list[str] = field(default_factory=list)  # addresses that hear of every change
     notify_actor: bool = False  # whether the person who made a change gets a copy
     wrap: int = 72  # wrap notification text at this column (0: never)
+    rate_limit: int = 10  # at most this many changes one address makes to one issue are notified (0: no bound)...
+    rate_window: int = 3600  # ...within this many seconds; later ones are on the branch, not mailed
 
 
 

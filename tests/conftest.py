@@ -19,8 +19,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,13 +33,17 @@ from helpers.repos import NONINTERACTIVE, issues_repo, make_gateway, make_repo
 from helpers.servers import ADDRESS, Served, Server, clone
 from helpers.sink import Sink
 from helpers.tracker import ALICE, Tracker
-from mailtrack.config import GatewayConfig
+from mailtrack.config import GatewayConfig, ListenConfig
+from mailtrack.inbound.smtp import SmtpListener
+from mailtrack.mail.addresses import Ours
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.model import Component, Project
 from mailtrack.tracker.store import Change
 from mailtrack.worker.pipeline import Gateway
 
-# Fixtures that start a listener or a server on loopback (test_smtp's `start` starts our listener).
+LISTENER_ADDRESSES = Ours(main="issues@example.test", control="control@example.test")  # the `start` fixture's
+
+# Fixtures that start a listener or a server on loopback (`start` starts our listener).
 NETWORK_FIXTURES = {"dovecot", "sink", "tracker", "server", "served", "start"}
 
 
@@ -156,6 +162,34 @@ def tracker(repo: Path, sink: Sink) -> Tracker:
     t.change(ALICE, lambda s: Change("project", {"project.xml": project.to_bytes()}))
     assert 0 == t.notify()
     return t
+
+
+@pytest.fixture
+def start(spool: Spool) -> Iterator[Callable[..., SmtpListener]]:
+    """start(**ListenConfig fields, spool_=, addresses=, on_accept=, postmaster_forward=) -> a running
+    listener for issues@example.test on a free loopback port, stopped afterwards."""
+    running: list[SmtpListener] = []
+
+    def start_listener(*, spool_: Spool | None = None, addresses: Ours = LISTENER_ADDRESSES, on_accept: Any = None,
+                       postmaster_forward: str = "", **fields: Any) -> SmtpListener:
+        config = replace(ListenConfig(port=free_port(), server_name="gw.example.test"), **fields)
+        listener = SmtpListener(config, spool_ or spool, addresses, on_accept=on_accept, postmaster_forward=postmaster_forward)
+        listener.start()
+        running.append(listener)
+        helpers.ports.wait_for(lambda: listener.active_sessions == 0, what="the start-up probe session to end")
+        return listener
+
+    yield start_listener
+    for listener in running:
+        listener.stop()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short temporary folder (tmp_path can be too long for a Unix socket's 108 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="mailtrack-sock-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -61,7 +61,8 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")
     stop, wake = threading.Event(), threading.Event()
     addresses = Ours.of(gw)
-    listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set()) for lc in config.listen]
+    listeners = [SmtpListener(lc, spool, addresses, on_accept=lambda _id: wake.set(), postmaster_forward=gw.postmaster_forward)
+                 for lc in config.listen]
 
     def stop_accepting() -> None:
         for listener in listeners:
@@ -89,6 +90,10 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                 reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
                 if e.errno == errno.EADDRINUSE and not listener.config.socket:
                     reason += "; to listen on another port, set port in a [[listen]] table of a --config file"
+                elif e.errno == errno.EADDRINUSE:  # clear_stale_socket() found it alive, or bind() lost a race
+                    reason = "the socket is in use: a listener answers on it (another mailtrack serve?)"
+                elif e.errno == errno.EEXIST and listener.config.socket:
+                    reason = "the path exists and is not a socket (left as it is)"
                 raise ListenError(f"cannot listen on {where(listener.config)}: {reason}") from None
         pollers = [ImapPoller(ic, spool, on_accept=lambda _id: wake.set()) for ic in config.imap]
         for poller in pollers:

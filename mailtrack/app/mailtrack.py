@@ -269,12 +269,15 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.app.daemon import ListenError, serve
+    from mailtrack.config import ConfigError
 
     config, store, spool = _open(args)
     try:
         return serve(config, store, spool)
     except ListenError as e:
         raise Exit(EX_OSERR, str(e)) from None
+    except ConfigError as e:  # what only the listeners can check (gateway.postmaster_forward)
+        raise Exit(EX_CONFIG, str(e)) from None
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
@@ -310,6 +313,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {queue:<14} {n}")
     if counts["outbox/new"] and not config.relay.host:
         print(f"  (no relay is configured: the {counts['outbox/new']} outgoing mail(s) wait in the outbox)")
+    postmaster = spool.postmaster_mail()
+    if any(postmaster.values()):
+        forward = f"; forwarded to {config.gateway.postmaster_forward}" if config.gateway.postmaster_forward else ""
+        print(f"postmaster: {postmaster['new']} new, {postmaster['cur']} read, in the Maildir {spool.layout.postmaster}{forward}")
     failures = spool.incoming.failures()
     if failures:
         print("failed:")

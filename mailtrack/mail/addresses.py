@@ -3,6 +3,8 @@
 The gateway's addresses are the main one (`issues@`), its plus forms (`issues+<detail>@`, which name
 an issue and maybe commands), the control address, and `gateway.own_addresses` (old or extra
 addresses of ours: mail from them is a loop, and nobody there is put on a Cc list or mailed).
+`postmaster@` each of our domains, and a bare `postmaster` (RFC 5321 4.5.1 requires both), is ours
+too: the listener takes mail for it and keeps it for the admin, never for the tracker.
 """
 
 from __future__ import annotations
@@ -46,8 +48,18 @@ class Ours:
             return False
         return a in (self.main.lower(), self.control.lower()) or self.detail(a) is not None
 
+    def is_postmaster(self, address: str) -> bool:
+        """`postmaster@` one of our domains (any case), or `postmaster` with no domain (RFC 5321 4.5.1)."""
+        local, at, domain = bare(address).rpartition("@")
+        if not at:
+            return domain == "postmaster"
+        return local == "postmaster" and domain in {bare(mine).rpartition("@")[2] for mine in (self.main, self.control, *self.extra)}
+
     def is_ours(self, address: str) -> bool:
-        """Any address of ours or a plus form of one: the main one, the control one, gateway.own_addresses."""
+        """Any address of ours or a plus form of one: the main one, the control one, gateway.own_addresses,
+        and our postmaster."""
+        if self.is_postmaster(address):
+            return True
         local, _, domain = bare(address).rpartition("@")
         for mine in (self.main, self.control, *self.extra):
             m_local, _, m_domain = bare(mine).rpartition("@")

@@ -18,9 +18,11 @@ import re
 import textwrap
 from collections.abc import Callable
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formataddr, formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mailtrack.mail.ids import new_message_id
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -155,7 +157,7 @@ def build_mail(
     msg["To"] = ", ".join(one_line(t) for t in to)
     msg["Subject"] = one_line(subject)
     msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = one_line(message_id) or make_msgid(domain=domain)
+    msg["Message-ID"] = one_line(message_id) or new_message_id(domain)  # ours: one that comes back is a loop
     for key, value in (headers or {}).items():
         if one_line(value) and key.lower() not in {"from", "to", "subject", "date", "message-id"}:
             msg[key] = one_line(value)

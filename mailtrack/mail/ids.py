@@ -4,6 +4,9 @@
   has none is keyed by `hashed_message_id`, a hash of its bytes less the trace fields on top.
 - Mail we send about an issue has a Message-ID that embeds the issue's name (`our_message_id`), so
   a reply routes by In-Reply-To alone, even when the thread's other mails are gone (`issue_of_ours`).
+  Every other mail we make gets `new_message_id`; both start `<mailtrack.`, so a mail whose own
+  Message-ID is one of ours (`is_our_message_id`) is our mail come back, whatever its other headers
+  say (a list that rewrites From and strips our headers passes the Message-ID on).
 - Our header fields: `LOOP_HEADER` on everything we send, `SERIES_HEADER` on `push --mail`.
 - Commit trailers: `IMPORTED_TRAILER` (`mailtrack import`: the notifier skips it) and
   `Verified-By:` (who vouched for the sender).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 
 LOOP_HEADER = "X-Mailtrack-Loop"  # on every mail we send: one that comes back is a loop
 SERIES_HEADER = "X-Mailtrack-Series"  # on a series written by `git issues push --mail`
@@ -27,6 +31,7 @@ VERIFIED_TRAILER = "Verified-By"
 
 # Our own mails' Message-IDs: <mailtrack.<issue name>.<what>@<domain>>
 OUR_MSGID = re.compile(r"^<mailtrack\.([0-9a-f]{40})\.[^@>]*@[^>]*>$")
+ANY_OF_OURS = re.compile(r"^<mailtrack\.[^@<>\s]+@[^<>\s]+>$")  # every Message-ID we make
 HASHED_DOMAIN = "mailtrack.invalid"
 
 _MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -38,6 +43,16 @@ _TRACE_RE = re.compile(rb"^(?:return-path|received|delivered-to|x-original-to|x-
 def our_message_id(issue: str, what: str, domain: str) -> str:
     """The Message-ID of a mail we send about `issue`; `what` names the record or the event."""
     return f"<mailtrack.{issue}.{what}@{domain}>"
+
+
+def new_message_id(domain: str) -> str:
+    """A fresh Message-ID of ours for a mail about no issue in particular (it names none)."""
+    return f"<mailtrack.r.{uuid.uuid4().hex}@{domain}>"
+
+
+def is_our_message_id(message_id: str) -> bool:
+    """Whether we made this Message-ID (`our_message_id`, `reply_message_id`, `new_message_id`)."""
+    return ANY_OF_OURS.match(message_id.strip()) is not None
 
 
 def issue_of_ours(message_id: str) -> str | None:

@@ -16,6 +16,11 @@ between the tip it last notified and the tip now, so each change is told exactly
 - a first run (no state) records the tip and notifies nothing: installing the gateway on an old
   repository does not mail everyone about every issue it ever had. `begin` records it before the
   first mail is processed, so that mail's change is notified;
+- one address causes at most `notify.rate_limit` notices per issue within `notify.rate_window`
+  (`RateLimiter.allow_once` in `<spool>/notify-rate.sqlite`, keyed by the notice, so a resumed
+  range asks again and gets the same answer): two auto-responders that send no auto-reply headers
+  and answer each other's notifications through an issue stop there. Later changes are on the
+  branch all the same; only their mail is not sent;
 - who sent `unsubscribe ID` hears no more of that issue, whatever their role, until they send
   `subscribe ID`: the gateway records it in `<spool>/optouts.json` (`mailtrack.queue.optouts`), outside the
   branch, and the recipients of every notice are computed without them.
@@ -55,6 +60,7 @@ from mailtrack.mail.ids import (
     our_message_id,
 )
 from mailtrack.queue.optouts import OptOuts
+from mailtrack.queue.ratelimit import RateLimiter
 from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename
@@ -446,7 +452,7 @@ class Notifier:
         actor = notice.actor
         people = recipients(after, before, project, cfg.watchers, Ours.of(gw), None if cfg.notify_actor else actor,
                             self.optouts.of(notice.issue))
-        if not people:
+        if not people or not self._within_rate(notice):
             return []
         project_name = self._project_name(store)
         short = tip_snap.short(notice.issue)
@@ -493,6 +499,23 @@ class Notifier:
                 msg.set_content(body, cte="quoted-printable")
             out.append(Outgoing(f"{message_id} {r.person.email}", message_id, r.person.email, r.reason, bytes(msg)))
         return out
+
+    def _within_rate(self, notice: Notice) -> bool:
+        """Whether the notice's actor is within notify.rate_limit notices on its issue (0: no bound)."""
+        cfg = self.config.notify
+        if cfg.rate_limit <= 0:
+            return True
+        actor = notice.actor.email.lower()
+        limiter = RateLimiter(self.spool.layout.notify_rate_db)
+        try:
+            ok = limiter.allow_once(f"{notice.issue} {actor}", f"{notice.commit.decode()} {notice.issue}", cfg.rate_limit,
+                                    cfg.rate_window)
+        finally:
+            limiter.close()
+        if not ok:
+            log.warning("issue %s: %s caused %d notices in %ds already: the change of %s is not mailed", notice.issue[:7],
+                        actor or "(unknown)", cfg.rate_limit, cfg.rate_window, notice.commit.decode()[:10])
+        return ok
 
     def _project_name(self, store: Store) -> str:
         if not self.project:

@@ -25,6 +25,10 @@ an existing spool must keep working.
                                                   in WAL mode: `-wal` and `-shm` files beside it)
     <root>/imap-state/              imap_state    the IMAP pollers' UID state, `imap-<label>.json`
                                                   (default of `[[imap]] state_dir`)
+    <root>/postmaster/{tmp,new,cur} postmaster    mail to our postmaster@, for the admin (a Maildir a
+                                                  mail client reads); never processed; made when first needed
+    <root>/notify-rate.sqlite       notify_rate_db which notifications each address caused, per
+                                                  issue (the notifier's rate bound; SQLite, WAL)
     <root>/notify-state.json        notify_state  the last notified tip of the issues branch
     <root>/notify.lock              notify_lock   flock: one notifier at a time per spool
 
@@ -144,6 +148,14 @@ class Layout:
     @property
     def imap_state(self) -> Path:
         return self.root / "imap-state"
+
+    @property
+    def postmaster(self) -> Path:
+        return self.root / "postmaster"
+
+    @property
+    def notify_rate_db(self) -> Path:
+        return self.root / "notify-rate.sqlite"
 
     @property
     def notify_state(self) -> Path:

@@ -506,6 +506,24 @@ class Spool:
         log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", header_message_id(raw))
         return spool_id
 
+    def keep_for_postmaster(self, raw: bytes, *, source: str = "") -> str:
+        """Keep mail to our postmaster durably in the postmaster Maildir, which the worker never
+        reads (the admin's mail client does); return its id. OSError: not kept."""
+        box = self.layout.postmaster
+        for path in (box, box / "tmp", box / "new", box / "cur"):
+            if not path.is_dir():
+                path.mkdir(mode=DIR_MODE, exist_ok=True)
+                _fsync_dir(path.parent)
+        spool_id = self._new_id()
+        write_durably(box / "new" / spool_id, raw, tmp=box / "tmp" / spool_id)
+        log.warning("kept %s for the postmaster in %s, from %s, Message-ID %s", spool_id, box, source or "?", header_message_id(raw))
+        return spool_id
+
+    def postmaster_mail(self) -> dict[str, int]:
+        """How many mails the postmaster Maildir holds: {"new": unread, "cur": read}."""
+        box = self.layout.postmaster
+        return {where: sum(1 for _ in (box / where).iterdir()) if (box / where).is_dir() else 0 for where in ("new", "cur")}
+
     def source(self, spool_id: str) -> str:
         """The `source` accept() recorded for this mail (keep_source), or "" when none was."""
         if ID_RE.match(spool_id) is None:

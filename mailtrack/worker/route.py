@@ -1,6 +1,7 @@
 """What is this mail? A parsed mail and the branch in, a `Route` out: a value, never an exception.
 
-In order: a Message-ID already on the branch is a duplicate; machine mail is noise; the control
+In order: a Message-ID already on the branch is a duplicate; machine mail is noise, and so is a mail
+whose own Message-ID is one we made (our mail come back, whatever its headers say); the control
 address takes commands (when it is the only one of our addresses the mail went to); an issue
 named in the recipient address (`issues+<id>@`); In-Reply-To and References matched against the
 Message-IDs on the branch and against our own Message-IDs (which embed the issue's name); a
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from mailtrack.mail.addresses import Ours, bare
-from mailtrack.mail.ids import issue_of_ours
+from mailtrack.mail.ids import is_our_message_id, issue_of_ours
 from mailtrack.mail.parse import ParsedMail, subject_tag
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.store import Snapshot, StoreError
@@ -81,6 +82,8 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: s
         return Route(RouteKind.DUPLICATE, index.lookup(snap, mail.message_id) or "", f"{mail.message_id} is on the branch already")
     if mail.machine:
         return Route(RouteKind.MACHINE, reason=mail.machine)
+    if is_our_message_id(mail.message_id):  # ours come back, e.g. through a list that stripped our headers
+        return Route(RouteKind.MACHINE, reason=f"loop: its Message-ID {mail.message_id} is one we made")
 
     recipients = list(mail.delivered_to) + [a for _, a in mail.to] + [a for _, a in mail.cc]
     to_us = {bare(a) for a in recipients if ours.delivers_here(a)}
