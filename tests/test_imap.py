@@ -363,12 +363,13 @@ def test_move_to_failed_finds_a_kept_mail_not_yet_filed_away(
 def test_spooled_mail_records_the_poller_as_its_source(
     dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
 ) -> None:
-    """Each mail the poller spools carries its source, `imap:<label>`, for the failed-folder move."""
+    """Each mail the poller spools carries its source, `imap:<user>@<host>/<folder>` (no port), for
+    the folders that follow the spool."""
     dovecot.append(imap_user, mail(1))
     poller = make_poller()
     assert 1 == poller.poll_once()
     (path,) = (spool.root / "incoming" / "new").iterdir()
-    assert f"imap:{imap_user}@127.0.0.1:{dovecot.imap_port}/INBOX" == spool.source(path.name) == poller.source
+    assert f"imap:{imap_user}@127.0.0.1/INBOX" == spool.source(path.name) == poller.source
 
 
 def test_wrong_password_is_retried_with_backoff(
@@ -403,7 +404,12 @@ def test_wrong_password_is_retried_with_backoff(
         ),
         ({"security": "ssl"}, "security must be tls, starttls or plain, not 'ssl'"),
         ({"action": "delete"}, "action must be move or flag, not 'delete'"),
-        ({"password": ""}, "give exactly one of password and password_file"),
+        ({"password": ""}, "give exactly one of password, password_file and password_command"),
+        ({"password_command": "pass show imap"}, "give exactly one of password, password_file and password_command"),
+        ({"auth": "cram-md5"}, "auth must be password, xoauth2 or oauthbearer, not 'cram-md5'"),
+        ({"auth": "xoauth2"}, "auth = xoauth2 takes token_command, not a password"),
+        ({"auth": "oauthbearer", "password": "", "password_file": "/x"}, "auth = oauthbearer takes token_command, not a password"),
+        ({"token_command": "oauth2 --token"}, "token_command goes with auth = xoauth2 or oauthbearer"),
         ({"processed_folder": "INBOX"}, "processed_folder must name another folder than folder"),
         ({"failed_folder": "INBOX"}, "failed_folder must name another folder than folder"),
     ],
