@@ -180,7 +180,7 @@ class ImapPoller:
         if text == self._last_error:
             level = logging.DEBUG
         self._last_error = text
-        log.log(level, "%s: %s; trying again in %.0fs", self.config.label, text, backoff)
+        log.log(level, "%s: %s; trying again in %gs", self.config.label, text, backoff)
 
     def _describe(self, error: Exception) -> tuple[int, str]:
         """How bad a failure to connect is, and what it says to the person who reads the log."""
