@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 from collections import Counter
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from helpers.dovecot import DovecotServer
-from helpers.ports import wait_for
+from helpers.dovecot import PASSWORD, DovecotServer
+from helpers.ports import free_port, wait_for
+from helpers.repos import make_repo
+from helpers.servers import Server
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
 from mailtrack.mail.ids import header_message_id as message_id
 from mailtrack.queue.spool import Spool
@@ -481,3 +484,47 @@ def test_an_untrusted_certificate_is_refused(
     with pytest.raises(ssl.SSLCertVerificationError):
         poller.poll_once()
     assert (Counter(), ["mail 1"]) == (spooled(spool), dovecot.subjects(imap_user))
+
+
+def session_ends(dovecot: DovecotServer, user: str) -> set[str]:
+    """How Dovecot saw the IMAP sessions of `user` end ("Logged out", "Connection closed"...),
+    once every session it logged in has ended."""
+
+    def ends() -> list[str] | None:
+        log = dovecot.log()
+        found = re.findall(rf"imap\({re.escape(user)}\)\S*: Info: Disconnected: ([A-Za-z ]+?)(?: in=| \(|$)", log, re.M)
+        return found if len(found) == log.count(f"Login: user=<{user}>") else None
+
+    return set(wait_for(ends, what=f"every session of {user} to end"))
+
+
+def test_stop_leaves_idle_at_once(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """With an hour's idle_timeout and poll_interval, setting stop ends IDLE at once: run()
+    returns (well within the join's 15 s) after a clean DONE and LOGOUT, not a cut connection."""
+    poller = make_poller(idle_timeout=3600.0, poll_interval=3600.0)
+    runner = Runner(poller)
+    wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    runner.finish()
+    assert {"Logged out"} == session_ends(dovecot, imap_user)
+
+
+@pytest.mark.slow  # a `mailtrack serve` process
+def test_sigterm_to_serve_leaves_idle_at_once(dovecot: DovecotServer, imap_user: str, tmp_path: Path) -> None:
+    """`mailtrack serve` polling a mailbox in IDLE (an hour's idle_timeout) exits 0 on SIGTERM after
+    logging out: before, the poller was cut after the 30 s join."""
+    repo = make_repo(tmp_path / "gw")
+    imap = (
+        f'[[imap]]\nhost = "127.0.0.1"\nport = {dovecot.imap_port}\nsecurity = "plain"\nusername = "{imap_user}"\n'
+        f'password = "{PASSWORD}"\nidle_timeout = 3600.0\npoll_interval = 3600.0\n'
+    )
+    server = Server(repo, free_port(), extra=imap)
+    server.start()
+    try:
+        dovecot.append(imap_user, mail("serve"))
+        wait_for(lambda: dovecot.subjects(imap_user, "Archive") == ["mail serve"], what="the mail in Archive")
+        wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    finally:
+        assert 0 == server.stop()
+    assert {"Logged out"} == session_ends(dovecot, imap_user)

@@ -438,11 +438,6 @@ class ImapPoller:
 
     # --- waiting --------------------------------------------------------------------------------
 
-    @property
-    def idling(self) -> bool:
-        """Is run() waiting in IDLE just now?"""
-        return self._wake_fd >= 0
-
     def _idle(self) -> None:
         """IDLE until the server reports something, wake() is called, or poll_interval passes.
 

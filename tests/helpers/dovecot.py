@@ -16,11 +16,11 @@ import grp
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import secrets
 import tempfile
 import threading
 import time
@@ -254,6 +254,18 @@ class DovecotServer:
                 if line.lower().startswith("subject:"):
                     found.append(line.split(":", 1)[1].strip())
         return sorted(found)
+
+    def idling(self, user: str) -> bool:
+        """Is an IMAP session of `user` in IDLE just now (its process title says so)?"""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    title = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if title.startswith(f"dovecot-test-{self.imap_port}/imap [{user} 127.0.0.1 IDLE]".encode()):
+                    return True  # instance_name in the template: dovecot-test-<imap port>
+        return False
 
     # --- internals ------------------------------------------------------------------------------
 
