@@ -23,7 +23,8 @@ an existing spool must keep working.
     <root>/optouts.lock             optouts_lock  flock held while optouts.json is rewritten
     <root>/replies.sqlite           replies_db    the rate limiter of our replies to senders (SQLite
                                                   in WAL mode: `-wal` and `-shm` files beside it)
-    <root>/imap-state/              imap_state    the IMAP pollers' UID state, `imap-<label>.json`
+    <root>/imap-state/              imap_state    the IMAP pollers' UID state, `imap-<mailbox>.json`,
+                                                  and their mails in Failed, `imap-<mailbox>.failed.json`
                                                   (default of `[[imap]] state_dir`)
     <root>/notify-state.json        notify_state  the last notified tip of the issues branch
     <root>/notify.lock              notify_lock   flock: one notifier at a time per spool
