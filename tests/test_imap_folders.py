@@ -88,6 +88,8 @@ def test_a_mail_processed_after_a_requeue_leaves_failed(
         assert ([], [], ["held"]) == folders(dovecot, imap_user)
         [(spool_id, _reason)] = held.spool.incoming.failures()
         held.spool.requeue(spool_id)
+        assert 0 == poller.poll_once()  # requeued, not yet processed: it stays in Failed
+        assert ([], [], ["held"]) == folders(dovecot, imap_user)
         accepting = make_gateway(repo)  # the sender is let in now
         try:
             assert 1 == work_all(accepting, [poller])

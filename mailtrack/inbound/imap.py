@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient  # type: ignore[import-untyped, unused-ignore]
-from imapclient.exceptions import IMAPClientError, LoginError  # type: ignore[import-untyped, unused-ignore]
+from imapclient.exceptions import CapabilityError, IMAPClientError, LoginError  # type: ignore[import-untyped, unused-ignore]
 
 from mailtrack.config import KEPT_KEYWORD, ImapConfig
 from mailtrack.mail.ids import header_message_id
@@ -70,7 +70,8 @@ class _State:
 
 
 class ImapPoller:
-    """Polls one mailbox into the spool. Not thread-safe: one thread calls poll_once()/run()."""
+    """Polls one mailbox into the spool. One thread calls poll_once()/run(); any thread may call
+    wake(), follow_spool() and move_to_failed() meanwhile."""
 
     def __init__(
         self,
@@ -104,6 +105,7 @@ class ImapPoller:
         self._failures = 0  # failed attempts to connect since the last good login
         self._failing_since = 0.0
         self._last_error = ""
+        self._follow_error = ""
 
     @property
     def source(self) -> str:
@@ -125,7 +127,14 @@ class ImapPoller:
         """
         try:
             client = self._connect()
-            self._follow(client)  # before _poll: it SELECTs the polled folder again, for IDLE
+            try:
+                self._follow(client)  # before _poll: it SELECTs the polled folder again, for IDLE
+            except IMAPClientError as error:  # a folder refused, say: new mail must still come in
+                if _text(error) != self._follow_error:
+                    log.warning("%s: the folders could not follow the spool: %s", self.config.label, _text(error))
+                self._follow_error = _text(error)
+            else:
+                self._follow_error = ""
             return self._poll(client, stop)
         except BaseException:
             self.close()
@@ -209,6 +218,8 @@ class ImapPoller:
             )
         if isinstance(error, CredentialError):
             return logging.ERROR, f"no secret to log in with: {error}"
+        if isinstance(error, CapabilityError):  # STARTTLS not offered, say
+            return logging.ERROR, f"{where}: {_text(error)}: check port and security"
         return logging.WARNING, f"cannot reach {where}: {_text(error)}"
 
     def close(self) -> None:
@@ -303,6 +314,7 @@ class ImapPoller:
         """{spool id: (verdict, its file)} of the mails whose IMAP folder is not their verdict's."""
         incoming = self._spool.incoming
         out: dict[str, tuple[str, Path]] = {}
+        waiting: set[str] | None = None  # requeued, not yet processed: listed when first needed
         for spool_id in ids:
             failed = incoming.failed / spool_id
             processed = incoming.finished / spool_id if incoming.finished else failed
@@ -313,8 +325,11 @@ class ImapPoller:
                 continue  # processed, waiting or gone, and never in failed_folder: nothing to do
             elif processed.exists():
                 out[spool_id] = ("processed", processed)
-            elif spool_id not in incoming.ids():
-                out[spool_id] = ("gone", failed)
+            else:
+                if waiting is None:
+                    waiting = {entry.id for where in ("new", "cur") for entry in incoming.entries(where)}
+                if spool_id not in waiting:
+                    out[spool_id] = ("gone", failed)
         return out
 
     def _filed_folders(self) -> list[str]:
