@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers.dovecot import PASSWORD, DovecotServer
+from helpers.dovecot import PASSWORD, DovecotServer, poller_config
 from helpers.ports import free_port, wait_for
 from helpers.repos import make_repo
 from helpers.servers import Server
@@ -43,12 +43,7 @@ def make_poller(dovecot: DovecotServer, imap_user: str, spool: Spool) -> Iterato
 
     def make(**fields: Any) -> ImapPoller:
         on_accept = fields.pop("on_accept", None)
-        config = ImapConfig(
-            host="127.0.0.1", port=dovecot.imap_port, security="plain", username=imap_user,
-            password="secret", idle_timeout=0.2, poll_interval=60.0, timeout=10.0,
-            backoff_initial=0.05, backoff_max=0.5,
-        )  # fmt: skip
-        poller = ImapPoller(replace(config, **fields), spool, on_accept=on_accept)
+        poller = ImapPoller(poller_config(dovecot, imap_user, **fields), spool, on_accept=on_accept)
         pollers.append(poller)
         return poller
 
