@@ -134,17 +134,28 @@ def test_a_refused_login_is_an_error_once_and_its_end_a_warning_once(
     assert 1 <= len([line for line in lines(caplog, logging.DEBUG) if "refused the login" in line])
 
 
-def test_a_failing_token_command_is_an_error_that_quotes_it(
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"auth": "xoauth2", "password": "", "token_command": "echo 'refresh token revoked' >&2; exit 3"},
+         "token_command exited with status 3: refresh token revoked"),
+        ({"password": "", "password_command": "true"}, "password_command printed nothing"),
+        ({"password": "", "password_file": "/nonexistent/password"},
+         "password_file /nonexistent/password: No such file or directory"),
+        ({"security": "starttls", "tls_ca_file": "/nonexistent/ca.pem"},
+         "tls_ca_file /nonexistent/ca.pem: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_what_a_login_needs_and_lacks_is_an_error_that_says_so(
     dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, caplog: pytest.LogCaptureFixture,
-    running: Callable[[ImapPoller], threading.Event],
+    running: Callable[[ImapPoller], threading.Event], fields: dict[str, str], error: str,
 ) -> None:  # fmt: skip
-    """A token_command that fails is an ERROR quoting its status and the last line of its stderr."""
-    poller = make_poller(auth="xoauth2", password="", token_command="echo 'refresh token revoked' >&2; exit 3")
-    running(poller)
+    """A failing password or token command (its status and the last line of its stderr), an
+    unreadable password file or CA file: one ERROR that names it."""
+    running(make_poller(**fields))
     wait_for(lambda: lines(caplog, logging.ERROR), what="the error")
     where = f"{imap_user}@127.0.0.1:{dovecot.imap_port}/INBOX"
-    expected = f"{where}: no secret to log in with: token_command exited with status 3: refresh token revoked; trying again in 0.05s"
-    assert [expected] == lines(caplog, logging.ERROR)
+    assert [f"{where}: cannot log in: {error}; trying again in 0.05s"] == lines(caplog, logging.ERROR)
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])

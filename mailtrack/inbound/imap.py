@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 
 
-class CredentialError(Exception):
-    """The password or the token could not be had: a command failed, a file is unreadable."""
+class LoginSetupError(Exception):
+    """What a login needs could not be had: a password or token command failed, the password
+    file or the CA file is unreadable."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,8 @@ class ImapPoller:
             return logging.ERROR, (
                 f"{where} refused the login of {config.username} ({config.auth}): {_text(error)}; check {check}"
             )
-        if isinstance(error, CredentialError):
-            return logging.ERROR, f"no secret to log in with: {error}"
+        if isinstance(error, LoginSetupError):
+            return logging.ERROR, f"cannot log in: {error}"
         if isinstance(error, CapabilityError):  # STARTTLS not offered, say
             return logging.ERROR, f"{where}: {_text(error)}: check port and security"
         return logging.WARNING, f"cannot reach {where}: {_text(error)}"
@@ -522,7 +523,10 @@ class ImapPoller:
         """A new, logged-in connection. On an error, the socket is closed and the error that
         stopped us raised (not one of closing a socket TLS left broken)."""
         config = self.config
-        context = ssl.create_default_context(cafile=config.tls_ca_file or None)
+        try:
+            context = ssl.create_default_context(cafile=config.tls_ca_file or None)
+        except OSError as e:  # FileNotFoundError; ssl.SSLError: not a PEM file
+            raise LoginSetupError(f"tls_ca_file {config.tls_ca_file}: {e.strerror or e}") from None
         client = IMAPClient(
             config.host, port=config.port, ssl=config.security == "tls",
             ssl_context=context, timeout=config.timeout,
@@ -554,7 +558,7 @@ class ImapPoller:
             try:
                 return Path(config.password_file).read_text("utf-8").rstrip("\r\n")
             except OSError as e:
-                raise CredentialError(f"password_file {config.password_file}: {e.strerror}") from None
+                raise LoginSetupError(f"password_file {config.password_file}: {e.strerror}") from None
         return config.password
 
     @staticmethod
@@ -617,23 +621,23 @@ def _head(path: Path) -> bytes:
 
 
 def _run_command(key: str, command: str, timeout: float) -> str:
-    """The first line `command` prints (run by /bin/sh); CredentialError when it fails. Its
+    """The first line `command` prints (run by /bin/sh); LoginSetupError when it fails. Its
     output is never logged; its stderr's last line is quoted in the error."""
     try:
         done = subprocess.run(
             ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        raise CredentialError(f"{key} did not finish in {timeout:.0f}s") from None
+        raise LoginSetupError(f"{key} did not finish in {timeout:.0f}s") from None
     except OSError as e:
-        raise CredentialError(f"{key} could not be run: {e.strerror}") from None
+        raise LoginSetupError(f"{key} could not be run: {e.strerror}") from None
     if done.returncode != 0:
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         said = f": {lines[-1][:200]}" if lines else ""
-        raise CredentialError(f"{key} exited with status {done.returncode}{said}")
+        raise LoginSetupError(f"{key} exited with status {done.returncode}{said}")
     secret = done.stdout.decode("utf-8", "replace").partition("\n")[0].rstrip("\r")
     if not secret:
-        raise CredentialError(f"{key} printed nothing")
+        raise LoginSetupError(f"{key} printed nothing")
     return secret
 
 
