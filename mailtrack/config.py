@@ -110,7 +110,7 @@ class ImapConfig:
     flag: str = KEPT_KEYWORD  # action "flag": a keyword, or "\\Seen"
     use_move: bool = True  # False: always COPY + \Deleted + EXPUNGE, even when MOVE is offered
     idle: bool = True  # use IDLE when the server offers it
-    idle_timeout: float = 5.0  # longest single wait in IDLE (a stop or a verdict of the worker ends IDLE at once)
+    idle_timeout: float = 5.0  # longest single wait in IDLE (a stop ends IDLE at once)
     poll_interval: float = 60.0  # longest wait between two polls (in IDLE too)
     timeout: float = 60.0  # socket timeout
     backoff_initial: float = 1.0  # reconnect delays: doubled after each failure, up to max

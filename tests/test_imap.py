@@ -523,3 +523,17 @@ def test_sigterm_to_serve_leaves_idle_at_once(dovecot: DovecotServer, imap_user:
     finally:
         assert 0 == server.stop()
     assert {"Logged out"} == session_ends(dovecot, imap_user)
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_idle_over_tls(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool,
+    tls_cert: tuple[Path, Path], run: Callable[[ImapPoller], Runner], security: str,
+) -> None:  # fmt: skip
+    """IDLE over IMAPS and STARTTLS picks up a new mail too (the wait looks at what TLS has decrypted)."""
+    port = dovecot.imaps_port if security == "tls" else dovecot.imap_port
+    run(make_poller(security=security, port=port, tls_ca_file=str(tls_cert[0]), idle_timeout=3600.0))
+    wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    dovecot.append(imap_user, mail(security))
+    wait_for(lambda: dovecot.subjects(imap_user, "Archive") == [f"mail {security}"], what="the mail in Archive")
+    assert Counter({mid(security): 1}) == spooled(spool)

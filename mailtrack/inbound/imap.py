@@ -457,8 +457,8 @@ class ImapPoller:
     def _idle(self) -> None:
         """IDLE until the server reports something, wake() is called, or poll_interval passes.
 
-        It waits on the socket and on a pipe wake() writes to, so a stop or a verdict of the
-        worker ends it at once (not after a timeout), and DONE still ends IDLE cleanly.
+        It waits on the socket and on a pipe wake() writes to, so a stop ends it at once (not
+        after idle_timeout), and DONE still ends IDLE cleanly.
         """
         client = self._client
         assert client is not None
@@ -469,11 +469,15 @@ class ImapPoller:
                     return
                 self._wake_fd = write_fd
             sock = client.socket()
+            ready: list[Any]
             deadline = time.monotonic() + self.config.poll_interval
             client.idle()
             try:
                 while (left := deadline - time.monotonic()) > 0:
-                    ready, _, _ = select.select([sock, read_fd], [], [], min(left, self.config.idle_timeout))
+                    if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted, unread: select() cannot tell
+                        ready = [sock]
+                    else:
+                        ready, _, _ = select.select([sock, read_fd], [], [], min(left, self.config.idle_timeout))
                     if read_fd in ready:
                         break
                     if sock in ready:
