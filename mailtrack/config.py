@@ -100,8 +100,11 @@ class ImapConfig:
     port: int = 993
     security: str = "tls"  # "tls" (implicit), "starttls", or "plain" (loopback only...)
     allow_plain: bool = False  # ...unless forced with this
+    auth: str = "password"  # "password" (LOGIN), or OAuth 2.0: "xoauth2" (Gmail, Microsoft 365) or "oauthbearer"
     password: str = ""
     password_file: str = ""  # read at each login; one line, the password
+    password_command: str = ""  # run (sh -c) at each login; its first line of output is the password
+    token_command: str = ""  # auth xoauth2/oauthbearer: run at each login; prints a fresh access token
     tls_ca_file: str = ""  # trust this CA (e.g. a self-signed server) instead of the system's
     folder: str = "INBOX"
     processed_folder: str = "Archive"  # action "move": where kept mail goes
@@ -110,7 +113,7 @@ class ImapConfig:
     flag: str = KEPT_KEYWORD  # action "flag": a keyword, or "\\Seen"
     use_move: bool = True  # False: always COPY + \Deleted + EXPUNGE, even when MOVE is offered
     idle: bool = True  # use IDLE when the server offers it
-    idle_timeout: float = 5.0  # how often the poller looks at its stop event while in IDLE
+    idle_timeout: float = 5.0  # longest single wait in IDLE (a stop ends IDLE at once)
     poll_interval: float = 60.0  # longest wait between two polls (in IDLE too)
     timeout: float = 60.0  # socket timeout
     backoff_initial: float = 1.0  # reconnect delays: doubled after each failure, up to max
@@ -127,8 +130,16 @@ class ImapConfig:
                 f"security = plain sends the password in clear to {self.host}: use tls or "
                 "starttls, or set allow_plain = true"
             )
-        if bool(self.password) == bool(self.password_file):
-            raise ConfigError("give exactly one of password and password_file")
+        if self.auth not in ("password", "xoauth2", "oauthbearer"):
+            raise ConfigError(f"auth must be password, xoauth2 or oauthbearer, not {self.auth!r}")
+        secrets = [self.password, self.password_file, self.password_command]
+        if self.auth != "password":
+            if not self.token_command or any(secrets):
+                raise ConfigError(f"auth = {self.auth} takes token_command, not a password")
+        elif self.token_command:
+            raise ConfigError("token_command goes with auth = xoauth2 or oauthbearer")
+        elif sum(map(bool, secrets)) != 1:
+            raise ConfigError("give exactly one of password, password_file and password_command")
         if self.action == "move" and self.processed_folder in ("", self.folder):
             raise ConfigError("processed_folder must name another folder than folder")
         if self.failed_folder == self.folder:
@@ -136,7 +147,14 @@ class ImapConfig:
 
     @property
     def label(self) -> str:
+        """The mailbox and how it is reached, for log lines."""
         return f"{self.username}@{self.host}:{self.port}/{self.folder}"
+
+    @property
+    def mailbox(self) -> str:
+        """What identifies the mailbox (not the port or the security mode): the key of the
+        poller's state and of the source recorded with its mail."""
+        return f"{self.username}@{self.host.lower()}/{self.folder}"
 
 
 def is_loopback(host: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 from collections import Counter
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from helpers.dovecot import DovecotServer
-from helpers.ports import wait_for
+from helpers.dovecot import PASSWORD, DovecotServer, poller_config
+from helpers.ports import free_port, wait_for
+from helpers.repos import make_repo
+from helpers.servers import Server
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapConfig, ImapPoller, start_pollers
 from mailtrack.mail.ids import header_message_id as message_id
 from mailtrack.queue.spool import Spool
@@ -40,12 +43,7 @@ def make_poller(dovecot: DovecotServer, imap_user: str, spool: Spool) -> Iterato
 
     def make(**fields: Any) -> ImapPoller:
         on_accept = fields.pop("on_accept", None)
-        config = ImapConfig(
-            host="127.0.0.1", port=dovecot.imap_port, security="plain", username=imap_user,
-            password="secret", idle_timeout=0.2, poll_interval=60.0, timeout=10.0,
-            backoff_initial=0.05, backoff_max=0.5,
-        )  # fmt: skip
-        poller = ImapPoller(replace(config, **fields), spool, on_accept=on_accept)
+        poller = ImapPoller(poller_config(dovecot, imap_user, **fields), spool, on_accept=on_accept)
         pollers.append(poller)
         return poller
 
@@ -363,12 +361,13 @@ def test_move_to_failed_finds_a_kept_mail_not_yet_filed_away(
 def test_spooled_mail_records_the_poller_as_its_source(
     dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
 ) -> None:
-    """Each mail the poller spools carries its source, `imap:<label>`, for the failed-folder move."""
+    """Each mail the poller spools carries its source, `imap:<user>@<host>/<folder>` (no port), for
+    the folders that follow the spool."""
     dovecot.append(imap_user, mail(1))
     poller = make_poller()
     assert 1 == poller.poll_once()
     (path,) = (spool.root / "incoming" / "new").iterdir()
-    assert f"imap:{imap_user}@127.0.0.1:{dovecot.imap_port}/INBOX" == spool.source(path.name) == poller.source
+    assert f"imap:{imap_user}@127.0.0.1/INBOX" == spool.source(path.name) == poller.source
 
 
 def test_wrong_password_is_retried_with_backoff(
@@ -403,7 +402,12 @@ def test_wrong_password_is_retried_with_backoff(
         ),
         ({"security": "ssl"}, "security must be tls, starttls or plain, not 'ssl'"),
         ({"action": "delete"}, "action must be move or flag, not 'delete'"),
-        ({"password": ""}, "give exactly one of password and password_file"),
+        ({"password": ""}, "give exactly one of password, password_file and password_command"),
+        ({"password_command": "pass show imap"}, "give exactly one of password, password_file and password_command"),
+        ({"auth": "cram-md5"}, "auth must be password, xoauth2 or oauthbearer, not 'cram-md5'"),
+        ({"auth": "xoauth2"}, "auth = xoauth2 takes token_command, not a password"),
+        ({"auth": "oauthbearer", "password": "", "password_file": "/x"}, "auth = oauthbearer takes token_command, not a password"),
+        ({"token_command": "oauth2 --token"}, "token_command goes with auth = xoauth2 or oauthbearer"),
         ({"processed_folder": "INBOX"}, "processed_folder must name another folder than folder"),
         ({"failed_folder": "INBOX"}, "failed_folder must name another folder than folder"),
     ],
@@ -475,3 +479,61 @@ def test_an_untrusted_certificate_is_refused(
     with pytest.raises(ssl.SSLCertVerificationError):
         poller.poll_once()
     assert (Counter(), ["mail 1"]) == (spooled(spool), dovecot.subjects(imap_user))
+
+
+def session_ends(dovecot: DovecotServer, user: str) -> set[str]:
+    """How Dovecot saw the IMAP sessions of `user` end ("Logged out", "Connection closed"...),
+    once every session it logged in has ended."""
+
+    def ends() -> list[str] | None:
+        log = dovecot.log()
+        found = re.findall(rf"imap\({re.escape(user)}\)\S*: Info: Disconnected: ([A-Za-z ]+?)(?: in=| \(|$)", log, re.M)
+        return found if len(found) == log.count(f"Login: user=<{user}>") else None
+
+    return set(wait_for(ends, what=f"every session of {user} to end"))
+
+
+def test_stop_leaves_idle_at_once(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool
+) -> None:
+    """With an hour's idle_timeout and poll_interval, setting stop ends IDLE at once: run()
+    returns (well within the join's 15 s) after a clean DONE and LOGOUT, not a cut connection."""
+    poller = make_poller(idle_timeout=3600.0, poll_interval=3600.0)
+    runner = Runner(poller)
+    wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    runner.finish()
+    assert {"Logged out"} == session_ends(dovecot, imap_user)
+
+
+@pytest.mark.slow  # a `mailtrack serve` process
+def test_sigterm_to_serve_leaves_idle_at_once(dovecot: DovecotServer, imap_user: str, tmp_path: Path) -> None:
+    """`mailtrack serve` polling a mailbox in IDLE (an hour's idle_timeout) exits 0 on SIGTERM after
+    logging out: before, the poller was cut after the 30 s join."""
+    repo = make_repo(tmp_path / "gw")
+    imap = (
+        f'[[imap]]\nhost = "127.0.0.1"\nport = {dovecot.imap_port}\nsecurity = "plain"\nusername = "{imap_user}"\n'
+        f'password = "{PASSWORD}"\nidle_timeout = 3600.0\npoll_interval = 3600.0\n'
+    )
+    server = Server(repo, free_port(), extra=imap)
+    server.start()
+    try:
+        dovecot.append(imap_user, mail("serve"))
+        wait_for(lambda: dovecot.subjects(imap_user, "Archive") == ["mail serve"], what="the mail in Archive")
+        wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    finally:
+        assert 0 == server.stop()
+    assert {"Logged out"} == session_ends(dovecot, imap_user)
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_idle_over_tls(
+    dovecot: DovecotServer, imap_user: str, make_poller: MakePoller, spool: Spool,
+    tls_cert: tuple[Path, Path], run: Callable[[ImapPoller], Runner], security: str,
+) -> None:  # fmt: skip
+    """IDLE over IMAPS and STARTTLS picks up a new mail too (the wait looks at what TLS has decrypted)."""
+    port = dovecot.imaps_port if security == "tls" else dovecot.imap_port
+    run(make_poller(security=security, port=port, tls_ca_file=str(tls_cert[0]), idle_timeout=3600.0))
+    wait_for(lambda: dovecot.idling(imap_user), what="the poller in IDLE")
+    dovecot.append(imap_user, mail(security))
+    wait_for(lambda: dovecot.subjects(imap_user, "Archive") == [f"mail {security}"], what="the mail in Archive")
+    assert Counter({mid(security): 1}) == spooled(spool)

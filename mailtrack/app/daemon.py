@@ -24,14 +24,12 @@ from mailtrack.config import Config, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
 from mailtrack.inbound.smtp import SmtpListener
 from mailtrack.mail.addresses import Ours
-from mailtrack.mail.ids import header_message_id
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
-from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool
+from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
-from mailtrack.worker.outcome import Action
 from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -146,16 +144,15 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
 
 
 def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
-    """Process one mail; one that ends in failed also goes to the failed folder of its mailbox:
-    only the mailbox it was fetched from (the source the spool recorded), none for other mail."""
+    """Process one mail; the folders of the mailbox it was fetched from (the source the spool
+    recorded; none for other mail) follow the verdict: Failed when it ends in failed, back to the
+    processed folder when it is processed after a requeue."""
     source = gateway.spool.source(claim.id) if pollers else ""
-    mine = [poller for poller in pollers if source == poller.source]
-    raw = claim.read() if mine else b""
-    out = runner.work(gateway, claim)
-    failed = out.action == Action.HELD if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
-    mid = header_message_id(raw) if failed and mine else ""
-    for poller in mine if mid else []:
+    runner.work(gateway, claim)
+    for poller in pollers:
+        if not poller.owns(source):
+            continue
         try:
-            poller.move_to_failed(mid)
-        except Exception as e:  # the mail is in the spool's failed queue either way
-            log.warning("%s: could not move to the failed folder of %s: %s", mid, poller.config.label, e)
+            poller.follow_spool([claim.id])
+        except Exception as e:  # the spool has the verdict either way; the poller looks again at its next poll
+            log.warning("%s: the folders of %s could not follow: %s", claim.id, poller.config.label, e)

@@ -23,7 +23,8 @@ an existing spool must keep working.
     <root>/optouts.lock             optouts_lock  flock held while optouts.json is rewritten
     <root>/replies.sqlite           replies_db    the rate limiter of our replies to senders (SQLite
                                                   in WAL mode: `-wal` and `-shm` files beside it)
-    <root>/imap-state/              imap_state    the IMAP pollers' UID state, `imap-<label>.json`
+    <root>/imap-state/              imap_state    the IMAP pollers' UID state, `imap-<mailbox>.json`,
+                                                  and their mails in Failed, `imap-<mailbox>.failed.json`
                                                   (default of `[[imap]] state_dir`)
     <root>/postmaster/{tmp,new,cur} postmaster    mail to our postmaster@, for the admin (a Maildir a
                                                   mail client reads); never processed; made when first needed

@@ -2,8 +2,10 @@
 
 It is configured from `tests/helpers/dovecot.conf.template`: it reads
 nothing from /etc, listens on 127.0.0.1 only, with TLS when given a certificate; any user name
-logs in with PASSWORD (so each test can have a fresh user); maildirs under a temporary base
-folder; starts in ~0.05 s. As root the mail belongs to the `dovecot` user, and the base folder
+logs in with PASSWORD (so each test can have a fresh user), or with XOAUTH2 / OAUTHBEARER and
+a token from `grant_token()` (Dovecot's oauth2 passdb asks the token-introspection endpoint this
+helper serves on loopback, `Introspection`); maildirs under a temporary base folder; starts in
+~0.05 s. As root the mail belongs to the `dovecot` user, and the base folder
 must be traversable by it (hence mkdtemp + chmod 0755, not pytest's tmp_path).
 """
 
@@ -11,18 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from imapclient import IMAPClient
+
+from mailtrack.config import ImapConfig
 
 TEMPLATE = Path(__file__).parent / "dovecot.conf.template"
 PASSWORD = "secret"
@@ -30,6 +39,49 @@ PASSWORD = "secret"
 
 class DovecotError(RuntimeError):
     pass
+
+
+class Introspection:
+    """An OAuth 2.0 token-introspection endpoint (RFC 7662) on loopback, for Dovecot's oauth2
+    passdb (`introspection_mode = post`: the token in a form body): a token granted to a user is
+    active for that user; any other is not. `requests` counts the questions asked."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                token = parse_qs(body).get("token", [""])[0]
+                outer.requests += 1
+                user = outer.tokens.get(token)
+                data = json.dumps({"active": True, "username": user} if user else {"active": False}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # not on the test's stderr
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: the kernel picks
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/introspect"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="introspection", daemon=True)
+        self._thread.start()
+
+    def grant(self, user: str) -> str:
+        """A new access token, active for `user`."""
+        token = f"token-{secrets.token_urlsafe(16)}"
+        self.tokens[token] = user
+        return token
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 class DovecotServer:
@@ -62,6 +114,11 @@ class DovecotServer:
         self.imaps_port = imaps_port if tls else 0
         self.pid = 0
         self._users: set[str] = set()
+        self.introspection = Introspection()
+        (base / "dovecot-oauth2.conf.ext").write_text(
+            f"introspection_mode = post\nintrospection_url = {self.introspection.url}\n"
+            "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+        )
         for sub in ("run", "state", "log", "mail"):
             (base / sub).mkdir(exist_ok=True)
         if os.getuid() == 0:
@@ -131,8 +188,9 @@ class DovecotServer:
         self.start()
 
     def remove(self) -> None:
-        """Stop the server and delete its files."""
+        """Stop the server and its introspection endpoint, and delete its files."""
         self.stop(fast=True)
+        self.introspection.close()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log(self) -> str:
@@ -149,6 +207,10 @@ class DovecotServer:
             raise ValueError(f"user {name} exists already")
         self._users.add(name)
         return name
+
+    def grant_token(self, user: str) -> str:
+        """An OAuth 2.0 access token `user` logs in with (XOAUTH2 or OAUTHBEARER)."""
+        return self.introspection.grant(user)
 
     @contextlib.contextmanager
     def client(self, user: str) -> Iterator[IMAPClient]:
@@ -193,6 +255,18 @@ class DovecotServer:
                     found.append(line.split(":", 1)[1].strip())
         return sorted(found)
 
+    def idling(self, user: str) -> bool:
+        """Is an IMAP session of `user` in IDLE just now (its process title says so)?"""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    title = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if title.startswith(f"dovecot-test-{self.imap_port}/imap [{user} 127.0.0.1 IDLE]".encode()):
+                    return True  # instance_name in the template: dovecot-test-<imap port>
+        return False
+
     # --- internals ------------------------------------------------------------------------------
 
     def _answers(self) -> bool:
@@ -201,6 +275,17 @@ class DovecotServer:
                 return sock.recv(16).startswith(b"* OK")
         except OSError:
             return False
+
+
+def poller_config(server: DovecotServer, user: str, **fields: object) -> ImapConfig:
+    """An [[imap]] table for `user` of this server (plain IMAP on loopback, the password, short
+    waits), with `fields` changed."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1", "port": server.imap_port, "security": "plain", "username": user,
+        "password": PASSWORD, "idle_timeout": 0.2, "poll_interval": 60.0, "timeout": 10.0,
+        "backoff_initial": 0.05, "backoff_max": 0.5,
+    }  # fmt: skip
+    return ImapConfig(**{**values, **fields})  # type: ignore[arg-type]
 
 
 def _live_in_group(pgid: int) -> bool:
