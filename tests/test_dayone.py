@@ -5,18 +5,23 @@ a refused series with `git issues reset`, log lines that say what happened, the 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from helpers.cli import run_cli
+from helpers.cli import mailtrack, mailtrack_command, run_cli
+from helpers.mail import spool_path
 from helpers.ports import free_port, wait_for
 from helpers.repos import issues_repo, new_issue, tree
 from helpers.servers import Server, clone, git_send_email
+from helpers.sink import Sink
 from mailtrack.config import GatewayConfig
+from mailtrack.queue.spool import Spool
 
 ROOT = Path(__file__).parent.parent
 DEFAULT = GatewayConfig().address  # the embedded default, as the quick start serves it
@@ -79,6 +84,88 @@ def test_the_send_email_tests_pass_on_a_terminal(tmp_path: Path) -> None:
     prompts = [q for q in ("To whom should the emails be sent", "In-Reply-To for the first email", "Send this email?")
                if q in r.stdout]
     assert (0, True, []) == (r.returncode, " passed" in r.stdout, prompts), r.stdout[-2000:]
+
+
+# --- mailtrack outbox in pipes and cron -------------------------------------------------------------
+
+
+def queued(repo: Path, n: int, to: tuple[str, ...] = ("ann@example.org",)) -> list[str]:
+    """`n` outgoing mails in the outbox of the gateway on `repo`, as the notifier queues them; their ids."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = f"proj <{DEFAULT}>", ", ".join(to), "A notification"
+    msg.set_content("Something changed.\n")
+    spool = Spool(spool_path(repo))
+    ids = []
+    for i in range(n):
+        del msg["Message-ID"]
+        msg["Message-ID"] = f"<note{i}@tracker.localhost>"
+        ids.append(spool.queue_out(bytes(msg), sender=DEFAULT, recipients=list(to)))
+    return ids
+
+
+@pytest.mark.slow  # a shell pipeline over 400 queued mails
+def test_outbox_list_into_head_is_quiet(repo: Path) -> None:
+    """`mailtrack outbox list | head -1` (more than a pipe holds) exits 0 with nothing on stderr,
+    as git does when its reader goes away: no BrokenPipeError traceback."""
+    queued(repo, 400)
+    command = " ".join(map(shlex.quote, mailtrack_command("--repo", str(repo), "outbox", "list")))
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | head -1"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, check=False, timeout=120)
+    assert (0, "", 1) == (r.returncode, r.stderr, len(r.stdout.splitlines()))
+
+
+def relay_config(tmp_path: Path, sink: Sink) -> Path:
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n')
+    return config
+
+
+def test_outbox_send_exit_codes_tell_cron_what_happened(repo: Path, tmp_path: Path, sink: Sink) -> None:
+    """`outbox send` exits 78 without a relay, 75 when the relay defers, 69 when it refuses for
+    good, 0 once all went out: a cron job can tell them apart (sysexits.h)."""
+    queued(repo, 1, ("ann@example.org", "bob@example.org"))
+    config = relay_config(tmp_path, sink)
+    codes = {"no relay": mailtrack("outbox", "send", repo=repo, text=True)}
+    sink.handler.data_reply = "451 4.3.0 Try again later"
+    codes["deferred"] = mailtrack("outbox", "retry", repo=repo, config=config, text=True)
+    sink.handler.data_reply, sink.handler.refuse["bob@example.org"] = "", "550 5.1.1 No such user"
+    codes["refused"] = mailtrack("outbox", "retry", repo=repo, config=config, text=True)
+    sink.handler.refuse.clear()
+    queued(repo, 1)
+    codes["sent"] = mailtrack("outbox", "send", repo=repo, config=config, text=True)
+    codes["nothing due"] = mailtrack("outbox", "send", repo=repo, config=config, text=True)
+    assert {
+        "no relay": (78, ""),
+        "deferred": (75, "0 delayed mail(s) made due now; sent 0, deferred 1, failed 0\n"),
+        "refused": (69, "1 delayed mail(s) made due now; sent 0, deferred 0, failed 1\n"),
+        "sent": (0, "sent 1, deferred 0, failed 0\n"),
+        "nothing due": (0, "sent 0, deferred 0, failed 0\n"),
+    } == {k: (r.returncode, r.stdout) for k, r in codes.items()}
+    assert "mailtrack: no relay is configured ([relay] host): nothing sent; 1 mail(s) wait\n" == codes["no relay"].stderr
+    assert [["ann@example.org"], ["ann@example.org"]] == [r.recipients for r in sink.received]
+
+
+def test_outbox_help_documents_the_exit_codes() -> None:
+    """`mailtrack outbox --help` names every exit status of send and retry."""
+    text = mailtrack("outbox", "--help", text=True).stdout
+    assert [True] * 5 == [f" {code} " in " ".join(text.split()) for code in (0, 75, 69, 78, 64)]
+
+
+def test_outbox_show_prints_the_mail_text(repo: Path) -> None:
+    """`outbox show ID` (or a unique prefix) prints the waiting mail's text byte for byte, failed ones
+    too; an unknown, ambiguous or missing ID is a usage error (64) naming it."""
+    first, second = queued(repo, 2)
+    kept = (spool_path(repo) / "outbox" / "new" / first).read_bytes()
+    shown = mailtrack("outbox", "show", first[:-3], repo=repo)
+    unknown = mailtrack("outbox", "show", "nosuchid", repo=repo, text=True)
+    common = next(i for i in range(len(first)) if first[i] != second[i])
+    ambiguous = mailtrack("outbox", "show", first[:common], repo=repo, text=True)
+    missing = mailtrack("outbox", "show", repo=repo, text=True)
+    assert (0, kept, b"") == (shown.returncode, shown.stdout, shown.stderr)
+    assert b"Message-ID: <note0@tracker.localhost>" in shown.stdout
+    assert (64, "mailtrack: no mail in the outbox with id 'nosuchid'\n") == (unknown.returncode, unknown.stderr)
+    assert (64, True) == (ambiguous.returncode, ambiguous.stderr.startswith(f"mailtrack: ambiguous spool ID {first[:common]!r}: 2 "))
+    assert (64, "mailtrack: outbox show takes one ID\n") == (missing.returncode, missing.stderr)
 
 
 # --- package metadata -----------------------------------------------------------------------------
