@@ -86,6 +86,38 @@ def test_the_send_email_tests_pass_on_a_terminal(tmp_path: Path) -> None:
     assert (0, True, []) == (r.returncode, " passed" in r.stdout, prompts), r.stdout[-2000:]
 
 
+# --- .ci/run and the machine's services ---------------------------------------------------------------
+
+FAKES = {  # stand-ins for the system's tools, keeping "enabled at boot" as files in $STATE
+    "dpkg-query": "exit 1",  # nothing is installed: .ci/run installs every package
+    "apt-get": '[ "$1" != install ] || touch "$STATE/dovecot"',  # like dovecot-core's postinst: enabled at boot
+    "systemctl": 'case "$1" in is-enabled) [ -e "$STATE/$2" ] && echo enabled || echo disabled;;\n'
+                 '  disable) echo "disable $3" >> "$STATE/log"; rm -f "$STATE/$3";; esac',
+    "sudo": 'exec "$@"',
+    "python3": "exit 3",  # stops .ci/run where the venv would be made
+}
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_ci_run_leaves_dovecot_at_boot_as_it_found_it(tmp_path: Path, before: bool) -> None:
+    """`.ci/run` installing Dovecot disables at boot what the package enabled, and leaves alone a
+    Dovecot that was enabled before (systemd's `systemctl`, faked here as the system's tools are)."""
+    state, bin_dir = tmp_path / "state", tmp_path / "bin"
+    state.mkdir()
+    bin_dir.mkdir()
+    for name, body in FAKES.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    if before:
+        (state / "dovecot").touch()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(state), "HOME": str(tmp_path)}
+    r = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60, check=False)
+    log = (state / "log").read_text() if (state / "log").exists() else ""
+    assert (3, before, "" if before else "disable dovecot\n") == (r.returncode, (state / "dovecot").exists(), log), r.stderr
+    assert ("disabled dovecot at boot" in r.stdout) != before
+
+
 # --- mailtrack outbox in pipes and cron -------------------------------------------------------------
 
 
