@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import mailtrack, mailtrack_command, run_cli
-from helpers.mail import spool_path
+from helpers.mail import outbox, spool_path
 from helpers.ports import free_port, wait_for
-from helpers.repos import issues_repo, new_issue, tree
+from helpers.repos import git, issues_repo, make_gateway, new_issue, tip, tree
 from helpers.servers import Server, clone, git_send_email
 from helpers.sink import Sink
 from mailtrack.config import GatewayConfig
@@ -198,6 +198,43 @@ def test_outbox_show_prints_the_mail_text(repo: Path) -> None:
     assert (64, "mailtrack: no mail in the outbox with id 'nosuchid'\n") == (unknown.returncode, unknown.stderr)
     assert (64, True) == (ambiguous.returncode, ambiguous.stderr.startswith(f"mailtrack: ambiguous spool ID {first[:common]!r}: 2 "))
     assert (64, "mailtrack: outbox show takes one ID\n") == (missing.returncode, missing.stderr)
+
+
+# --- dropping a refused series ------------------------------------------------------------------------
+
+
+def test_refused_series_reply_names_reset_and_reset_drops_the_commits(tmp_path: Path) -> None:
+    """The refusal report tells the sender `git issues reset`; run in the clone, it moves the issues
+    branch back to the gateway's (as of the last pull), keeps the old tip as a backup ref and in
+    the reflog, and `push --mail` has nothing left to send; `reset --to BACKUP` brings it back."""
+    repo = issues_repo(tmp_path / "gw")
+    gw = make_gateway(repo)
+    try:
+        a = new_issue(repo, "Jane's issue")
+        c = clone(repo, tmp_path / "clone")
+        assert 0 == run_cli(c, "set", a[:7], "status=closed").code  # carol may not: refused
+        assert 0 == run_cli(c, "comment", a[:7], "-m", "and a comment").code
+        refused = tip(c)
+        assert 0 == run_cli(c, "push", "-o", str(tmp_path / "out")).code
+        outs = [gw.handle(f.read_bytes()) for f in sorted((tmp_path / "out").iterdir())]
+    finally:
+        gw.close()
+        gw.store.close()
+    body = " ".join(outbox(repo)[-1].get_content().split())
+    assert ("rejected", True) == (outs[-1].action, "Your clone still has the refused commits." in body)
+    assert "run in the clone: git issues reset" in body
+    r = run_cli(c, "reset")
+    [backup] = git(c, "for-each-ref", "--format=%(refname)", "refs/backup/").split()
+    assert (0, "") == (r.code, r.err)
+    assert [f"issues {refused[:7]}..{tip(repo)[:7]}: dropped 2 commit(s), back at origin's at the last pull",
+            f"the old tip is kept as {backup}: 'git issues reset --to {backup}' brings it back"] == r.out.splitlines()
+    assert (tip(repo), refused) == (tip(c), git(c, "rev-parse", backup).strip())
+    assert "git issues reset: moving to origin's at the last pull" in git(c, "reflog", "show", "issues")
+    assert (0, "", "nothing to send\n") == tuple(vars(run_cli(c, "push", "--mail", "-o", str(tmp_path / "again"))).values())
+    git(c, "fsck", "--strict", "--no-dangling")
+    back = run_cli(c, "reset", "--to", backup)
+    nothing = run_cli(c, "reset", "--to", backup)
+    assert (0, refused, f"nothing to drop: issues is at {backup} ({refused[:7]})\n") == (back.code, tip(c), nothing.out)
 
 
 # --- package metadata -----------------------------------------------------------------------------
