@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import mailtrack, mailtrack_command, run_cli
-from helpers.mail import outbox, spool_path
+from helpers.cli import deliver, mailtrack, mailtrack_command, run_cli
+from helpers.mail import make_mail, outbox, spool_path
 from helpers.ports import free_port, wait_for
-from helpers.repos import git, issues_repo, make_gateway, new_issue, tip, tree
+from helpers.repos import git, issues_repo, make_gateway, new_issue, read_names, tip, tree
 from helpers.servers import Server, clone, git_send_email
 from helpers.sink import Sink
 from mailtrack.config import GatewayConfig
@@ -235,6 +235,43 @@ def test_refused_series_reply_names_reset_and_reset_drops_the_commits(tmp_path: 
     back = run_cli(c, "reset", "--to", backup)
     nothing = run_cli(c, "reset", "--to", backup)
     assert (0, refused, f"nothing to drop: issues is at {backup} ({refused[:7]})\n") == (back.code, tip(c), nothing.out)
+
+
+# --- log lines that say what happened --------------------------------------------------------------
+
+
+def logged(repo: Path, raw: bytes) -> str:
+    """The line `mailtrack deliver -v` (a real run) logs for one mail: what became of it."""
+    r = deliver(repo, raw, "-v")
+    assert 0 == r.returncode, r.stderr
+    [line] = [ln for ln in r.stderr.decode().splitlines() if ln.startswith("<")]  # printed as it is, after the log's own
+    return line
+
+
+def test_log_lines_say_what_happened(repo: Path, tmp_path: Path) -> None:
+    """From real runs: a long refusal reason is cut at a word's end, a comment whose commands were
+    refused says so, an unsubscribe that took effect is not `nothing`, and a repeated one is."""
+    lines = {"new": logged(repo, make_mail(frm="alice@example.org", message_id="<new@example.org>"))}
+    [name] = read_names(repo)
+    short = name[:7]
+    lines["refused command"] = logged(repo, make_mail(
+        frm="mallory@example.net", to=f"issues+{short}@tracker.localhost", message_id="<cmd@example.org>",
+        subject="Re: Printer on fire", body="Status: closed\n\nIt is not on fire any more.\n"))
+    unsubscribe = {"frm": "alice@example.org", "to": GatewayConfig().control_address, "body": f"unsubscribe {short}\n"}
+    lines["unsubscribe"] = logged(repo, make_mail(message_id="<unsub1@example.org>", **unsubscribe))
+    lines["unsubscribe again"] = logged(repo, make_mail(message_id="<unsub2@example.org>", **unsubscribe))
+    c = clone(repo, tmp_path / "clone")
+    assert 0 == run_cli(c, "set", short, "status=closed", "priority=low", "severity=minor", "type=feature").code
+    assert 0 == run_cli(c, "push", "-o", str(tmp_path / "out")).code
+    [patch] = sorted((tmp_path / "out").iterdir())
+    lines["series"] = logged(repo, patch.read_bytes())
+    assert (f"<unsub1@example.org>: changed (control mail; unsubscribe {short})", "<unsub2@example.org>: nothing (control mail)") == (
+        lines["unsubscribe"], lines["unsubscribe again"])
+    assert (f"<cmd@example.org>: commented {short}", True) == (
+        lines["refused command"].split(" (")[0], lines["refused command"].endswith("; 1 command(s) refused)"))
+    reason = lines["series"].split(": rejected (patch series refused: ", 1)[1]
+    words = {w.strip(";,") for w in outbox(repo)[-1].get_content().split()}  # the report gives every reason whole
+    assert (True, True) == (reason.endswith(" ...)"), reason[: -len(" ...)")].split()[-1] in words), lines["series"]
 
 
 # --- package metadata -----------------------------------------------------------------------------
