@@ -155,7 +155,7 @@ def relay_config(tmp_path: Path, sink: Sink) -> Path:
 def test_outbox_send_exit_codes_tell_cron_what_happened(repo: Path, tmp_path: Path, sink: Sink) -> None:
     """`outbox send` exits 78 without a relay, 75 when the relay defers, 69 when it refuses for
     good, 0 once all went out: a cron job can tell them apart (sysexits.h)."""
-    queued(repo, 1, ("ann@example.org", "bob@example.org"))
+    [refused] = queued(repo, 1, ("ann@example.org", "bob@example.org"))
     config = relay_config(tmp_path, sink)
     codes = {"no relay": mailtrack("outbox", "send", repo=repo, text=True)}
     sink.handler.data_reply = "451 4.3.0 Try again later"
@@ -163,6 +163,8 @@ def test_outbox_send_exit_codes_tell_cron_what_happened(repo: Path, tmp_path: Pa
     sink.handler.data_reply, sink.handler.refuse["bob@example.org"] = "", "550 5.1.1 No such user"
     codes["refused"] = mailtrack("outbox", "retry", repo=repo, config=config, text=True)
     sink.handler.refuse.clear()
+    shown = mailtrack("outbox", "show", refused, repo=repo)  # from outbox-failed now
+    assert (0, (spool_path(repo) / "outbox-failed" / refused).read_bytes()) == (shown.returncode, shown.stdout)
     queued(repo, 1)
     codes["sent"] = mailtrack("outbox", "send", repo=repo, config=config, text=True)
     codes["nothing due"] = mailtrack("outbox", "send", repo=repo, config=config, text=True)
