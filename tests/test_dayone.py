@@ -237,6 +237,8 @@ def test_refused_series_reply_names_reset_and_reset_drops_the_commits(tmp_path: 
     back = run_cli(c, "reset", "--to", backup)
     nothing = run_cli(c, "reset", "--to", backup)
     assert (0, refused, f"nothing to drop: issues is at {backup} ({refused[:7]})\n") == (back.code, tip(c), nothing.out)
+    never_pulled = run_cli(repo, "reset")  # the gateway's own repository has no origin to go back to
+    assert (1, "to REV") == (never_pulled.code, never_pulled.err.rstrip()[-6:])
 
 
 # --- log lines that say what happened --------------------------------------------------------------

@@ -480,7 +480,10 @@ def cmd_reset(store: Store, args: argparse.Namespace) -> int:
     store.require()
     old = store.tip()
     assert old is not None
-    target = patches.resolve_rev(store, args.to) if args.to else patches.last_pulled(store, args.remote)
+    try:
+        target = patches.resolve_rev(store, args.to) if args.to else patches.last_pulled(store, args.remote)
+    except StoreError as e:  # last_pulled's hint names push's --since
+        raise StoreError(str(e).replace("give --since REV", "give --to REV")) from None
     where = args.to or f"{args.remote or 'origin'}'s at the last pull"
     if target == old:
         print(f"nothing to drop: {store.branch} is at {where} ({old[:7].decode()})")
