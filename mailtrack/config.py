@@ -28,8 +28,9 @@ class GatewayConfig:
     repo: str = ""  # the git repository; default: the one around the current directory
     spool: str = ""  # the spool directory; default: <git dir>/mailtrack/spool
     project: str = ""  # the name in subject tags and List-Id; default: the repository's directory name
-    address: str = "issues@localhost"  # the main address; issues+<id>@ reaches one issue
-    control_address: str = "control@localhost"  # batches of commands, one a line
+    # tracker.localhost: reserved for this machine (RFC 6761), with the dot in the domain that git send-email wants
+    address: str = "issues@tracker.localhost"  # the main address; issues+<id>@ reaches one issue
+    control_address: str = "control@tracker.localhost"  # batches of commands, one a line
     name: str = ""  # the display name of our From: "<person> via <name>"; default: the project name
     own_addresses: list[str] = field(default_factory=list)  # more addresses of ours (mail from them is a loop)
     carbons_from_cc: bool = True  # people Cc'd on a new issue's mail go on its Cc list

@@ -119,12 +119,12 @@ def test_control_close_with_a_resolution_needs_the_resolution_rule(repo: Path) -
     try:
         name = filed(g, repo)
         tip = git(repo, "rev-parse", "issues")
-        out = g.handle(make_mail(to="control@localhost", message_id="<c1@x>", body=f"close {name[:7]} wontfix\nthanks\n"))
+        out = g.handle(make_mail(to="control@tracker.localhost", message_id="<c1@x>", body=f"close {name[:7]} wontfix\nthanks\n"))
         assert (tip, "new") == (git(repo, "rev-parse", "issues"), read_issue(repo, name).status)
         assert [f"alice@example.org may not change the resolution of issue {name[:7]} (allowed by access.fields.resolution: maintainer)"] == [
             ln.refused for ln in out.commands.lines]  # type: ignore[union-attr]
         replies(repo)
-        g.handle(make_mail(to="control@localhost", message_id="<c2@x>", body=f"close {name[:7]}\nthanks\n"))
+        g.handle(make_mail(to="control@tracker.localhost", message_id="<c2@x>", body=f"close {name[:7]}\nthanks\n"))
         issue = read_issue(repo, name)
         assert ("closed", "fixed") == (issue.status, issue.resolution)
     finally:

@@ -91,7 +91,7 @@ def test_every_control_command(repo: Path, command: str, field: str, expected: o
         name = filed(g, repo)
         line = command.format(id=name[:7])
         before = int(git(repo, "rev-list", "--count", "issues"))
-        out = g.handle(make_mail(to="control@localhost", message_id="<ctl@x>", body=f"{line}\nthanks\n"))
+        out = g.handle(make_mail(to="control@tracker.localhost", message_id="<ctl@x>", body=f"{line}\nthanks\n"))
         assert ("changed", expected, before + 1) == (out.action, getattr(read_issue(repo, name), field),
                                                      int(git(repo, "rev-list", "--count", "issues")))
         assert "&lt;ctl@x&gt;" in git(repo, "show", "issues", "--", f"{name[:2]}/{name[2:]}")  # the record of this mail
@@ -113,7 +113,7 @@ def test_control_errors_change_nothing_and_say_why(gw: Gateway, repo: Path, line
     name = filed(gw, repo)
     tip = git(repo, "rev-parse", "issues")
     text = line.format(id=name[:7])
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<bad@x>", body=f"tag {name[:7]} +ok\n{text}\n"))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<bad@x>", body=f"tag {name[:7]} +ok\n{text}\n"))
     assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
     [t] = replies(repo)
     body = text_of(t)
@@ -124,7 +124,7 @@ def test_unauthorised_control_sender_is_refused(gw: Gateway, repo: Path) -> None
     """A stranger's control mail changes nothing, and the transcript says which rule refused it."""
     name = filed(gw, repo)
     tip = git(repo, "rev-parse", "issues")
-    gw.handle(make_mail(to="control@localhost", frm="mallory@example.net", message_id="<evil@x>", body=f"close {name[:7]}\n"))
+    gw.handle(make_mail(to="control@tracker.localhost", frm="mallory@example.net", message_id="<evil@x>", body=f"close {name[:7]}\n"))
     [t] = replies(repo)
     assert (tip, True) == (git(repo, "rev-parse", "issues"), f"> close {name[:7]}\nrefused: mallory@example.net may not change" in text_of(t))
 
@@ -191,7 +191,7 @@ def test_control_mail_batch_is_one_commit(gw: Gateway, repo: Path) -> None:
     body = (f"# a batch\nseverity {a[:7]} minor\ntag {b[:7]} +ui -x\nretitle {b[:7]} A new title\n"
             f"assign {a[:7]} bob@example.org\ncc {a[:7]} +carol@example.org\nsubscribe {b[:7]}\nclose {a[:7]} wontfix\n"
             f"thanks\nseverity {a[:7]} blocker\n")
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
     assert "changed" == out.action
     assert before + 1 == int(git(repo, "rev-list", "--count", "issues"))
     ia, ib = read_issue(repo, a), read_issue(repo, b)
@@ -206,13 +206,13 @@ def test_control_show_help_reopen_and_unknown(gw: Gateway, repo: Path) -> None:
     """show and help send their replies; reopen works; unknown issues are errors that stop everything."""
     a = filed(gw, repo)
     run_cli(repo, "close", a[:7])
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c1@x>",
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<c1@x>",
                               body=f"show {a[:7]}\nhelp\nreopen {a[:7]}\n"))
     assert ("changed", "new") == (out.action, read_issue(repo, a).status)
     subjects = sorted(m["Subject"] for m in replies(repo))
     assert ["Commands of proj", "Processed: Printer on fire", f"[proj #{a[:7]}] Printer on fire"] == subjects
     tip = git(repo, "rev-parse", "issues")
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c2@x>",
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<c2@x>",
                               body=f"close {a[:7]}\nseverity deadbeef minor\n"))
     assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
     [t] = replies(repo)
@@ -223,7 +223,7 @@ def test_five_unknown_lines_stop(gw: Gateway, repo: Path) -> None:
     """Processing stops after five unknown lines; what follows is not read."""
     a = filed(gw, repo)
     body = "Hello there,\nplease could you\nshut the thing\nthat I reported\nyesterday, it is\n" + f"close {a[:7]}\n"
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<c3@x>", body=body))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<c3@x>", body=body))
     assert ("nothing", "new", 6) == (out.action, read_issue(repo, a).status, len(out.commands.lines))  # type: ignore[union-attr]
     assert "(stopped after five unknown lines)" == out.commands.lines[-1].text  # type: ignore[union-attr]
 
@@ -304,7 +304,7 @@ def test_unsubscribe_by_the_list_unsubscribe_link(gw: Gateway, repo: Path) -> No
     """A mail to control@ with `unsubscribe ID` as its subject and no body takes the sender off the Cc list."""
     name = filed(gw, repo)
     run_cli(repo, "cc", name[:7], "+carol@example.org")
-    out = gw.handle(make_mail(to="control@localhost", frm="carol@example.org", message_id="<un@x>",
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="carol@example.org", message_id="<un@x>",
                               subject=f"unsubscribe {name[:7]}", body=""))
     assert ("changed", []) == (out.action, read_issue(repo, name).carbons)
 
@@ -314,7 +314,7 @@ def test_control_reopen_of_an_issue_not_closed_changes_nothing(gw: Gateway, repo
     name = filed(gw, repo)
     assert 0 == run_cli(repo, "set", name[:7], "status=open").code
     tip = git(repo, "rev-parse", "issues")
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ro@x>", body=f"reopen {name[:7]}\nthanks\n"))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<ro@x>", body=f"reopen {name[:7]}\nthanks\n"))
     assert ("nothing", tip, "open") == (out.action, git(repo, "rev-parse", "issues"), read_issue(repo, name).status)
     [t] = replies(repo)
     assert "Processed: Printer on fire" == t["Subject"]
@@ -325,7 +325,7 @@ def test_control_close_then_reopen_in_one_mail(gw: Gateway, repo: Path) -> None:
     """A reopen after a close in the same control mail sees the issue closed, and reopens it."""
     name = filed(gw, repo)
     assert 0 == run_cli(repo, "set", name[:7], "status=open").code
-    gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cr@x>",
+    gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<cr@x>",
                         body=f"close {name[:7]}\nreopen {name[:7]}\nthanks\n"))
     issue = read_issue(repo, name)
     assert ("new", "") == (issue.status, issue.resolution)
@@ -353,24 +353,24 @@ def test_control_close_of_a_closed_issue_changes_nothing_unless_the_resolution_d
     a = filed(gw, repo)
     assert 0 == run_cli(repo, "close", a[:7], "--resolution", "wontfix").code
     tip = git(repo, "rev-parse", "issues")
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cc1@x>", body=f"close {a[:7]}\n"))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<cc1@x>", body=f"close {a[:7]}\n"))
     [t] = replies(repo)
     assert ("nothing", tip) == (out.action, git(repo, "rev-parse", "issues"))
     assert f"> close {a[:7]}\nissue {a[:7]} is already closed (wontfix): nothing to close\n" in text_of(t)
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<cc2@x>", body=f"close {a[:7]} dup\n"))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<cc2@x>", body=f"close {a[:7]} dup\n"))
     assert ("changed", "closed", "dup") == (out.action, read_issue(repo, a).status, read_issue(repo, a).resolution)
 
 
 def test_a_command_that_found_nothing_to_do_is_not_in_the_record(gw: Gateway, repo: Path) -> None:
     """A control mail that changes an issue and also reopens an open one: the record lists only the change."""
     a = filed(gw, repo)
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<rec@x>",
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<rec@x>",
                               body=f"severity {a[:7]} minor\nreopen {a[:7]}\n"))
     [record] = read_comments(repo, a)
     assert ("changed", f"Commands by mail to the control address:\n\nseverity {a[:7]} minor") == (out.action, record.text)
 
 
-CTL = "control@localhost"
+CTL = "control@tracker.localhost"
 
 
 def comment_files(repo: Path, name: str) -> list[str]:
@@ -421,7 +421,7 @@ def test_subject_tag_commands_on_a_routed_reply(gw: Gateway, repo: Path, how: st
     """[status=closed] after the tag applies when the mail is routed by its thread or its plus address."""
     name = filed(gw, repo)
     kw = {"in-reply-to": {"In_Reply_To": "<filed@x>"}, "references": {"References": "<filed@x>"},
-          "plus-address": {"to": f"issues+{name[:7]}@localhost"}}[how]
+          "plus-address": {"to": f"issues+{name[:7]}@tracker.localhost"}}[how]
     out = gw.handle(make_mail(subject=f"Re: [proj #{name[:7]}] Printer on fire [status=closed]", message_id="<t@x>",
                               body="done\n", **kw))  # type: ignore[arg-type]
     issue = read_issue(repo, name)
@@ -446,7 +446,7 @@ def test_subject_tag_of_another_issue_gives_no_commands(gw: Gateway, repo: Path)
 def test_outlook_reply_that_is_all_quote_is_a_comment(gw: Gateway, repo: Path) -> None:
     """An all-quote Outlook reply (From:/Sent:/To:/Subject: without '>') is kept whole as a comment, not read as commands."""
     name = filed(gw, repo)
-    body = ("From: Alice <alice@example.org>\nSent: Monday, June 3, 2024 10:00 AM\nTo: issues@localhost\n"
+    body = ("From: Alice <alice@example.org>\nSent: Monday, June 3, 2024 10:00 AM\nTo: issues@tracker.localhost\n"
             "Subject: Printer on fire\n\nIt is on fire.\n")
     out = gw.handle(make_mail(subject="RE: Printer on fire", message_id="<ol@x>", In_Reply_To="<filed@x>",
                               frm="bob@example.org", body=body))
@@ -506,7 +506,7 @@ def test_stale_value_does_not_block_other_changes(gw: Gateway, repo: Path) -> No
 def test_mail_to_an_issue_with_control_in_cc_is_a_comment(gw: Gateway, repo: Path, headers: dict[str, str]) -> None:
     """issues+<id>@ with control@ in Cc is a comment on that issue, not a control mail."""
     name = filed(gw, repo)
-    out = gw.handle(make_mail(to=f"issues+{name[:7]}@localhost", message_id="<cc@x>", body="a comment\n", **headers))
+    out = gw.handle(make_mail(to=f"issues+{name[:7]}@tracker.localhost", message_id="<cc@x>", body="a comment\n", **headers))
     assert ("commented", name, ["a comment"]) == (out.action, out.issue, [c.text for c in read_comments(repo, name)])
 
 
@@ -579,12 +579,12 @@ def test_control_record_on_each_issue_holds_only_its_own_lines(gw: Gateway, repo
     comment only B's lines and no Message-ID; a repeat of the mail is a duplicate."""
     a, b = two_issues(gw, repo)
     body = f"severity {a[:7]} minor\ntag {b[:7]} +ui\nclose {a[:7]} wontfix\nretitle {b[:7]} A new title\n"
-    out = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    out = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
     assert "changed" == out.action
     [ca], [cb] = read_comments(repo, a), read_comments(repo, b)
     head = "Commands by mail to the control address:\n\n"
     assert (head + f"severity {a[:7]} minor\nclose {a[:7]} wontfix", "<ctl@x>") == (ca.text.strip("\n"), ca.message_id)
     assert (head + f"tag {b[:7]} +ui\nretitle {b[:7]} A new title", "") == (cb.text.strip("\n"), cb.message_id)
     replies(repo)
-    again = gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    again = gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
     assert "duplicate" == again.action

@@ -26,7 +26,7 @@ def gateway(repo: Path) -> Iterator[Gateway]:
 
 def seed(gw: Gateway, message_id: str) -> str:
     """An issue opened by the mail that a corpus reply answers; returns its name."""
-    raw = (f"From: Bob Smith <bob@example.org>\nTo: issues@localhost\nMessage-ID: {message_id}\n"
+    raw = (f"From: Bob Smith <bob@example.org>\nTo: issues@tracker.localhost\nMessage-ID: {message_id}\n"
            "Subject: Crash when the config file is empty\n\nIt crashes.\n").encode()
     out = gw.handle(raw)
     assert "created" == out.action, out.reason

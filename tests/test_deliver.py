@@ -29,7 +29,7 @@ def test_deliver_new_issue_end_to_end(repo: Path) -> None:
         issue.carbons,
     )
     assert (
-        f"Alice <alice@example.org>|repo <issues@localhost>|new {name[:7]}: Printer on fire"
+        f"Alice <alice@example.org>|repo <issues@tracker.localhost>|new {name[:7]}: Printer on fire"
         == git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "issues").strip()
     )
     mails = {m["Auto-Submitted"]: m for m in outbox(repo)}
@@ -41,7 +41,7 @@ def test_deliver_new_issue_end_to_end(repo: Path) -> None:
         "auto-replied",
         "alice@example.org",
     ) == (ack["Subject"], ack["In-Reply-To"], ack["Auto-Submitted"], ack["To"])
-    assert f"issues+{name[:7]}@localhost" in ack.get_content()
+    assert f"issues+{name[:7]}@tracker.localhost" in ack.get_content()
     assert [] == list((spool_path(repo) / "incoming" / "new").iterdir())
     assert 1 == len(list((spool_path(repo) / "processed").iterdir()))
     git(repo, "fsck", "--strict", "--no-dangling")
@@ -50,9 +50,9 @@ def test_deliver_new_issue_end_to_end(repo: Path) -> None:
 def test_mail_without_message_id_delivered_twice_by_the_mta_is_one_issue(repo: Path) -> None:
     """No Message-ID: the hash that stands for one ignores the trace fields an MTA adds on top, so
     a second delivery of the same mail (new Received and Delivered-To lines) changes nothing."""
-    body = b"From: Ann <ann@example.org>\nTo: issues@localhost\nSubject: No id\n\nNo Message-ID here.\n"
+    body = b"From: Ann <ann@example.org>\nTo: issues@tracker.localhost\nSubject: No id\n\nNo Message-ID here.\n"
     first = b"Return-Path: <ann@example.org>\nReceived: from a by b; Mon, 1 Jan 2024 10:00:00 +0000\n" + body
-    again = (b"Delivered-To: issues@localhost\nReceived: from a by b\n\tid 2; Mon, 1 Jan 2024 10:05:00 +0000\n"
+    again = (b"Delivered-To: issues@tracker.localhost\nReceived: from a by b\n\tid 2; Mon, 1 Jan 2024 10:05:00 +0000\n"
              b"Received: from c by a; Mon, 1 Jan 2024 09:59:00 +0000\n" + body)
     assert [0, 0] == [deliver(repo, raw).returncode for raw in (first, again)]
     [name] = read_names(repo)
@@ -106,7 +106,7 @@ def test_dry_run_of_a_reply_shows_the_comment_text(repo: Path) -> None:
     assert "\nText:\n  Still burning.\n  Now the desk too.\nWould:      commented: " in out, out
 
 
-MAIL = b"From: a@example.org\nTo: issues@localhost\nSubject: s\nMessage-ID: <d1@example.org>\n\nbody\n"
+MAIL = b"From: a@example.org\nTo: issues@tracker.localhost\nSubject: s\nMessage-ID: <d1@example.org>\n\nbody\n"
 
 
 def test_exit_75_when_the_mail_cannot_be_kept(repo: Path, tmp_path: Path) -> None:

@@ -71,11 +71,11 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 def test_the_embedded_default_listens_on_127_0_0_1_8025() -> None:
     """`mailtrack serve` with no --config runs on the embedded default, which listens for SMTP on
-    127.0.0.1:8025 for issues@localhost, as the README's first command says (read here, not bound:
+    127.0.0.1:8025 for issues@tracker.localhost, as the README's first command says (read here, not bound:
     a user's own gateway may hold 8025 while the tests run)."""
     args = serve.build_parser().parse_args(["serve"])
     default = config.load(args.config)
     assert (None, config.Config()) == (args.config, default)
-    assert ([("smtp", "127.0.0.1", 8025, "")], "issues@localhost") == (
+    assert ([("smtp", "127.0.0.1", 8025, "")], "issues@tracker.localhost") == (
         [(listen.protocol, listen.host, listen.port, listen.socket) for listen in default.listen], default.gateway.address)
-    assert "listens for SMTP on 127.0.0.1:8025 for `issues@localhost`" in " ".join((ROOT / "README.md").read_text().split())
+    assert "listens for SMTP on 127.0.0.1:8025 for `issues@tracker.localhost`" in " ".join((ROOT / "README.md").read_text().split())

@@ -124,7 +124,7 @@ def test_a_held_smtp_mail_leaves_imap_mail_with_its_message_id_alone(
         SmtpListener(config, gateway.spool, Ours()),
         smtplib.SMTP("127.0.0.1", config.port, timeout=10) as client,
     ):
-        assert {} == client.sendmail("a@example.test", ["issues@localhost"], raw)
+        assert {} == client.sendmail("a@example.test", ["issues@tracker.localhost"], raw)
     assert 1 == work_all(gateway, pollers)
     assert (["new"], ["kept"], []) == folders(dovecot, poller)
     assert 2 == len(gateway.spool.incoming.failures())

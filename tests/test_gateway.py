@@ -52,9 +52,9 @@ def test_every_route_to_an_issue(gateway: Gateway, repo: Path, how: str) -> None
     gateway.handle(make_mail())
     [name] = read_names(repo)
     kw = {
-        "plus-address": {"to": f"issues+{name[:7]}@localhost", "subject": "something else"},
+        "plus-address": {"to": f"issues+{name[:7]}@tracker.localhost", "subject": "something else"},
         "our-message-id": {
-            "In_Reply_To": f"<mailtrack.{name}.comment.abc@localhost>",
+            "In_Reply_To": f"<mailtrack.{name}.comment.abc@tracker.localhost>",
             "subject": "Re: hm",
         },
         "subject-tag": {"subject": f"AW: Re: [list] RE: [proj #{name[:7]}] Printer on fire"},
@@ -72,8 +72,8 @@ def test_every_route_to_an_issue(gateway: Gateway, repo: Path, how: str) -> None
     "kw",
     [
         {"subject": "Re: [proj #deadbeef] gone"},
-        {"to": "issues+deadbee@localhost"},
-        {"In_Reply_To": "<mailtrack." + "de" * 20 + ".issue@localhost>"},
+        {"to": "issues+deadbee@tracker.localhost"},
+        {"In_Reply_To": "<mailtrack." + "de" * 20 + ".issue@tracker.localhost>"},
     ],
 )
 def test_reply_to_unknown_issue_gets_error_not_new_issue(
@@ -123,7 +123,7 @@ def test_bounce_and_auto_reply_make_nothing(gateway: Gateway, repo: Path) -> Non
         gateway.handle(make_mail(frm="MAILER-DAEMON@example.org", message_id="<b1@x>")),
         gateway.handle(make_mail(Auto_Submitted="auto-replied", message_id="<b2@x>")),
         gateway.handle(make_mail(subject="Out of Office: back Monday", message_id="<b3@x>")),
-        gateway.handle(make_mail(X_Mailtrack_Loop="issues@localhost", message_id="<b4@x>")),
+        gateway.handle(make_mail(X_Mailtrack_Loop="issues@tracker.localhost", message_id="<b4@x>")),
     ]
     assert ["dropped"] * 4 == [o.action for o in outs]
     assert (before, []) == (git(repo, "rev-parse", "issues"), outbox(repo))
@@ -146,7 +146,7 @@ def test_attachments_and_html_only_mail(gateway: Gateway, repo: Path) -> None:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = (
         "a@example.org",
-        "issues@localhost",
+        "issues@tracker.localhost",
         "Logs",
         "<att@x>",
     )
@@ -271,12 +271,12 @@ def test_reply_to_a_short_address_that_became_ambiguous_goes_by_its_thread(gatew
         n += 1
     names = []
     for i, subject in enumerate((seen[prefix], title)):
-        raw = f"From: Bob <bob@example.org>\nTo: issues@localhost\nMessage-ID: <open{i}@example.org>\nSubject: {subject}\n\nIt crashes.\n"
+        raw = f"From: Bob <bob@example.org>\nTo: issues@tracker.localhost\nMessage-ID: <open{i}@example.org>\nSubject: {subject}\n\nIt crashes.\n"
         out = gateway.handle(raw.encode(), received=when)
         assert "created" == out.action
         names.append(out.issue)
     assert names[0][:7] == names[1][:7] == prefix
-    reply = (f"From: Bob <bob@example.org>\nTo: issues+{prefix}@localhost\nMessage-ID: <reply@example.org>\n"
+    reply = (f"From: Bob <bob@example.org>\nTo: issues+{prefix}@tracker.localhost\nMessage-ID: <reply@example.org>\n"
              f"In-Reply-To: <open1@example.org>\nSubject: Re: {title}\n\nStill crashing.\n")
     out = gateway.handle(reply.encode())
     assert ("commented", names[1]) == (out.action, out.issue)
@@ -288,7 +288,7 @@ def test_reply_to_our_mail_about_an_issue_we_lack_names_it_in_the_error(gateway:
     the error reply names the issue the notification was about."""
     ghost = "f00d" + "e" * 36
     tip = git(repo, "rev-parse", "issues")
-    out = gateway.handle(make_mail(subject="Re: [proj #f00deee] Gone", In_Reply_To=f"<mailtrack.{ghost}.issue@localhost>"))
+    out = gateway.handle(make_mail(subject="Re: [proj #f00deee] Gone", In_Reply_To=f"<mailtrack.{ghost}.issue@tracker.localhost>"))
     [reply] = outbox(repo)
     assert ("rejected", tip) == (out.action, git(repo, "rev-parse", "issues"))
     text = reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]

@@ -22,7 +22,7 @@ FOLDERS = ("INBOX", "Archive", "Failed")
 
 
 def mail(subject: str, sender: str = "stranger@example.test") -> bytes:
-    return f"From: {sender}\nTo: issues@localhost\nSubject: {subject}\nMessage-ID: <{subject}@example.test>\n\nbody\n".encode()
+    return f"From: {sender}\nTo: issues@tracker.localhost\nSubject: {subject}\nMessage-ID: <{subject}@example.test>\n\nbody\n".encode()
 
 
 def folders(dovecot: DovecotServer, user: str) -> tuple[list[str], ...]:

@@ -44,8 +44,8 @@ def test_a_held_mail_is_kept_once_however_often_the_import_runs(repo: Path, tmp_
     """A mail held on import (no sender) goes to failed once: a second run counts it but keeps no second copy."""
     box = mailbox.mbox(str(tmp_path / "archive.mbox"))
     box.add(make_mail(subject="Fine", message_id="<ok@x>"))
-    box.add(b"To: issues@localhost\nSubject: nobody sent this\nMessage-ID: <nofrom@x>\n\ntext\n")
-    box.add(b"To: issues@localhost\nSubject: no id and no sender\n\ntext\n")
+    box.add(b"To: issues@tracker.localhost\nSubject: nobody sent this\nMessage-ID: <nofrom@x>\n\ntext\n")
+    box.add(b"To: issues@tracker.localhost\nSubject: no id and no sender\n\ntext\n")
     box.close()
     outputs = [mailtrack("import", str(tmp_path / "archive.mbox"), repo=repo, text=True).stdout for _ in range(2)]
     assert ["created 1, held 2\n", "duplicate 1, held 2\n"] == outputs
@@ -60,7 +60,7 @@ def test_import_queues_no_replies(repo: Path, tmp_path: Path) -> None:
     box.add(make_mail(subject="Old bug", message_id="<o1@x>"))
     box.add(make_mail(subject="Re: Old bug", message_id="<o2@x>", In_Reply_To="<o1@x>", body="Priority: low\n\nstill there\n"))
     box.add(make_mail(subject="Re: Old bug", message_id="<o3@x>", In_Reply_To="<o1@x>", body="Priority: urgent\n\nbad value\n"))
-    box.add(make_mail(subject="gone", message_id="<o4@x>", to="issues+deadbee@localhost"))
+    box.add(make_mail(subject="gone", message_id="<o4@x>", to="issues+deadbee@tracker.localhost"))
     box.close()
     r = mailtrack("import", str(tmp_path / "old.mbox"), repo=repo)
     assert (0, "changed 1, created 1, rejected 2\n") == (r.returncode, r.stdout.decode())

@@ -65,7 +65,7 @@ def test_our_notification_passed_back_by_a_list_is_a_loop(repo: Path) -> None:
 def test_our_reply_about_no_issue_passed_back_is_a_loop(repo: Path) -> None:
     """A reply of ours that names no issue (a refusal to an unknown issue) has a Message-ID of ours
     too: passed back without our headers, it makes no new issue."""
-    assert 0 == deliver(repo, make_mail(subject="[repo #deadbeef] about what?", to="issues+deadbeef@localhost")).returncode
+    assert 0 == deliver(repo, make_mail(subject="[repo #deadbeef] about what?", to="issues+deadbeef@tracker.localhost")).returncode
     [(_, refusal)] = outgoing(repo)
     assert True is is_our_message_id(str(refusal["Message-ID"]))
     back = deliver(repo, as_a_list_passes_it_on(refusal), "--verbose")
@@ -93,7 +93,7 @@ def test_two_auto_responders_stop_answering_each_other(repo: Path) -> None:
             answered.add(f"{rcpt} {msg['Message-ID']}")
             rounds += 1
             answer = make_mail(subject=f"Re: {msg['Subject']}", body="I am away; your mail matters to me.\n", frm=rcpt,
-                               to=str(msg["Reply-To"] or "issues@localhost"), message_id=f"<away{rounds}@example.org>",
+                               to=str(msg["Reply-To"] or "issues@tracker.localhost"), message_id=f"<away{rounds}@example.org>",
                                In_Reply_To=str(msg["Message-ID"]))
             assert 0 == deliver(repo, answer, "--config", str(config)).returncode
     [name] = read_names(repo)

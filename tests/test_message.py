@@ -751,7 +751,7 @@ def test_helpers_never_raise(text: str) -> None:
 @pytest.mark.parametrize("body,expected", [
     ("Thanks.\n\nOn Mon, Bob wrote:\n> Status: closed\n", False),
     ("On Mon, Bob wrote:\n> Status: closed\n> It broke.\n", True),
-    ("From: Bob <bob@example.org>\nSent: Monday\nTo: issues@localhost\nSubject: x\n\nold\n", True),
+    ("From: Bob <bob@example.org>\nSent: Monday\nTo: issues@tracker.localhost\nSubject: x\n\nold\n", True),
     ("", False),
 ])
 def test_parse_says_when_a_reply_is_all_quote(body: str, expected: bool) -> None:

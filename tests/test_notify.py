@@ -50,13 +50,13 @@ def test_new_issue_reaches_its_people_not_the_reporter_nor_machines(tracker: Tra
     m = by_rcpt(mails)["bob@example.org"]
     short = name[:7]
     expected = {
-        "From": "Alice Reporter via proj <issues@localhost>", "To": "Bob Cc <bob@example.org>",
-        "Subject": f"[proj #{short}] Printer on fire", "Message-ID": f"<mailtrack.{name}.issue@localhost>",
+        "From": "Alice Reporter via proj <issues@tracker.localhost>", "To": "Bob Cc <bob@example.org>",
+        "Subject": f"[proj #{short}] Printer on fire", "Message-ID": f"<mailtrack.{name}.issue@tracker.localhost>",
         "In-Reply-To": "<report1@example.org>", "References": "<report1@example.org>",
-        "Reply-To": f"issues+{short}@localhost", "List-Id": "proj <proj.localhost>",
-        "List-Unsubscribe": f"<mailto:control@localhost?subject=unsubscribe%20{short}>",
+        "Reply-To": f"issues+{short}@tracker.localhost", "List-Id": "proj <proj.tracker.localhost>",
+        "List-Unsubscribe": f"<mailto:control@tracker.localhost?subject=unsubscribe%20{short}>",
         "Auto-Submitted": "auto-generated", "Precedence": "bulk", "X-Auto-Response-Suppress": "All",
-        "X-Mailtrack-Loop": "issues@localhost", "X-Mailtrack-Issue": short, "X-Mailtrack-Event": "new",
+        "X-Mailtrack-Loop": "issues@tracker.localhost", "X-Mailtrack-Issue": short, "X-Mailtrack-Event": "new",
         "X-Mailtrack-Status": "new", "X-Mailtrack-Components": "core", "X-Mailtrack-Reason": "cc",
     }  # fmt: skip
     assert expected == {k: str(m[k]).strip() for k in expected}
@@ -77,10 +77,10 @@ def test_comment_is_quoted_lists_attachments_and_threads(tracker: Tracker) -> No
     [comment] = read_comments(tracker.repo, name)
     assert everyone_but("bob@example.org") == reasons(mails)
     m = by_rcpt(mails)["alice@example.org"]
-    first = f"<mailtrack.{name}.issue@localhost>"
-    assert (f"<mailtrack.{name}.c.{comment.name}@localhost>", first, f"<report1@example.org> {first}", "comment") == (
+    first = f"<mailtrack.{name}.issue@tracker.localhost>"
+    assert (f"<mailtrack.{name}.c.{comment.name}@tracker.localhost>", first, f"<report1@example.org> {first}", "comment") == (
         h(m, "Message-ID"), h(m, "In-Reply-To"), h(m, "References"), m["X-Mailtrack-Event"])
-    assert "Bob Cc via proj <issues@localhost>" == m["From"]
+    assert "Bob Cc via proj <issues@tracker.localhost>" == m["From"]
     text = body(m)
     assert "wrote on " in text and "\n> Have you tried water?\n> It usually helps.\n" in text
     assert "Attachments:\n  log.txt (2.0 KB)\n" in text
@@ -96,7 +96,7 @@ def test_field_changes_show_old_and_new(tracker: Tracker) -> None:
     mails = tracker.caught()
     assert everyone_but("dan@example.org") == reasons(mails)
     m = by_rcpt(mails)["alice@example.org"]
-    expected_id = f"<mailtrack.{name}.e.{commit.decode()[:12]}@localhost>"
+    expected_id = f"<mailtrack.{name}.e.{commit.decode()[:12]}@tracker.localhost>"
     assert (expected_id, "changed") == (h(m, "Message-ID"), m["X-Mailtrack-Event"])
     assert "Dan Assignee changed:\n\n  severity: blocker -> minor\n  tags: (none) -> urgent\n" in body(m)
 
@@ -175,7 +175,7 @@ def test_cli_change_is_notified_once_even_after_a_restart(repo: Path, sink: Sink
     assert 0 == run_cli(repo, "comment", short, "-m", "more").code
     assert (1, 0) == (t.notify(), Tracker(repo, sink, t.config).notify())
     mails = t.caught()
-    jane = "Jane Doe via proj <issues@localhost>"
+    jane = "Jane Doe via proj <issues@tracker.localhost>"
     assert [("bob@example.org", "new", jane), ("bob@example.org", "comment", jane)] == [
         (m["To"].addresses[0].addr_spec, m["X-Mailtrack-Event"], str(m["From"])) for m in mails]
 
@@ -198,7 +198,7 @@ def test_merge_from_another_clone_is_notified_once(tracker: Tracker, tmp_path: P
     assert 2 == len(git(tracker.repo, "log", "-1", "--format=%P", "issues").split())  # a real merge
     tracker.notify()
     mails = tracker.caught()
-    assert ({"comment"}, {"Carol Clone via proj <issues@localhost>"}) == (
+    assert ({"comment"}, {"Carol Clone via proj <issues@tracker.localhost>"}) == (
         {m["X-Mailtrack-Event"] for m in mails}, {str(m["From"]) for m in mails})
     assert (6, 0) == (len(mails), tracker.notify())
 
@@ -210,7 +210,7 @@ def test_reply_to_a_notification_becomes_a_trimmed_comment(tracker: Tracker) -> 
     tracker.notify()
     note = by_rcpt([m for m in tracker.caught() if name[:7] in m["Subject"]])["bob@example.org"]
     reply = EmailMessage()
-    reply["From"], reply["To"] = "Bob Cc <bob@example.org>", "issues@localhost"
+    reply["From"], reply["To"] = "Bob Cc <bob@example.org>", "issues@tracker.localhost"
     reply["Subject"], reply["Message-ID"] = f"Re: {note['Subject']}".replace(name[:7], other[:7]), "<reply1@example.org>"
     reply["In-Reply-To"], reply["References"] = h(note, "Message-ID"), f"{h(note, 'References')} {h(note, 'Message-ID')}"
     quoted = "\n".join("> " + line for line in body(note).splitlines())
@@ -279,8 +279,8 @@ def test_disabled_notifications_move_the_tip_silently(tracker: Tracker) -> None:
 
 
 @pytest.mark.parametrize("address,machine", [
-    ("bob@example.org", False), ("issues@localhost", True), ("Issues+abc1234@LOCALHOST", True),
-    ("control@localhost", True), ("robot@localhost", True), ("MAILER-DAEMON@example.org", True),
+    ("bob@example.org", False), ("issues@tracker.localhost", True), ("Issues+abc1234@TRACKER.LOCALHOST", True),
+    ("control@tracker.localhost", True), ("robot@localhost", True), ("MAILER-DAEMON@example.org", True),
     ("no-reply@example.org", True), ("noreply+x@example.org", True), ("bounces-42@lists.example.org", True),
     ("replyguy@example.org", False), ("bob", True),
 ])  # fmt: skip
@@ -300,7 +300,7 @@ def test_one_event_has_one_message_id_for_everyone(tracker: Tracker) -> None:
 def test_new_issue_by_mail_with_attachment(tracker: Tracker) -> None:
     """A new issue from a mail (reporter, Cc, attachment) is told to the Cc'd person with the attachment listed."""
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Cc"] = "Alice Reporter <alice@example.org>", "issues@localhost", "Bob Cc <bob@example.org>"
+    msg["From"], msg["To"], msg["Cc"] = "Alice Reporter <alice@example.org>", "issues@tracker.localhost", "Bob Cc <bob@example.org>"
     msg["Subject"], msg["Message-ID"] = "Scanner smokes", "<scan1@example.org>"
     msg.set_content("See the log.\n")
     msg.add_attachment(b"smoke\n" * 100, maintype="text", subtype="plain", filename="scan.log")
@@ -309,7 +309,7 @@ def test_new_issue_by_mail_with_attachment(tracker: Tracker) -> None:
     mails = [m for m in tracker.caught() if m["X-Mailtrack-Event"] == "new"]
     assert {"bob@example.org": "cc", "walt@example.org": "watcher"} == reasons(mails)
     m = by_rcpt(mails)["bob@example.org"]
-    assert ("<scan1@example.org>", f"<mailtrack.{out.issue}.issue@localhost>") == (h(m, "In-Reply-To"), h(m, "Message-ID"))
+    assert ("<scan1@example.org>", f"<mailtrack.{out.issue}.issue@tracker.localhost>") == (h(m, "In-Reply-To"), h(m, "Message-ID"))
     assert "Attachments:\n  scan.log (600 bytes)\n" in body(m) and "\nSee the log.\n" in body(m)
 
 
@@ -349,7 +349,7 @@ def test_title_with_a_line_break_makes_no_header(tracker: Tracker, title: str) -
     assert 3 == tracker.notify()
     short = name[:7]
     for m in tracker.caught():
-        assert (HEADERS, f"issues+{short}@localhost") == (sorted(m.keys()), m["Reply-To"])
+        assert (HEADERS, f"issues+{short}@tracker.localhost") == (sorted(m.keys()), m["Reply-To"])
         assert f"[proj #{short}] Printer on fire Reply-To: evil@example.org" == h(m, "Subject")
         opened = f"Alice Reporter <alice@example.org> opened issue {short} of proj:\n\n    Printer on fire\n"
         assert body(m).startswith(opened)
@@ -368,7 +368,7 @@ def test_template_sets_only_the_subject(tracker: Tracker, tmp_path: Path) -> Non
     assert 5 == tracker.notify(custom)
     m = by_rcpt(tracker.caught())["alice@example.org"]
     short = name[:7]
-    expected = (HEADERS, f"changed {short}", f"issues+{short}@localhost", "Dan Assignee via proj <issues@localhost>")
+    expected = (HEADERS, f"changed {short}", f"issues+{short}@tracker.localhost", "Dan Assignee via proj <issues@tracker.localhost>")
     assert expected == (sorted(m.keys()), m["Subject"], m["Reply-To"], m["From"])
     assert "priority: high -> low\n" == body(m)
 
@@ -383,7 +383,7 @@ def test_display_name_with_a_line_break_is_one_line(tracker: Tracker) -> None:
     assert 6 == tracker.notify()
     m = by_rcpt(tracker.caught())["alice@example.org"]
     [sender] = m["From"].addresses
-    assert ("Eve Evil Bcc: evil@example.org via proj", "issues@localhost") == (sender.display_name, sender.addr_spec)
+    assert ("Eve Evil Bcc: evil@example.org via proj", "issues@tracker.localhost") == (sender.display_name, sender.addr_spec)
     assert HEADERS == sorted(m.keys())
 
 
@@ -410,7 +410,7 @@ def test_notification_per_issue_quotes_only_that_issues_lines(gw: Gateway, repo:
     a, b = two_issues(gw, repo)
     old = git(repo, "rev-parse", "issues").strip().encode()
     body = f"severity {a[:7]} minor\ntag {b[:7]} +ui\n"
-    gw.handle(make_mail(to="control@localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
+    gw.handle(make_mail(to="control@tracker.localhost", frm="boss@example.org", message_id="<ctl@x>", body=body))
     new = git(repo, "rev-parse", "issues").strip().encode()
     notifier = Notifier(Config(gateway=GatewayConfig(project="proj")), gw.spool, project="proj")
     bodies = {}
@@ -490,8 +490,8 @@ def test_unsubscribed_reporter_hears_no_more_until_subscribing_again(tracker: Tr
     name = tracker.new_issue()
     tracker.notify()
     [link] = {h(m, "List-Unsubscribe") for m in tracker.caught()}
-    assert f"<mailto:control@localhost?subject=unsubscribe%20{name[:7]}>" == link
-    out = tracker.handle(make_mail(to="control@localhost", frm="Alice Reporter <alice@example.org>",
+    assert f"<mailto:control@tracker.localhost?subject=unsubscribe%20{name[:7]}>" == link
+    out = tracker.handle(make_mail(to="control@tracker.localhost", frm="Alice Reporter <alice@example.org>",
                                     message_id="<unsub@example.org>", subject=f"unsubscribe {name[:7]}", body=""))
     assert ["Processed: unsubscribe " + name[:7]] == [m["Subject"] for m in tracker.caught()]  # the transcript
     assert out.commands is not None and ["you get no more mail about this issue"] == [ln.status for ln in out.commands.lines]
@@ -499,7 +499,7 @@ def test_unsubscribed_reporter_hears_no_more_until_subscribing_again(tracker: Tr
     tracker.notify()
     heard = reasons(tracker.caught())
     assert (False, "cc") == ("alice@example.org" in heard, heard.get("bob@example.org"))
-    tracker.handle(make_mail(to="control@localhost", frm="alice@example.org", message_id="<sub@example.org>",
+    tracker.handle(make_mail(to="control@tracker.localhost", frm="alice@example.org", message_id="<sub@example.org>",
                               subject="commands", body=f"subscribe {name[:7]}\n"))
     tracker.caught()  # the transcript
     tracker.edit(DAN, name, comment="Or on again.")
@@ -513,7 +513,7 @@ def test_reply_to_the_ack_by_in_reply_to_alone_is_a_comment(tracker: Tracker) ->
     [ack] = tracker.caught()
     assert (out.issue, "auto-replied") == (h(ack, "Message-ID").split(".")[1], ack["Auto-Submitted"])
     reply = EmailMessage()
-    reply["From"], reply["To"], reply["Subject"] = "Alice Reporter <alice@example.org>", "issues@localhost", "Re: Printer on fire"
+    reply["From"], reply["To"], reply["Subject"] = "Alice Reporter <alice@example.org>", "issues@tracker.localhost", "Re: Printer on fire"
     reply["Message-ID"], reply["In-Reply-To"] = "<rep2@example.org>", h(ack, "Message-ID")
     reply.set_content("It still smokes.\n")
     again = tracker.handle(reply.as_bytes())
@@ -524,19 +524,19 @@ def test_reply_to_the_ack_by_in_reply_to_alone_is_a_comment(tracker: Tracker) ->
 def test_reply_to_a_transcript_by_in_reply_to_alone_is_a_comment(tracker: Tracker) -> None:
     """A control mail's transcript names its one issue: a reply to it alone goes to that issue."""
     name = tracker.new_issue()
-    tracker.handle(make_mail(to="control@localhost", frm="alice@example.org", message_id="<ctl@example.org>",
+    tracker.handle(make_mail(to="control@tracker.localhost", frm="alice@example.org", message_id="<ctl@example.org>",
                               subject="commands", body=f"severity {name[:7]} minor\n"))
     [transcript] = [m for m in tracker.caught() if m["Subject"].startswith("Processed")]
     reply = EmailMessage()
-    reply["From"], reply["To"], reply["Subject"] = "alice@example.org", "issues@localhost", "Re: Processed: commands"
+    reply["From"], reply["To"], reply["Subject"] = "alice@example.org", "issues@tracker.localhost", "Re: Processed: commands"
     reply["Message-ID"], reply["In-Reply-To"] = "<ctl2@example.org>", h(transcript, "Message-ID")
     reply.set_content("Thanks, and it is minor indeed.\n")
     out = tracker.handle(reply.as_bytes())
     assert ("commented", name) == (out.action, out.issue)
 
 
-CONSTANT = {"List-Id": "proj <proj.localhost>", "Auto-Submitted": "auto-generated", "Precedence": "bulk",
-            "X-Auto-Response-Suppress": "All", "X-Mailtrack-Loop": "issues@localhost"}
+CONSTANT = {"List-Id": "proj <proj.tracker.localhost>", "Auto-Submitted": "auto-generated", "Precedence": "bulk",
+            "X-Auto-Response-Suppress": "All", "X-Mailtrack-Loop": "issues@tracker.localhost"}
 
 
 def attach_only(t: Tracker, name: str) -> None:
@@ -566,11 +566,11 @@ def test_every_event_has_the_headers_that_thread_and_filter(tracker: Tracker, ev
     mails = by_rcpt(tracker.caught())
     assert "bob@example.org" not in mails
     m = mails["alice@example.org"]
-    short, first = name[:7], f"<mailtrack.{name}.issue@localhost>"
+    short, first = name[:7], f"<mailtrack.{name}.issue@tracker.localhost>"
     expected = {
-        **CONSTANT, "From": "Bob Cc via proj <issues@localhost>", "Subject": f"[proj #{short}] Printer on fire",
-        "In-Reply-To": first, "References": f"<report1@example.org> {first}", "Reply-To": f"issues+{short}@localhost",
-        "List-Unsubscribe": f"<mailto:control@localhost?subject=unsubscribe%20{short}>",
+        **CONSTANT, "From": "Bob Cc via proj <issues@tracker.localhost>", "Subject": f"[proj #{short}] Printer on fire",
+        "In-Reply-To": first, "References": f"<report1@example.org> {first}", "Reply-To": f"issues+{short}@tracker.localhost",
+        "List-Unsubscribe": f"<mailto:control@tracker.localhost?subject=unsubscribe%20{short}>",
         "X-Mailtrack-Issue": short, "X-Mailtrack-Event": event, "X-Mailtrack-Components": "core",
         "X-Mailtrack-Reason": "reporter",
     }

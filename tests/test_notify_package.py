@@ -53,8 +53,8 @@ def test_installed_wheel_renders_templates_with_includes(wheel: Path, tmp_path: 
         headers, body = render.Renderer().render(
             "notify-changed.txt", project="proj", short="d14142c", title="Printer on fire", actor_name="Dan",
             changes=[{{"line": "priority: high -> low"}}], description_changed=False, attachments=[],
-            status="new", resolution="", issue_address="issues+d14142c@localhost", reason_text="you own it",
-            control_address="control@localhost")
+            status="new", resolution="", issue_address="issues+d14142c@tracker.localhost", reason_text="you own it",
+            control_address="control@tracker.localhost")
         print(headers["Subject"])
         print(body, end="")
     """)

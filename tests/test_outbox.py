@@ -23,12 +23,12 @@ from mailtrack.queue.spool import Spool
 def queue(spool: Spool, subject: str = "Hello", to: tuple[str, ...] = ("ann@example.org",), body: str = "Hi.\n") -> str:
     """Queue a small mail as the gateway would; return its spool id."""
     msg = EmailMessage()
-    msg["From"] = "proj <issues@localhost>"
+    msg["From"] = "proj <issues@tracker.localhost>"
     msg["To"] = ", ".join(to)
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{subject.replace(' ', '-')}@localhost>"
     msg.set_content(body)
-    return spool.queue_out(bytes(msg), sender="issues@localhost", recipients=list(to))
+    return spool.queue_out(bytes(msg), sender="issues@tracker.localhost", recipients=list(to))
 
 
 def test_no_relay_leaves_mail_queued(spool: Spool) -> None:
@@ -45,8 +45,8 @@ def test_delivers_each_mail_to_its_recipients(sink: Sink, spool: Spool) -> None:
     counts = OutboxSender(sink.relay(), spool).send_pending()
     got = [(r.sender, r.recipients, r.message["Subject"]) for r in sink.received]
     assert {"sent": 2, "deferred": 0, "failed": 0} == counts
-    assert [("issues@localhost", ["ann@example.org", "bob@example.org"], "One"),
-            ("issues@localhost", ["cid@example.org"], "Two")] == got
+    assert [("issues@tracker.localhost", ["ann@example.org", "bob@example.org"], "One"),
+            ("issues@tracker.localhost", ["cid@example.org"], "Two")] == got
     assert "Grüße aus Köln.\r\n" == sink.received[1].message.get_content()
     leftovers = list((spool.root / "outbox-state").iterdir())
     assert (True, 0, []) == (b"\r\n" in sink.received[0].raw, spool.counts()["outbox/new"], leftovers)
@@ -221,8 +221,8 @@ def test_outbox_waits_without_a_relay_and_retry_sends_once_there_is_one(repo: Pa
     assert (listing[0].endswith("  due now"), "    to: alice@example.org", listing[-1]) == (
         True, listing[1], "no relay is configured ([relay] host): outgoing mail waits here")
     nothing = mailtrack("outbox", "retry", repo=repo, text=True)
-    assert (0, "0 delayed mail(s) made due now; no relay is configured ([relay] host): nothing sent\n") == (
-        nothing.returncode, nothing.stdout)
+    assert (78, "0 delayed mail(s) made due now; no relay is configured ([relay] host): nothing sent\n") == (
+        nothing.returncode, nothing.stdout)  # EX_CONFIG: nothing can go out until [relay] host is set
     sink = Sink().start()
     try:
         config = tmp_path / "relay.toml"

@@ -195,7 +195,7 @@ NAME = "ab" + "c" * 38
 
 def patch_mail(subject: str, diff: bytes, frm: str = "Mallory <mallory@example.org>", mid: str = "<evil1@example.org>") -> bytes:
     head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {frm}\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-            f"Subject: [PATCH] {subject}\nMessage-ID: {mid}\nTo: issues@localhost\n"
+            f"Subject: [PATCH] {subject}\nMessage-ID: {mid}\nTo: issues@tracker.localhost\n"
             "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
     return head.encode() + diff + b"-- \n2.39.5\n"
 

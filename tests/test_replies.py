@@ -23,7 +23,7 @@ def test_ack_body_reads_well_at_72_columns(gw: Gateway, repo: Path) -> None:
         "To add to it, do any of these:\n"
         "\n"
         "  - reply to this mail;\n"
-        f"  - write to <issues+{short}@localhost>;\n"
+        f"  - write to <issues+{short}@tracker.localhost>;\n"
         f"  - keep [proj #{short}] in the subject of your mail.\n"
         "\n"
         "To close it, reply with this line at the very top of your mail:\n"
@@ -31,7 +31,7 @@ def test_ack_body_reads_well_at_72_columns(gw: Gateway, repo: Path) -> None:
         "    Status: closed\n"
         "\n"
         "-- \n"
-        "proj issue tracker <issues@localhost>\n"
+        "proj issue tracker <issues@tracker.localhost>\n"
     )
     assert expected == text_of(ack)
     assert [] == [ln for ln in expected.splitlines() if len(ln) > 72]
@@ -40,7 +40,7 @@ def test_ack_body_reads_well_at_72_columns(gw: Gateway, repo: Path) -> None:
 def test_transcript_subject_counts_refused_lines(gw: Gateway, repo: Path) -> None:
     """Every command refused: the subject says how many ("with 1 refusal"), as it says "with N errors"."""
     name = filed(gw, repo)
-    gw.handle(make_mail(to="control@localhost", frm="mallory@example.net", message_id="<evil@x>", body=f"close {name[:7]}\n"))
+    gw.handle(make_mail(to="control@tracker.localhost", frm="mallory@example.net", message_id="<evil@x>", body=f"close {name[:7]}\n"))
     [t] = replies(repo)
     assert "Processed (with 1 refusal): Printer on fire" == t["Subject"]
 
@@ -49,7 +49,7 @@ def test_transcript_subject_counts_errors_and_refusals(gw: Gateway, repo: Path) 
     """An illegal value and a refused line in one mail: both are counted in the subject."""
     name = filed(gw, repo)
     tip = git(repo, "rev-parse", "issues")
-    gw.handle(make_mail(to="control@localhost", frm="mallory@example.net", message_id="<evil@x>",
+    gw.handle(make_mail(to="control@tracker.localhost", frm="mallory@example.net", message_id="<evil@x>",
                         body=f"close {name[:7]}\nstatus deadbeef open\n"))
     [t] = replies(repo)
     assert ("Processed (with 1 error, 1 refusal): Printer on fire", tip) == (t["Subject"], git(repo, "rev-parse", "issues"))

@@ -27,14 +27,14 @@ pytestmark = pytest.mark.network  # every test here starts `mailtrack serve` (or
 def test_swaks_mail_becomes_an_issue_and_a_reply_a_comment(server: Server) -> None:
     """A mail sent with swaks shows up in `git issues list`; a reply to it shows up in `git issues show`."""
     r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(server.port), "--from", "alice@example.org",
-                        "--to", "issues@localhost", "--header", "Subject: Disk full", "--header", "Message-Id: <swaks1@example.org>",
+                        "--to", "issues@tracker.localhost", "--header", "Subject: Disk full", "--header", "Message-Id: <swaks1@example.org>",
                         "--body", "The disk is full."], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     assert 0 == r.returncode, r.stdout
     listed = wait_for(lambda: run_cli(server.repo, "list").out, what="the issue in git issues list")
     assert listed.rstrip().endswith("Disk full")
     short = listed.split()[0]
     reply = EmailMessage()
-    reply["From"], reply["To"], reply["Subject"] = "Bob <bob@example.org>", "issues@localhost", "Re: Disk full"
+    reply["From"], reply["To"], reply["Subject"] = "Bob <bob@example.org>", "issues@tracker.localhost", "Re: Disk full"
     reply["Message-ID"], reply["In-Reply-To"] = "<reply1@example.org>", "<swaks1@example.org>"
     reply.set_content("Deleted the logs, try again.\n\nOn Mon, Alice wrote:\n> The disk is full.\n")
     with smtplib.SMTP("127.0.0.1", server.port) as smtp:
@@ -70,7 +70,7 @@ def test_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
     def client(n: int) -> None:
         for i in range(15):
             msg = EmailMessage()
-            msg["From"], msg["To"], msg["Subject"] = f"c{n}@example.org", "issues@localhost", f"Load {n}-{i}"
+            msg["From"], msg["To"], msg["Subject"] = f"c{n}@example.org", "issues@tracker.localhost", f"Load {n}-{i}"
             if n != 2:  # client 2 sends none: the listener gives its mail a stable one
                 msg["Message-ID"] = f"<load{n}.{i}@example.org>"
             msg.set_content("load\n")
@@ -112,7 +112,7 @@ def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dov
     server = Server(repo, free_port(), extra=imap)
     for i, sender in enumerate(["boss@example.org", "stranger@example.org"]):
         msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = sender, "issues@localhost", f"Polled {i}", f"<polled{i}@x>"
+        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = sender, "issues@tracker.localhost", f"Polled {i}", f"<polled{i}@x>"
         msg.set_content("from IMAP\n")
         dovecot.append(imap_user, msg.as_bytes())
     server.start()
@@ -127,7 +127,7 @@ def test_serve_polls_imap_into_the_branch_and_files_failures(tmp_path: Path, dov
 
 def send(port: int, subject: str, mid: str) -> None:
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "issues@localhost", subject, mid
+    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "issues@tracker.localhost", subject, mid
     msg.set_content("text\n")
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.send_message(msg)
@@ -192,7 +192,7 @@ def test_sigterm_stops_accepting_at_once_and_lets_data_finish(tmp_path: Path, mo
     try:
         in_data.ehlo()
         in_data.mail("alice@example.org")
-        in_data.rcpt("issues@localhost")
+        in_data.rcpt("issues@tracker.localhost")
         assert 354 == in_data.docmd("DATA")[0]
         idle.ehlo()
         server.proc.send_signal(signal.SIGTERM)
@@ -230,7 +230,7 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_serve_on_the_embedded_default_but_the_port_prints_one_line(tmp_path: Path) -> None:
     """The README's first command: `mailtrack serve` in a repository, with the embedded default but for
-    the port (8025 may be taken by a gateway the user runs): SMTP on 127.0.0.1 for issues@localhost,
+    the port (8025 may be taken by a gateway the user runs): SMTP on 127.0.0.1 for issues@tracker.localhost,
     one line on stderr, and a mail to it becomes an issue (and one log line). That the default itself
     is 127.0.0.1:8025 is test_docs.py's test_the_embedded_default_listens_on_127_0_0_1_8025."""
     port = free_port()
@@ -244,7 +244,7 @@ def test_serve_on_the_embedded_default_but_the_port_prints_one_line(tmp_path: Pa
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
-        assert f"listening on smtp 127.0.0.1:{port} for issues@localhost" in line, line
+        assert f"listening on smtp 127.0.0.1:{port} for issues@tracker.localhost" in line, line
         send(port, "Default", "<default@example.org>")
         wait_for(lambda: titles(repo) == ["Default"], timeout=30, what="the mail on the branch")
     finally:
@@ -272,7 +272,7 @@ def test_serve_logs_one_info_line_per_mail_and_a_hold_as_a_warning(tmp_path: Pat
         send(server.port, "Logged", "<logged@example.org>")
         wait_for(lambda: titles(repo) == ["Logged"], timeout=30, what="the mail on the branch")
         msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "stranger@example.net", "issues@localhost", "Hi", "<held@x>"
+        msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "stranger@example.net", "issues@tracker.localhost", "Hi", "<held@x>"
         msg.set_content("who am I\n")
         with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
             smtp.send_message(msg)

@@ -259,10 +259,10 @@ def test_prune_deletes_only_old_processed_mail(spool: Spool) -> None:
 
 def test_outbox_keeps_the_envelope_until_sent(spool: Spool) -> None:
     """queue_out() keeps mail and envelope; outbox.claim(), envelope() give them; done() drops both."""
-    spool_id = spool.queue_out(RAW, sender="issues@localhost", recipients=["a@x.test", "b@x.test"])
+    spool_id = spool.queue_out(RAW, sender="issues@tracker.localhost", recipients=["a@x.test", "b@x.test"])
     claim = spool.outbox.claim()
     assert claim is not None and spool_id == claim.id
-    assert Envelope("issues@localhost", ["a@x.test", "b@x.test"]) == spool.envelope(claim)
+    assert Envelope("issues@tracker.localhost", ["a@x.test", "b@x.test"]) == spool.envelope(claim)
     assert None is spool.incoming.claim()  # the incoming queue is another queue
     spool.done(claim)
     expected: dict[str, list[str]] = {

@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from dulwich.objects import ObjectID
+from dulwich.refs import Ref
+
 from mailtrack.tracker.changes import (
     Edit,
     close_edits,
@@ -463,6 +466,44 @@ def _push_mail(store: Store, args: argparse.Namespace) -> int:
         return 0
     patches.send_series(mails, me, to, settings)
     print(f"sent {len(commits)} commit(s) as {len(mails)} mail(s) to {', '.join(to)}")
+    print("if the gateway refuses them, 'git issues reset' drops them here", file=sys.stderr)
+    return 0
+
+
+def cmd_reset(store: Store, args: argparse.Namespace) -> int:
+    """`reset [REMOTE] [--to REV]`: drop the local commits the gateway lacks (a refused `push --mail`).
+
+    The branch moves back to where REMOTE's issues branch was at the last `pull` (what `push --mail`
+    sends starts there), or to REV; the old tip stays under refs/backup/ and in the reflog."""
+    from mailtrack.patches import format as patches  # the revision and last-pull lookups push --mail uses
+
+    store.require()
+    old = store.tip()
+    assert old is not None
+    try:
+        target = patches.resolve_rev(store, args.to) if args.to else patches.last_pulled(store, args.remote)
+    except StoreError as e:  # last_pulled's hint names push's --since
+        raise StoreError(str(e).replace("give --since REV", "give --to REV")) from None
+    where = args.to or f"{args.remote or 'origin'}'s at the last pull"
+    if target == old:
+        print(f"nothing to drop: {store.branch} is at {where} ({old[:7].decode()})")
+        return 0
+    dropped = len(patches.series_commits(store, target))
+    me = identity(store)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    committer = f"{me.name} <{me.email}>".encode()
+    for n in range(100):  # a new name, never over an older backup (two resets within a second)
+        backup = Ref(f"refs/backup/{store.branch}/{stamp}{f'-{n}' if n else ''}".encode())
+        if store.repo.refs.add_if_new(backup, old, committer=committer, message=b"git issues reset: the tip before"):
+            break
+    else:
+        raise StoreError(f"too many backups named refs/backup/{store.branch}/{stamp}: try again in a second")
+    if not store.repo.refs.set_if_equals(store.ref, old, ObjectID(target), committer=committer,
+                                         message=f"git issues reset: moving to {where}".encode()):
+        raise StoreError(f"{store.branch} moved meanwhile; run 'git issues reset' again")
+    done = f"dropped {dropped} commit(s), back at {where}" if dropped else f"moved to {where}"
+    print(f"{store.branch} {old[:7].decode()}..{target[:7].decode()}: {done}")
+    print(f"the old tip is kept as {backup.decode()}: 'git issues reset --to {backup.decode()}' brings it back")
     return 0
 
 
@@ -551,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", metavar="REV", help="send the commits after REV (default: the last pull from the remote)")
     sp.add_argument("--stdout", action="store_true", help="write the series to stdout instead of sending it")
     sp.add_argument("-o", dest="output_dir", metavar="DIR", help="write the series as files in DIR instead of sending it")
+
+    sp = cmd("reset", cmd_reset, "drop the local commits the gateway lacks (a refused push --mail): back to the remote's "
+             "issues branch as of the last pull, or to REV; the old tip is kept under refs/backup/")
+    sp.add_argument("remote", nargs="?", help="a remote name, path or URL (default: origin)")
+    sp.add_argument("--to", metavar="REV", help="move the branch to REV instead (a backup ref, a commit)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, serve).
+"""`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, outbox, serve).
 
 Exit codes follow sysexits.h, which is what MTAs read: `deliver` exits 0 once the mail is kept,
 whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure before it is kept
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,6 +27,7 @@ EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_OSERR = 71
 EX_TEMPFAIL = 75
@@ -246,23 +248,41 @@ def _notifier(config: Config, spool: Spool, gateway: Gateway) -> Notifier:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
-    from mailtrack.outbound.sender import OutboxSender, outbox_listing, retry_now
+    from mailtrack.outbound.sender import OutboxSender, outbox_listing, outbox_message, retry_now, waiting
 
     config, _, spool = _open(args, durable=False)
-    if args.action == "retry":
-        counts = retry_now(spool, config.relay)
-        released = f"{counts.pop('released')} delayed mail(s) made due now"
-        if config.relay.host:
-            print(f"{released}; " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("sent", "deferred", "failed")))
-        else:
-            print(f"{released}; no relay is configured ([relay] host): nothing sent")
-    elif args.action == "send":
+    if (args.action == "show") != bool(args.id):
+        raise Exit(EX_USAGE, "outbox show takes one ID" if args.action == "show" else f"outbox {args.action} takes no ID")
+    if args.action == "show":
+        spool_id = _spool_id(args.id, [w.id for w in waiting(spool)], "mail in the outbox")
+        raw = outbox_message(spool, spool_id)
+        if raw is None:
+            raise Exit(EX_USAGE, f"{spool_id} left the outbox while we looked (sent?)")
+        sys.stdout.buffer.write(raw)
+        return EX_OK
+    if args.action == "send" and not config.relay.host:
+        raise Exit(EX_CONFIG, f"no relay is configured ([relay] host): nothing sent; {spool.counts()['outbox/new']} mail(s) wait")
+    if args.action in ("retry", "send"):
+        head = f"{retry_now(spool)['released']} delayed mail(s) made due now; " if args.action == "retry" else ""
+        if not config.relay.host:
+            print(f"{head}no relay is configured ([relay] host): nothing sent")
+            return EX_CONFIG
         counts = OutboxSender(config.relay, spool).send_pending()
-        print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    else:
-        print("\n".join(outbox_listing(spool)) or "the outbox is empty")
-        if not config.relay.host and spool.counts()["outbox/new"]:
-            print("no relay is configured ([relay] host): outgoing mail waits here")
+        print(head + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("sent", "deferred", "failed")))
+        return _send_status(counts)
+    print("\n".join(outbox_listing(spool)) or "the outbox is empty")
+    if not config.relay.host and spool.counts()["outbox/new"]:
+        print("no relay is configured ([relay] host): outgoing mail waits here")
+    return EX_OK
+
+
+def _send_status(counts: dict[str, int]) -> int:
+    """The exit status of a pass of `outbox send`/`retry`, for cron: refused for good (69, someone
+    must look) before deferred (75, it tries again by itself) before all sent (0)."""
+    if counts.get("failed"):
+        return EX_UNAVAILABLE
+    if counts.get("deferred"):
+        return EX_TEMPFAIL
     return EX_OK
 
 
@@ -295,13 +315,18 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
 def _failed_id(given: str, failed: list[str]) -> str:
     """The failed mail's spool ID that `given` is, or a unique prefix of; Exit when it is neither."""
-    if given in failed:
+    return _spool_id(given, failed, "failed mail")
+
+
+def _spool_id(given: str, ids: list[str], what: str) -> str:
+    """The spool ID among `ids` that `given` is, or a unique prefix of; Exit when it is neither."""
+    if given in ids:
         return given
-    candidates = [i for i in failed if i.startswith(given)] if given else []
+    candidates = [i for i in ids if i.startswith(given)] if given else []
     if len(candidates) > 1:
-        raise Exit(EX_USAGE, f"ambiguous spool ID {given!r}: {len(candidates)} failed mails start with it: {', '.join(candidates)}")
+        raise Exit(EX_USAGE, f"ambiguous spool ID {given!r}: {len(candidates)} {what}s start with it: {', '.join(candidates)}")
     if not candidates:
-        raise Exit(EX_USAGE, f"no failed mail with id {given!r}")
+        raise Exit(EX_USAGE, f"no {what} with id {given!r}")
     return candidates[0]
 
 
@@ -350,6 +375,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+OUTBOX_EXIT_CODES = ("exit status of retry and send (sysexits.h): 0 every mail due was sent (or none was due); "
+                     "75 some were deferred (a temporary failure: a later pass tries again); 69 some were refused "
+                     "for good (see `outbox` and `status`); 78 no relay is configured ([relay] host); 64 usage")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mailtrack", description="The mail gateway of an issues branch.")
     common = Parser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
@@ -373,8 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_requeue)
     sp = sub.add_parser("status", parents=[common], help="what the spool and the outbox hold")
     sp.set_defaults(func=cmd_status)
-    sp = sub.add_parser("outbox", parents=[common], help="list outgoing mail and why it waits; retry: send now")
-    sp.add_argument("action", nargs="?", choices=["list", "retry", "send"], default="list")
+    sp = sub.add_parser("outbox", parents=[common], help="list outgoing mail and why it waits; retry: send now",
+                        description="list (default): each mail waiting to be sent, and why; show ID: its mail text; "
+                        "retry: make delayed mail due and send it now; send: send what is due, once (cron, without serve).",
+                        epilog=OUTBOX_EXIT_CODES)
+    sp.add_argument("action", nargs="?", choices=["list", "show", "retry", "send"], default="list")
+    sp.add_argument("id", nargs="?", metavar="ID", help="show: a spool ID (as the listing gives it), or a unique prefix of one")
     sp.set_defaults(func=cmd_outbox)
     sp = sub.add_parser("serve", parents=[common], help="run the listeners, pollers, spool worker and outbox sender")
     sp.set_defaults(func=cmd_serve)
@@ -394,7 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in MAIL_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is seen below, not at exit
+        return code
+    except BrokenPipeError:  # `mailtrack outbox | head`: the reader has what it wanted, as with git
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except Exit as e:
         print(f"mailtrack: {e}", file=sys.stderr)
         return e.code

@@ -21,8 +21,8 @@ def bare(address: str) -> str:
 
 @dataclass(frozen=True)
 class Ours:
-    main: str = "issues@localhost"
-    control: str = "control@localhost"
+    main: str = GatewayConfig.address  # the configuration's defaults, written once there
+    control: str = GatewayConfig.control_address
     extra: tuple[str, ...] = ()
 
     @classmethod

@@ -444,6 +444,19 @@ def outbox_listing(spool: Spool, now: float | None = None) -> list[str]:
     return lines
 
 
+def outbox_message(spool: Spool, spool_id: str) -> bytes | None:
+    """The mail text of `spool_id` as it waits in the outbox or in outbox-failed (None: not there)."""
+    places: tuple[Where, ...] = ("new", "cur", "failed")
+    for directory in places:
+        for entry_id, _, path in spool.outbox.entries(directory):
+            if entry_id == spool_id:
+                try:
+                    return path.read_bytes()
+                except FileNotFoundError:
+                    break  # sent or moved while we looked: see the next place
+    return None
+
+
 def retry_now(spool: Spool, relay: RelayConfig | None = None, *, now: float | None = None) -> dict[str, int]:
     """Make every delayed mail claimable now, then send what is due when a relay is configured.
 

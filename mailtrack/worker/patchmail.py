@@ -102,7 +102,8 @@ def _apply(gw: Gateway, reply_to: ParsedMail, raws: list[bytes], who: Sender, dr
     refused = any(r.status == PatchStatus.REFUSED for r in results)
     if refused:
         why = "; ".join(x for r in results for x in r.reasons if r.status == PatchStatus.REFUSED)
-        out.decide(Action.REJECTED, "patch series refused: " + why[:300])
+        cut = why if len(why) <= 300 else why[:300].rsplit(" ", 1)[0].rstrip(";,") + " ..."  # at a word's end
+        out.decide(Action.REJECTED, "patch series refused: " + cut)
     elif tip is not None:
         out.decide(Action.CHANGED, f"patch series of {len(results)} applied")
         out.commit, out.message = tip.decode(), f"{len(results)} patch(es)"

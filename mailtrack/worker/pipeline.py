@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from mailtrack.config import Config
-from mailtrack.mail.addresses import Ours
+from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
 from mailtrack.mail.parse import ParsedMail, issue_title, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
+from mailtrack.queue.layout import Layout
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
@@ -212,7 +213,7 @@ class Gateway:
         if attachments:  # attachments belong to the comment that brought them
             _, files = comment_change(snap, issue.name, author, "Attachments sent with the report.", attachments, job.when)
             ch.files.update(files)
-        out.decide(Action.CREATED, r.reason)
+        out.decide(Action.CREATED, r.reason + _refused_note(out.commands))
         return ch
 
     def comment(self, snap: Snapshot, job: Job) -> Change | None:
@@ -229,7 +230,7 @@ class Gateway:
         edits = applied.edits.get(r.issue, []) if applied else []
         _, ch = edit_issue(snap, r.issue, job.author, edits, comment=text, attachments=attachments, when=job.when,
                            message_id=mail.message_id, in_reply_to=mail.in_reply_to or "")
-        out.decide(Action.CHANGED if edits else Action.COMMENTED, r.reason)
+        out.decide(Action.CHANGED if edits else Action.COMMENTED, r.reason + _refused_note(applied))
         return ch
 
     def _text_and_commands(self, mail: ParsedMail, r: Route, text: str, *, new: bool) -> tuple[str, list[commands.Line]]:
@@ -272,7 +273,9 @@ class Gateway:
             files.update(ch.files)
             if ch.files:
                 messages.append(ch.message)
-        out.decide(Action.CHANGED if files else Action.NOTHING, "control mail")
+        subscriptions = _subscription_changes(applied, self.spool.layout, job.mail.from_addr)  # beside the branch
+        out.decide(Action.CHANGED if files or subscriptions else Action.NOTHING,
+                   "control mail" + "".join(f"; {s}" for s in subscriptions) + _refused_note(applied))
         return Change("; ".join(messages) or "control", files) if files else None
 
     def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
@@ -346,6 +349,22 @@ class _WithIssue(Snapshot):
 
     def short(self, name: str) -> str:
         return name[:7] if name == self._extra.name else super().short(name)
+
+
+def _refused_note(applied: Applied | None) -> str:
+    """For the log line of a mail that landed although some of its commands were refused."""
+    return f"; {len(applied.refused)} command(s) refused" if applied is not None and applied.refused else ""
+
+
+def _subscription_changes(applied: Applied, layout: Layout, sender: str) -> list[str]:
+    """The `subscribe ID`/`unsubscribe ID` lines of a control mail that change who hears (the
+    subscriptions stage records them): `unsubscribe abc1234`."""
+    out = []
+    for ln in applied.lines:
+        if ln.action in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE) and ln.issue and not (ln.error or ln.refused):
+            if (ln.action == LineAction.UNSUBSCRIBE) != (bare(sender) in OptOuts(layout).of(ln.issue)):
+                out.append(f"{ln.action} {ln.issue[:7]}")
+    return out
 
 
 def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:

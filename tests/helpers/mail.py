@@ -17,7 +17,7 @@ def make_mail(
     subject: str = "Printer on fire",
     body: str = "It is on fire.\n",
     frm: str = "Alice <alice@example.org>",
-    to: str = "issues@localhost",
+    to: str = "issues@tracker.localhost",
     message_id: str | None = "<m1@example.org>",
     **headers: str,
 ) -> bytes:
@@ -76,4 +76,4 @@ def two_issues(gw: Gateway, repo: Path) -> tuple[str, str]:
 
 def held_mail(subject: str, message_id: str = "<same@example.test>") -> bytes:
     """A mail the gateway holds (it has no From), so it ends in the spool's failed queue."""
-    return f"To: issues@localhost\nSubject: {subject}\nMessage-ID: {message_id}\n\nbody\n".encode()
+    return f"To: issues@tracker.localhost\nSubject: {subject}\nMessage-ID: {message_id}\n\nbody\n".encode()

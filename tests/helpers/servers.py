@@ -25,7 +25,7 @@ ADDRESS = "issues@example.test"  # git send-email wants a dot in the domain
 class Server:
     """`mailtrack serve` on `repo`, listening for SMTP on 127.0.0.1:`port` for `address`."""
 
-    def __init__(self, repo: Path, port: int, extra: str = "", *, inject: str = "", address: str = "issues@localhost") -> None:
+    def __init__(self, repo: Path, port: int, extra: str = "", *, inject: str = "", address: str = "issues@tracker.localhost") -> None:
         """`extra`: more TOML for [gateway] and after; `inject`: Python run in the server process before
         `mailtrack serve` (a fault to inject)."""
         self.repo, self.port, self.inject, self.address = repo, port, inject, address

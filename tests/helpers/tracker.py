@@ -46,7 +46,7 @@ class Tracker:
 
     def new_issue(self, title: str = "Printer on fire", author: Person = ALICE, components: list[str] = ["core"]) -> str:  # noqa: B006
         edits = [Edit("carbons", "+", v) for v in ("Bob Cc <bob@example.org>", "noreply@example.org",
-                                                  "issues+deadbeef@localhost", "control@localhost", "robot@localhost")]
+                                                  "issues+deadbeef@tracker.localhost", "control@tracker.localhost", "robot@localhost")]
         edits += [Edit("assigned", "=", "Dan Assignee <dan@example.org>"), Edit("owners", "=", "Oscar <oscar@example.org>"),
                   Edit("components", "=", ",".join(components))]
         made = []
