@@ -2,7 +2,8 @@
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
 branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
-Issues and comments keep the mail's Date as their creation time. No reply (acknowledgement,
+Issues, comments and the commits' author dates keep the mail's Date (Gateway.handle,
+pipeline.written_at: one in the future or before 1971 gives the time of the import). No reply (acknowledgement,
 error, transcript) is queued to the archive's senders, and no notification either: each commit
 carries IMPORTED_TRAILER, which the notifier skips, while live mail arriving meanwhile is
 notified as usual. A mail that cannot be processed is kept in the spool's
@@ -17,8 +18,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -35,18 +34,6 @@ def messages(path: Path) -> tuple[int, Iterator[bytes]]:
         raise FileNotFoundError(path)
     keys = sorted(box.keys()) if isinstance(box, mailbox.Maildir) else list(box.keys())
     return len(keys), (box.get_bytes(k) for k in keys)
-
-
-def _date(raw: bytes) -> datetime | None:
-    head = raw.split(b"\n\n", 1)[0]
-    for line in head.splitlines():
-        if line[:5].lower() == b"date:":
-            try:
-                d = parsedate_to_datetime(line[5:].decode("ascii", "replace").strip())
-            except (TypeError, ValueError, IndexError):
-                return None
-            return d if d.tzinfo else None
-    return None
 
 
 class Progress:
@@ -79,7 +66,7 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     done = 0
     for raw in raws:
         try:
-            out = gateway.handle(raw, received=_date(raw), imported=True)  # old mail: nobody is mailed
+            out = gateway.handle(raw, imported=True)  # old mail: nobody is mailed, and its Date is kept
             counts[out.action] += 1
             if out.action == "held":
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from mailtrack.config import Config
@@ -118,6 +118,15 @@ PIPELINE: tuple[Stage, ...] = (
 )
 
 
+EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)  # no mail was written before: an earlier Date is a broken clock
+
+
+def written_at(date: datetime | None, at: datetime) -> datetime:
+    """When a mail was written: its Date, unless it has none or it is insane (later than `at`, the
+    time we read it, or before EARLIEST); then `at`."""
+    return date if date is not None and EARLIEST <= date <= at else at
+
+
 class Gateway:
     def __init__(self, config: Config, store: Store, spool: Spool, *, read_only: bool = False) -> None:
         """`read_only`: for dry runs, the index lives in memory (nothing is written to disk)."""
@@ -146,7 +155,9 @@ class Gateway:
 
         `imported` (`mailtrack import` of an old archive) applies the mail the same way, but queues
         no reply of any kind and marks its commit with IMPORTED_TRAILER (mail.ids), which the
-        notifier skips: the people of old mail must not hear from us.
+        notifier skips: the people of old mail must not hear from us. Its records and its commit's
+        author date take the mail's own Date when it is sane (`written_at`). `received` overrides
+        the time of any mail.
         """
         self.replier.quiet = imported
         try:
@@ -163,7 +174,8 @@ class Gateway:
     def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool) -> Outcome:
         out = Outcome(Action.NOTHING, message_id=mail.message_id)
         out.verified = admission.verified_by(mail, self.config.access.trusted_authserv_ids)
-        job = Job(mail, out, Person(mail.from_name, mail.from_addr), received or now(), imported)
+        when = received or (written_at(mail.date, now()) if imported else now())
+        job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported)
 
         def attempt(snap: Snapshot) -> Change | None:
             out.action, out.reason, out.commands, job.change = Action.NOTHING, "", None, None
@@ -176,7 +188,7 @@ class Gateway:
         if dry_run:
             result, commit = attempt(self.store.snapshot()), None
         else:
-            commit, result = self.store.update(attempt, job.author, self.identity)
+            commit, result = self.store.update(attempt, job.author, self.identity, when=when if imported else None)
             for stage in AFTER:
                 stage.run(self, job, self.store.snapshot())
         if result is not None and result.files:
