@@ -41,6 +41,9 @@ class GatewayConfig:
     reply_rate_window: int = 3600  # ...within this many seconds
     patch_series_timeout: int = 3600  # seconds a partial patch series waits for its missing parts
     max_patch_series_size: int = 5 * 1024 * 1024  # bytes of one patch series, as mailed
+    reply_wait: int = 900  # seconds a reply whose parent we have not seen waits for it (0: never)
+    reply_wait_max: int = 1000  # replies waiting at once; past it, a reply is taken at once, as if none waited
+    reply_wait_per_sender: int = 20  # of those, from one sender
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):

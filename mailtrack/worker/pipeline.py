@@ -12,6 +12,7 @@ quarantine) is worker.runner.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,10 +23,12 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
 from mailtrack.mail.parse import ParsedMail, issue_title, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
+from mailtrack.queue.layout import ID_RE, id_time
 from mailtrack.queue.optouts import OptOuts
-from mailtrack.queue.spool import Spool
+from mailtrack.queue.spool import Claim, Spool
+from mailtrack.queue.waiting import Note, Waiting
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
-from mailtrack.tracker.lookup import Index
+from mailtrack.tracker.lookup import Index, normalize_msgid
 from mailtrack.tracker.model import Person, now
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
@@ -47,6 +50,7 @@ class Job:
     author: Person
     when: datetime
     imported: bool
+    wait_until: float | None = None  # it may wait for its parent until then (Gateway.wait_until)
     route: Route | None = None
     sender: Sender | None = None
     change: Change | None = None
@@ -62,11 +66,13 @@ class Stage:
 
 
 def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    r = route(job.mail, snap, gw.index, gw.ours, gw.project)
+    r = route(job.mail, snap, gw.index, gw.ours, gw.project, may_wait=gw.may_wait(job))
     job.route, job.out.route, job.out.issue = r, r, r.issue
     job.out.short = snap.short(r.issue) if r.issue else ""
     if r.kind == RouteKind.DUPLICATE:
         job.out.decide(Action.DUPLICATE, r.reason)
+    elif r.kind == RouteKind.WAIT:  # worker.runner parks it (queue.waiting)
+        job.out.decide(Action.WAITING, r.reason)
     elif r.kind == RouteKind.UNKNOWN_ISSUE:
         job.out.decide(Action.REJECTED, r.reason)
     elif r.kind == RouteKind.MACHINE:
@@ -111,7 +117,7 @@ def _change(gw: Gateway, job: Job, snap: Snapshot) -> bool:
 
 # The order of the work on one mail, against one snapshot (retried whole on a lost race).
 PIPELINE: tuple[Stage, ...] = (
-    Stage("route", "which issue the mail is about: a duplicate, machine mail and an unknown issue end here", _route),
+    Stage("route", "which issue the mail is about: a duplicate, machine mail, an unknown issue and a reply that waits for its parent end here", _route),
     Stage("sender", "the mail has a sender address, and the rights know who that is", _sender),
     Stage("admission", "the sender may do what the mail does (known senders, access.open, access.comment)", _admission),
     Stage("change", "the files the mail writes: a new issue, a comment, commands, a control batch", _change),
@@ -139,6 +145,8 @@ class Gateway:
         self.identity = Person(gw.name or self.project, gw.address)
         self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self.replier = Replier(config, store, spool, self.project, self.identity)
+        self.waiting = Waiting(spool.layout)
+        self._looked_at: bytes | None = None  # the tip due() last looked up the waiting mails' parents on
 
     def close(self) -> None:
         self.index.close()
@@ -150,14 +158,16 @@ class Gateway:
         gw = self.config.gateway
         return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, ours=self.ours)
 
-    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False) -> Outcome:
+    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False,
+               spool_id: str = "") -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for.
 
         `imported` (`mailtrack import` of an old archive) applies the mail the same way, but queues
         no reply of any kind and marks its commit with IMPORTED_TRAILER (mail.ids), which the
         notifier skips: the people of old mail must not hear from us. Its records and its commit's
         author date take the mail's own Date when it is sane (`written_at`). `received` overrides
-        the time of any mail.
+        the time of any mail. `spool_id`: the mail is kept in the spool under that id, so it may
+        wait for its parent (Action.WAITING: worker.runner parks it).
         """
         self.replier.quiet = imported
         try:
@@ -165,17 +175,17 @@ class Gateway:
             if is_patch_mail(mail):  # a series of issues-branch commits, applied as `git am` would
                 out = patchmail.handle(self, mail, dry_run=dry_run)
             else:
-                out = self._walk(mail, dry_run, received, imported)
+                out = self._walk(mail, dry_run, received, imported, None if dry_run or imported else self.wait_until(spool_id))
             log.info("%s", out.line())
             return out
         finally:
             self.replier.quiet = False
 
-    def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool) -> Outcome:
-        out = Outcome(Action.NOTHING, message_id=mail.message_id)
+    def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool, wait_until: float | None) -> Outcome:
+        out = Outcome(Action.NOTHING, message_id=mail.message_id, sender=mail.from_addr)
         out.verified = admission.verified_by(mail, self.config.access.trusted_authserv_ids)
         when = received or (written_at(mail.date, now()) if imported else now())
-        job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported)
+        job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported, wait_until)
 
         def attempt(snap: Snapshot) -> Change | None:
             out.action, out.reason, out.commands, job.change = Action.NOTHING, "", None, None
@@ -197,6 +207,53 @@ class Gateway:
             out.commit = commit.decode() if commit else ""
         self.replies(mail, out, dry_run)
         return out
+
+    # --- replies that wait for their parent --------------------------------------------------------
+
+    def wait_until(self, spool_id: str) -> float | None:
+        """Until when the mail kept as `spool_id` may wait for its parent: gateway.reply_wait after
+        it arrived; None when it may not wait (no spool id, reply_wait = 0)."""
+        wait = self.config.gateway.reply_wait
+        return id_time(spool_id) + wait if spool_id and ID_RE.match(spool_id) and wait > 0 else None
+
+    def may_wait(self, job: Job) -> bool:
+        """Whether a reply to a mail we have not seen may wait for it: its time is not up, and fewer
+        than reply_wait_max mails wait (reply_wait_per_sender from its sender). Past the bounds it is
+        taken at once, as if no mail waited: a stranger's 10,000 replies to nothing cost no more."""
+        if job.wait_until is None or time.time() >= job.wait_until or not (job.mail.in_reply_to or job.mail.references):
+            return False
+        gw = self.config.gateway
+        if self.waiting.count() >= gw.reply_wait_max:
+            log.warning("%s: not waiting for its parent: %d replies wait already (reply_wait_max)",
+                        job.mail.message_id, gw.reply_wait_max)
+            return False
+        if self.waiting.count(job.mail.from_addr) >= gw.reply_wait_per_sender:
+            log.warning("%s: not waiting for its parent: %d replies from %s wait already (reply_wait_per_sender)",
+                        job.mail.message_id, gw.reply_wait_per_sender, job.mail.from_addr)
+            return False
+        return True
+
+    def park(self, claim: Claim, out: Outcome) -> None:
+        """Keep a mail that waits for its parent (Action.WAITING) aside, with what it waits for."""
+        assert out.route is not None
+        until = self.wait_until(claim.id) or time.time()
+        self.waiting.park(claim, Note(tuple(normalize_msgid(m) for m in out.route.awaits), out.sender, until))
+
+    def woken_by(self, message_id: str) -> list[str]:
+        """The waiting mails this mail's commit may thread: they wait for its Message-ID, now on the branch."""
+        mid = normalize_msgid(message_id)
+        waiting = self.waiting.awaiting(mid)
+        if not waiting or not self.index.lookup(self.store.snapshot(), mid):
+            return []
+        return waiting
+
+    def due(self) -> list[str]:
+        """The waiting mails to take again now: a Message-ID they wait for is on the branch, or their
+        time is up (then they are taken as if they had not waited), or their note was lost."""
+        now, snap = time.time(), self.store.snapshot()
+        moved, self._looked_at = snap.commit != self._looked_at, snap.commit  # a parent only comes with a commit
+        return [spool_id for spool_id, note in self.waiting.notes().items()
+                if note is None or note.until <= now or (moved and any(self.index.lookup(snap, m) for m in note.awaits))]
 
     def machine_action(self) -> Action:
         return Action.HELD if self.config.gateway.machine_mail == "keep" else Action.DROPPED
