@@ -3,7 +3,7 @@
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
 branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
 Issues, comments and the commits' author dates keep the mail's Date (Gateway.handle,
-pipeline.written_at: one in the future or before 1971 gives the time of the import). No reply (acknowledgement,
+model.written_at: one in the future or before 1971 gives the time of the import). No reply (acknowledgement,
 error, transcript) is queued to the archive's senders, and no notification either: each commit
 carries IMPORTED_TRAILER, which the notifier skips, while live mail arriving meanwhile is
 notified as usual. A mail that cannot be processed is kept in the spool's

@@ -26,6 +26,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)  # no mail was written before: an earlier time is a broken clock
+
+
+def written_at(date: datetime | None, at: datetime) -> datetime:
+    """When something was written, by the time it claims (a mail's Date, the time a patch's files
+    record): that time, unless there is none or it is insane (later than `at`, the time we read it,
+    or before EARLIEST); then `at`."""
+    return date if date is not None and EARLIEST <= date <= at else at
+
+
 def blob_sha(content: bytes) -> str:
     """What `git hash-object --stdin` prints for these bytes."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()

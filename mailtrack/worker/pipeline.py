@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from mailtrack.config import Config
@@ -29,7 +29,7 @@ from mailtrack.queue.spool import Claim, Spool
 from mailtrack.queue.waiting import Note, Waiting
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
 from mailtrack.tracker.lookup import Index, normalize_msgid
-from mailtrack.tracker.model import Person, now
+from mailtrack.tracker.model import Person, now, written_at
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import admission, commands, patchmail
@@ -122,15 +122,6 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("admission", "the sender may do what the mail does (known senders, access.open, access.comment)", _admission),
     Stage("change", "the files the mail writes: a new issue, a comment, commands, a control batch", _change),
 )
-
-
-EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)  # no mail was written before: an earlier Date is a broken clock
-
-
-def written_at(date: datetime | None, at: datetime) -> datetime:
-    """When a mail was written: its Date, unless it has none or it is insane (later than `at`, the
-    time we read it, or before EARLIEST); then `at`."""
-    return date if date is not None and EARLIEST <= date <= at else at
 
 
 class Gateway:
