@@ -45,6 +45,8 @@ class Waiting:
         self.dir = layout.waiting
         self.new = layout.incoming / "new"
         self._notes: dict[str, Note | None] = {}  # id -> its note (None: none could be read)
+        self._listed: dict[str, Note | None] | None = None  # the last listing, and the folder's mtime then
+        self._mtime = 0
 
     def park(self, claim: Claim, note: Note) -> None:
         """Move a claimed incoming mail here with its note; the claim is finished."""
@@ -55,6 +57,7 @@ class Waiting:
         _fsync_dir(self.dir)
         claim.release()
         self._notes[claim.id] = note
+        self._listed = None
 
     def release(self, spool_id: str) -> bool:
         """Back to the incoming queue, claimable now; False when it is not here (released already)."""
@@ -64,15 +67,26 @@ class Waiting:
             os.rename(self.dir / spool_id, self.new / spool_id)
         except FileNotFoundError:
             self._notes.pop(spool_id, None)
+            self._listed = None
             return False
         _fsync_dir(self.new)
         with contextlib.suppress(FileNotFoundError):
             (self.dir / f"{spool_id}{NOTE}").unlink()
         self._notes.pop(spool_id, None)
+        self._listed = None
         return True
 
     def notes(self) -> dict[str, Note | None]:
-        """Every parked mail and its note, oldest first (None: its note is missing or unreadable)."""
+        """Every parked mail and its note, oldest first (None: its note is missing or unreadable).
+
+        The folder is listed again only when its mtime moved, or is less than a second old (a change
+        within the clock's tick would not move it: git's "racy" rule)."""
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        if self._listed is not None and mtime == self._mtime and time.time_ns() - mtime > 1_000_000_000:
+            return self._listed
         try:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
@@ -86,7 +100,8 @@ class Waiting:
             del self._notes[gone]
         for spool_id in sorted(here - set(self._notes)):
             self._notes[spool_id] = _read(self.dir / f"{spool_id}{NOTE}")
-        return {i: self._notes[i] for i in sorted(here)}
+        self._listed, self._mtime = {i: self._notes[i] for i in sorted(here)}, mtime
+        return self._listed
 
     def count(self, sender: str = "") -> int:
         """How many mails wait, in all or from `sender`."""

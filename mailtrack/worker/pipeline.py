@@ -66,7 +66,9 @@ class Stage:
 
 
 def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    r = route(job.mail, snap, gw.index, gw.ours, gw.project, may_wait=gw.may_wait(job))
+    r = route(job.mail, snap, gw.index, gw.ours, gw.project, may_wait=job.wait_until is not None and time.time() < job.wait_until)
+    if r.kind == RouteKind.WAIT and not gw.room_to_wait(job):
+        r = Route(RouteKind.NEW, reason=f"no issue named by address, thread or subject; {r.awaits[0]} not seen, and too many replies wait")
     job.route, job.out.route, job.out.issue = r, r, r.issue
     job.out.short = snap.short(r.issue) if r.issue else ""
     if r.kind == RouteKind.DUPLICATE:
@@ -207,12 +209,10 @@ class Gateway:
         wait = self.config.gateway.reply_wait
         return id_time(spool_id) + wait if spool_id and ID_RE.match(spool_id) and wait > 0 else None
 
-    def may_wait(self, job: Job) -> bool:
-        """Whether a reply to a mail we have not seen may wait for it: its time is not up, and fewer
-        than reply_wait_max mails wait (reply_wait_per_sender from its sender). Past the bounds it is
-        taken at once, as if no mail waited: a stranger's 10,000 replies to nothing cost no more."""
-        if job.wait_until is None or time.time() >= job.wait_until or not (job.mail.in_reply_to or job.mail.references):
-            return False
+    def room_to_wait(self, job: Job) -> bool:
+        """Whether a reply to a mail we have not seen, whose time is not up, may wait: fewer than
+        reply_wait_max mails wait (reply_wait_per_sender from its sender). Past the bounds it is taken
+        at once, as if no mail waited: a stranger's 10,000 replies to nothing cost no more."""
         gw = self.config.gateway
         if self.waiting.count() >= gw.reply_wait_max:
             log.warning("%s: not waiting for its parent: %d replies wait already (reply_wait_max)",

@@ -6,9 +6,10 @@ named in the recipient address (`issues+<id>@`); In-Reply-To and References matc
 Message-IDs on the branch and against our own Message-IDs (which embed the issue's name); a
 subject tag `[<project> #<id>]`; otherwise a new issue, unless the mail is a reply (a subject
 with a reply prefix, and In-Reply-To or References) whose parent we have not seen: when the caller
-lets it (`may_wait`: gateway.reply_wait, its bounds), that one waits for its parent, which may be
-on its way still. A mail that names an issue we do not have is not turned into a new one. Whatever found the issue, the
-subject tag's `[field=value]` commands apply when the tag names that same issue.
+lets it (`may_wait`: its gateway.reply_wait is not over; worker.pipeline keeps the bounds), that
+one waits for its parent, which may be on its way still. A mail that names an issue we do not
+have is not turned into a new one. Whatever found the issue, the subject tag's `[field=value]`
+commands apply when the tag names that same issue.
 """
 
 from __future__ import annotations
