@@ -188,3 +188,10 @@ def test_a_crash_while_parking_loses_nothing(repo: Path) -> None:
     finally:
         g.close()
         g.store.close()
+
+
+def test_deliver_dry_run_says_the_reply_would_wait(repo: Path) -> None:
+    """`deliver --dry-run` of an early reply says it would wait, decided by the route, and keeps nothing."""
+    r = mailtrack("deliver", "--dry-run", repo=repo, input=reply(), text=True)
+    assert (0, True, True, 0) == (r.returncode, "Would:      waiting (a reply to <parent@example.org>" in r.stdout,
+                                  "Decided in: route" in r.stdout, waiting(repo))

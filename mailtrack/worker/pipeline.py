@@ -168,7 +168,9 @@ class Gateway:
             if is_patch_mail(mail):  # a series of issues-branch commits, applied as `git am` would
                 out = patchmail.handle(self, mail, dry_run=dry_run)
             else:
-                out = self._walk(mail, dry_run, received, imported, None if dry_run or imported else self.wait_until(spool_id))
+                # a dry run is told what `deliver` would do: the mail would arrive now
+                arrived = id_time(spool_id) if spool_id and ID_RE.match(spool_id) else time.time() if dry_run else None
+                out = self._walk(mail, dry_run, received, imported, None if imported else self.wait_until(arrived))
             log.info("%s", out.line())
             return out
         finally:
@@ -203,11 +205,11 @@ class Gateway:
 
     # --- replies that wait for their parent --------------------------------------------------------
 
-    def wait_until(self, spool_id: str) -> float | None:
-        """Until when the mail kept as `spool_id` may wait for its parent: gateway.reply_wait after
-        it arrived; None when it may not wait (no spool id, reply_wait = 0)."""
+    def wait_until(self, arrived: float | None) -> float | None:
+        """Until when a mail that `arrived` (in the spool, seconds since the epoch) may wait for its
+        parent: gateway.reply_wait later; None when it may not wait (not kept, reply_wait = 0)."""
         wait = self.config.gateway.reply_wait
-        return id_time(spool_id) + wait if spool_id and ID_RE.match(spool_id) and wait > 0 else None
+        return arrived + wait if arrived is not None and wait > 0 else None
 
     def room_to_wait(self, job: Job) -> bool:
         """Whether a reply to a mail we have not seen, whose time is not up, may wait: fewer than
@@ -227,7 +229,7 @@ class Gateway:
     def park(self, claim: Claim, out: Outcome) -> None:
         """Keep a mail that waits for its parent (Action.WAITING) aside, with what it waits for."""
         assert out.route is not None
-        until = self.wait_until(claim.id) or time.time()
+        until = self.wait_until(id_time(claim.id)) or time.time()
         self.waiting.park(claim, Note(tuple(normalize_msgid(m) for m in out.route.awaits), out.sender, until))
 
     def woken_by(self, message_id: str) -> list[str]:
