@@ -48,6 +48,10 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):
             raise ConfigError(f"gateway.machine_mail must be drop or keep, not {self.machine_mail!r}")
+        if not 0 <= self.reply_wait <= 86400:  # the spool tidies what is beside mail after 36 h
+            raise ConfigError(f"gateway.reply_wait must be 0 to 86400 seconds, not {self.reply_wait}")
+        if self.reply_wait_max < 0 or self.reply_wait_per_sender < 0:
+            raise ConfigError("gateway.reply_wait_max and reply_wait_per_sender cannot be negative")
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,21 @@ def test_deliver_dry_run_says_the_reply_would_wait(repo: Path) -> None:
     r = mailtrack("deliver", "--dry-run", repo=repo, input=reply(), text=True)
     assert (0, True, True, 0) == (r.returncode, "Would:      waiting (a reply to <parent@example.org>" in r.stdout,
                                   "Decided in: route" in r.stdout, waiting(repo))
+
+
+def test_import_threads_replies_that_come_before_their_parent_in_the_archive(repo: Path, tmp_path: Path) -> None:
+    """`mailtrack import` of an archive whose replies (a chain of two) come before their parent: both
+    are comments on the parent's issue; a reply whose parent is not in the archive is a new issue."""
+    box = mailbox.mbox(str(tmp_path / "a.mbox"))
+    box.add(make_mail(subject="Re: Printer on fire", frm="Carol <carol@example.org>", message_id="<second@x>",
+                      body="And mine.\n", In_Reply_To="<reply1.bob@example.org>", Date="Tue, 02 Jan 2018 12:00:00 +0000"))
+    box.add(reply(to=PARENT).replace(b"Subject:", b"Date: Tue, 02 Jan 2018 11:00:00 +0000\nSubject:", 1))
+    box.add(reply(2, to="<not-in-the-archive@x>", subject="Re: Scanner jammed"))
+    box.add(parent().replace(b"Subject:", b"Date: Mon, 01 Jan 2018 10:00:00 +0000\nSubject:", 1))
+    box.close()
+    r = mailtrack("import", str(tmp_path / "a.mbox"), repo=repo, text=True)
+    assert (0, "commented 2, created 2\n") == (r.returncode, r.stdout)
+    assert ["Printer on fire", "Scanner jammed"] == titles(repo)
+    [name] = [n for n in read_names(repo) if read_issue(repo, n).title == "Printer on fire"]
+    assert ["Mine too (1).", "And mine."] == [c.text.strip() for c in read_comments(repo, name)]
+    assert 0 == waiting(repo)

@@ -12,6 +12,7 @@ quarantine) is worker.runner.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ class Gateway:
         return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, ours=self.ours)
 
     def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False,
-               spool_id: str = "") -> Outcome:
+               spool_id: str = "", hold_early: bool = False) -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for.
 
         `imported` (`mailtrack import` of an old archive) applies the mail the same way, but queues
@@ -160,7 +161,8 @@ class Gateway:
         notifier skips: the people of old mail must not hear from us. Its records and its commit's
         author date take the mail's own Date when it is sane (`written_at`). `received` overrides
         the time of any mail. `spool_id`: the mail is kept in the spool under that id, so it may
-        wait for its parent (Action.WAITING: worker.runner parks it).
+        wait for its parent (Action.WAITING: worker.runner parks it). `hold_early` (imported): a
+        reply to a mail not seen yet is Action.WAITING, for the importer to take again later.
         """
         self.replier.quiet = imported
         try:
@@ -170,7 +172,8 @@ class Gateway:
             else:
                 # a dry run is told what `deliver` would do: the mail would arrive now
                 arrived = id_time(spool_id) if spool_id and ID_RE.match(spool_id) else time.time() if dry_run else None
-                out = self._walk(mail, dry_run, received, imported, None if imported else self.wait_until(arrived))
+                until = (math.inf if hold_early else None) if imported else self.wait_until(arrived)
+                out = self._walk(mail, dry_run, received, imported, until)
             log.info("%s", out.line())
             return out
         finally:
