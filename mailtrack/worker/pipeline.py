@@ -246,10 +246,11 @@ class Gateway:
     def due(self) -> list[str]:
         """The waiting mails to take again now: a Message-ID they wait for is on the branch, or their
         time is up (then they are taken as if they had not waited), or their note was lost."""
-        now, snap = time.time(), self.store.snapshot()
+        now, snap, notes = time.time(), self.store.snapshot(), self.waiting.notes()
         moved, self._looked_at = snap.commit != self._looked_at, snap.commit  # a parent only comes with a commit
-        return [spool_id for spool_id, note in self.waiting.notes().items()
-                if note is None or note.until <= now or (moved and any(self.index.lookup(snap, m) for m in note.awaits))]
+        landed = self.index.present(snap, [m for n in notes.values() if n is not None for m in n.awaits]) if moved else set()
+        return [spool_id for spool_id, note in notes.items()
+                if note is None or note.until <= now or not landed.isdisjoint(note.awaits)]
 
     def machine_action(self) -> Action:
         return Action.HELD if self.config.gateway.machine_mail == "keep" else Action.DROPPED
