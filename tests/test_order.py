@@ -213,3 +213,20 @@ def test_import_threads_replies_that_come_before_their_parent_in_the_archive(rep
     [name] = [n for n in read_names(repo) if read_issue(repo, n).title == "Printer on fire"]
     assert ["Mine too (1).", "And mine."] == [c.text.strip() for c in read_comments(repo, name)]
     assert 0 == waiting(repo)
+
+
+def test_what_a_waiting_reply_keeps_is_bounded(repo: Path) -> None:
+    """A reply naming 5,000 References and a 100,000-character In-Reply-To waits for at most 20
+    Message-IDs of sane length: its note stays small."""
+    g = make_gateway(repo)
+    try:
+        refs = " ".join(f"<r{n}@x>" for n in range(5000))
+        raw = make_mail(subject="Re: spam", message_id="<big@x>", In_Reply_To=f"<{'a' * 100_000}@x>", References=refs)
+        assert "waiting" == handled(g, raw)
+        [note] = g.waiting.notes().values()
+        assert note is not None
+        assert (20, "<r4999@x>") == (len(note.awaits), note.awaits[0])
+        assert max(p.stat().st_size for p in g.spool.layout.waiting.glob("*.json")) < 2000
+    finally:
+        g.close()
+        g.store.close()

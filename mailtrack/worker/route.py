@@ -45,6 +45,7 @@ class Route:
 
 
 MAX_AWAITED = 20  # a waiting reply waits for its In-Reply-To and the newest References, no more
+MAX_AWAITED_LENGTH = 250  # characters of a Message-ID it waits for (RFC 5322 lines are 998 at most)
 
 
 def _resolve(snap: Snapshot, ident: str) -> str | None:
@@ -88,7 +89,7 @@ def _awaited(mail: ParsedMail) -> tuple[str, ...]:
     if REPLY_PREFIX_RE.match(LIST_PREFIX_RE.sub("", mail.subject, count=1)) is None:  # a new subject in an old thread: a fresh report
         return ()
     refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
-    return tuple(dict.fromkeys(r for r in refs if r))[:MAX_AWAITED]
+    return tuple(dict.fromkeys(r for r in refs if r and len(r) <= MAX_AWAITED_LENGTH))[:MAX_AWAITED]
 
 
 def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: str, *, may_wait: bool = False) -> Route:
