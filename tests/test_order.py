@@ -7,6 +7,7 @@ from __future__ import annotations
 import mailbox
 import os
 import smtplib
+import time
 from pathlib import Path
 
 from helpers.cli import deliver, mailtrack
@@ -15,7 +16,7 @@ from helpers.ports import wait_for
 from helpers.repos import make_gateway, read_comments, read_issue, read_names, titles
 from helpers.servers import Server
 from mailtrack.queue.layout import Layout
-from mailtrack.queue.waiting import Waiting
+from mailtrack.queue.waiting import Note, Waiting
 from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway
 
@@ -230,3 +231,23 @@ def test_what_a_waiting_reply_keeps_is_bounded(repo: Path) -> None:
     finally:
         g.close()
         g.store.close()
+
+
+def test_a_reply_parked_just_after_its_parent_landed_is_threaded_by_the_next_round(repo: Path) -> None:
+    """The race of two processes: the parent lands (and wakes nothing), the serve loop's round looks
+    at the waiting mails, and only then another process parks the reply it routed before the parent
+    landed. The next round threads it, though the branch has not moved since."""
+    serve, other = make_gateway(repo), make_gateway(repo)
+    try:
+        assert "created" == handled(serve, parent())
+        runner.housekeeping(serve)
+        claim = other.spool.incoming.claim_id(other.spool.accept(reply()))
+        assert claim is not None
+        other.waiting.park(claim, Note((PARENT,), "bob@example.org", time.time() + 900))
+        runner.housekeeping(serve)
+        [name] = read_names(repo)
+        assert (["Mine too (1)."], 0) == ([c.text.strip() for c in read_comments(repo, name)], waiting(repo))
+    finally:
+        for g in (serve, other):
+            g.close()
+            g.store.close()

@@ -140,7 +140,8 @@ class Gateway:
         self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self.replier = Replier(config, store, spool, self.project, self.identity)
         self.waiting = Waiting(spool.layout)
-        self._looked_at: bytes | None = None  # the tip due() last looked up the waiting mails' parents on
+        self._looked_at: bytes | None = None  # the tip due() last looked up the waiting mails' parents on,
+        self._checked: set[str] = set()  # and the waiting mails it looked at there
 
     def close(self) -> None:
         self.index.close()
@@ -247,10 +248,13 @@ class Gateway:
         """The waiting mails to take again now: a Message-ID they wait for is on the branch, or their
         time is up (then they are taken as if they had not waited), or their note was lost."""
         now, snap, notes = time.time(), self.store.snapshot(), self.waiting.notes()
-        moved, self._looked_at = snap.commit != self._looked_at, snap.commit  # a parent only comes with a commit
-        landed = self.index.present(snap, [m for n in notes.values() if n is not None for m in n.awaits]) if moved else set()
+        if snap.commit != self._looked_at:  # a parent only comes with a commit: look again at every note
+            self._looked_at, self._checked = snap.commit, set()
+        fresh = {i: n for i, n in notes.items() if n is not None and i not in self._checked}
+        landed = self.index.present(snap, [m for n in fresh.values() for m in n.awaits]) if fresh else set()
+        self._checked.update(fresh)
         return [spool_id for spool_id, note in notes.items()
-                if note is None or note.until <= now or not landed.isdisjoint(note.awaits)]
+                if note is None or note.until <= now or (spool_id in fresh and not landed.isdisjoint(note.awaits))]
 
     def machine_action(self) -> Action:
         return Action.HELD if self.config.gateway.machine_mail == "keep" else Action.DROPPED
