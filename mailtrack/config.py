@@ -43,10 +43,17 @@ class GatewayConfig:
     patch_series_timeout: int = 3600  # seconds a partial patch series waits for its missing parts
     max_patch_series_size: int = 5 * 1024 * 1024  # bytes of one patch series, as mailed
     postmaster_forward: str = ""  # mail to our postmaster@ is kept in <spool>/postmaster/ and also sent here
+    reply_wait: int = 900  # seconds a reply whose parent we have not seen waits for it (0: never)
+    reply_wait_max: int = 1000  # replies waiting at once; past it, a reply is taken at once, as if none waited
+    reply_wait_per_sender: int = 20  # of those, from one sender
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):
             raise ConfigError(f"gateway.machine_mail must be drop or keep, not {self.machine_mail!r}")
+        if not 0 <= self.reply_wait <= 86400:  # the spool tidies what is beside mail after 36 h
+            raise ConfigError(f"gateway.reply_wait must be 0 to 86400 seconds, not {self.reply_wait}")
+        if self.reply_wait_max < 0 or self.reply_wait_per_sender < 0:
+            raise ConfigError("gateway.reply_wait_max and reply_wait_per_sender cannot be negative")
 
 
 @dataclass(frozen=True)

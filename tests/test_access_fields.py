@@ -59,7 +59,7 @@ def test_reporter_may_close_but_not_set_the_severity(strict: Gateway, repo: Path
     name = filed(strict, repo)
     out = strict.handle(make_mail(message_id="<r@x>", In_Reply_To="<filed@x>", body="Severity: minor\nStatus: closed\n\nDone, I think.\n"))
     issue = read_issue(repo, name)
-    assert ("changed", "blocker", "closed", "fixed") == (out.action, issue.severity, issue.status, issue.resolution)
+    assert ("changed", "major", "closed", "fixed") == (out.action, issue.severity, issue.status, issue.resolution)
     assert ["Done, I think."] == [c.text for c in read_comments(repo, name)]
     [t] = replies(repo)
     assert "Processed (with 1 refusal): Printer on fire" == t["Subject"]
@@ -81,7 +81,7 @@ def test_maintainer_may_set_the_restricted_field(strict: Gateway, repo: Path) ->
     strict.handle(make_mail(message_id="<b@x>", In_Reply_To="<filed@x>", frm="boss@example.org", body="Severity: minor\n\nok\n"))
     assert "minor" == read_issue(repo, name).severity
     [t] = replies(repo)
-    assert "> Severity: minor\nseverity: blocker -> minor\n" in text_of(t)
+    assert "> Severity: minor\nseverity: major -> minor\n" in text_of(t)
 
 
 def test_a_field_rule_can_open_a_field_to_anyone(repo: Path) -> None:

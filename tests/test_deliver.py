@@ -72,7 +72,7 @@ def test_dry_run_writes_nothing(repo: Path) -> None:
     out = r.stdout.decode()
     assert (0, before) == (r.returncode, files())
     assert "Route:      new (its name comes from the time of receipt; no issue named by address, thread or subject)\n" in out
-    assert "  > Severity: minor\n    severity: blocker -> minor\n" in out
+    assert "  > Severity: minor\n    severity: major -> minor\n" in out
     assert "Would:      created: new " in out and "    severity: minor\n" in out and "    carbons: \n" not in out
     assert "reply reply-ack.txt to alice@example.org" in out
 

@@ -235,7 +235,7 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
     cut: int,
     noise: bytes,
 ) -> None:
-    """Generated and mutated mails: never a crash; each ends on the branch, dropped as machine mail, or in failed."""
+    """Generated and mutated mails: never a crash; each ends on the branch, dropped as machine mail, in failed, or waiting."""
     raw = bytearray(seed.read_bytes() if seed else make_mail())
     for pos, byte in flips:
         if raw:
@@ -252,6 +252,8 @@ def test_any_mail_lands_or_is_kept_with_a_reason(
             assert gateway.index.lookup(store.snapshot(), out.message_id) is not None
     elif out.action == "held":
         assert spool_id in [i for i, _ in spool.incoming.failures()]
+    elif out.action == "waiting":  # a reply to a mail we have not seen, kept until its parent comes
+        assert spool_id in gateway.waiting.notes()
     else:
         assert out.action in ("dropped", "rejected")
 

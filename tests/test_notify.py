@@ -98,7 +98,7 @@ def test_field_changes_show_old_and_new(tracker: Tracker) -> None:
     m = by_rcpt(mails)["alice@example.org"]
     expected_id = f"<mailtrack.{name}.e.{commit.decode()[:12]}@tracker.localhost>"
     assert (expected_id, "changed") == (h(m, "Message-ID"), m["X-Mailtrack-Event"])
-    assert "Dan Assignee changed:\n\n  severity: blocker -> minor\n  tags: (none) -> urgent\n" in body(m)
+    assert "Dan Assignee changed:\n\n  severity: major -> minor\n  tags: (none) -> urgent\n" in body(m)
 
 
 def test_close_and_reopen(tracker: Tracker) -> None:
@@ -256,7 +256,7 @@ def test_template_override_and_a_missing_variable_is_an_error(tracker: Tracker, 
         "Subject: changed {{ short }}\n\n{% for c in changes %}{{ c.line }}\n{% endfor %}")
     assert 5 == tracker.notify(broken)
     m = by_rcpt(tracker.caught())["alice@example.org"]
-    assert (f"changed {name[:7]}", "priority: high -> low\n") == (m["Subject"], body(m))
+    assert (f"changed {name[:7]}", "priority: med -> low\n") == (m["Subject"], body(m))
 
 
 def test_long_comment_lines_are_wrapped(tracker: Tracker) -> None:
@@ -370,7 +370,7 @@ def test_template_sets_only_the_subject(tracker: Tracker, tmp_path: Path) -> Non
     short = name[:7]
     expected = (HEADERS, f"changed {short}", f"issues+{short}@tracker.localhost", "Dan Assignee via proj <issues@tracker.localhost>")
     assert expected == (sorted(m.keys()), m["Subject"], m["Reply-To"], m["From"])
-    assert "priority: high -> low\n" == body(m)
+    assert "priority: med -> low\n" == body(m)
 
 
 def test_display_name_with_a_line_break_is_one_line(tracker: Tracker) -> None:

@@ -2,11 +2,13 @@
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
 branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
-Issues and comments keep the mail's Date as their creation time. No reply (acknowledgement,
+Issues, comments and the commits' author dates keep the mail's Date (Gateway.handle,
+model.written_at: one in the future or before 1971 gives the time of the import). A reply that
+comes before its parent in the archive waits for it (import_path). No reply (acknowledgement,
 error, transcript) is queued to the archive's senders, and no notification either: each commit
 carries IMPORTED_TRAILER, which the notifier skips, while live mail arriving meanwhile is
-notified as usual. A mail that cannot be processed is kept in the spool's
-failed queue with the traceback.
+notified as usual. A mail that cannot be processed is kept in the spool's failed queue with the
+traceback.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import mailbox
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from mailtrack.tracker.lookup import normalize_msgid
+from mailtrack.worker.outcome import Action
 from mailtrack.worker.pipeline import Gateway
 
 
-def messages(path: Path) -> tuple[int, Iterator[bytes]]:
-    """(how many, the raw messages) of an mbox file or a Maildir directory."""
+def messages(path: Path) -> tuple[int, Callable[[int], bytes]]:
+    """How many messages an mbox file or a Maildir directory holds, and how to read the n-th (in order)."""
     if path.is_dir():
         box: mailbox.Mailbox = mailbox.Maildir(str(path), factory=None, create=False)
     elif path.is_file():
@@ -34,19 +36,7 @@ def messages(path: Path) -> tuple[int, Iterator[bytes]]:
     else:
         raise FileNotFoundError(path)
     keys = sorted(box.keys()) if isinstance(box, mailbox.Maildir) else list(box.keys())
-    return len(keys), (box.get_bytes(k) for k in keys)
-
-
-def _date(raw: bytes) -> datetime | None:
-    head = raw.split(b"\n\n", 1)[0]
-    for line in head.splitlines():
-        if line[:5].lower() == b"date:":
-            try:
-                d = parsedate_to_datetime(line[5:].decode("ascii", "replace").strip())
-            except (TypeError, ValueError, IndexError):
-                return None
-            return d if d.tzinfo else None
-    return None
+    return len(keys), lambda n: box.get_bytes(keys[n])
 
 
 class Progress:
@@ -72,22 +62,50 @@ class Progress:
 
 
 def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) -> Counter[str]:
-    total, raws = messages(path)
+    """Every mail of the archive, in its order; a reply met before its parent (a mail of the archive
+    further on) waits for it, and is taken again once the parent is imported, or at the end (then
+    it is what it would have been: a new issue). Only the positions of the waiting mails are kept."""
+    total, read = messages(path)
     counts: Counter[str] = Counter()
     bar = Progress(progress, total)
     kept = gateway.spool.failed_message_ids()  # held by an earlier run: not kept twice
+    waiting: dict[str, list[int]] = {}  # a Message-ID awaited -> the mails (by position) that wait for it
+    early: dict[int, None] = {}  # the mails that wait, in archive order
     done = 0
-    for raw in raws:
-        try:
-            out = gateway.handle(raw, received=_date(raw), imported=True)  # old mail: nobody is mailed
+
+    def take(key: int, wait: bool) -> None:
+        todo = [(key, wait)]
+        while todo:
+            key, wait = todo.pop(0)
+            raw = read(key)
+            try:
+                out = gateway.handle(raw, imported=True, hold_early=wait)  # old mail: nobody is mailed, its Date is kept
+            except Exception:
+                counts["failed"] += 1
+                _keep_failed(gateway, raw, traceback.format_exc(), kept, logging.ERROR)
+                continue
+            if out.action == Action.WAITING and out.route is not None:
+                early[key] = None
+                for mid in out.route.awaits:
+                    waiting.setdefault(normalize_msgid(mid), []).append(key)
+                continue
             counts[out.action] += 1
-            if out.action == "held":
+            if out.action == Action.HELD:
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault
-        except Exception:
-            counts["failed"] += 1
-            _keep_failed(gateway, raw, traceback.format_exc(), kept, logging.ERROR)
+            if out.commit:
+                for woken in waiting.pop(normalize_msgid(out.message_id), []):
+                    if woken in early:
+                        del early[woken]
+                        todo.append((woken, True))
+
+    for key in range(total):
+        take(key, True)
         done += 1
         bar.show(done, counts)
+    while early:  # their parents are not in the archive: taken as they come, as if they had not waited
+        key = next(iter(early))
+        del early[key]
+        take(key, False)
     bar.show(done, counts, final=True)
     return counts
 

@@ -336,6 +336,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"spool {spool.root}")
     for queue, n in counts.items():
         print(f"  {queue:<14} {n}")
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+    from mailtrack.queue.waiting import Waiting
+
+    print(f"  {'waiting':<14} {Waiting(spool.layout).count()}  (replies waiting for their parent, at most {config.gateway.reply_wait}s)")
     if counts["outbox/new"] and not config.relay.host:
         print(f"  (no relay is configured: the {counts['outbox/new']} outgoing mail(s) wait in the outbox)")
     postmaster = spool.postmaster_mail()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from dulwich.objects import Blob, ObjectID
@@ -21,7 +22,7 @@ from mailtrack.patches.detect import FILE_MODE, MAX_PATCHES
 from mailtrack.patches.diff import FilePatch, Patch, apply_hunks, parse_patch
 from mailtrack.tracker import rights
 from mailtrack.tracker.merge import merge_issue, merge_project
-from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename
+from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename, now, written_at
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir, issue_of, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
@@ -252,7 +253,10 @@ def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[Pat
     if total > limit or len(raws) > MAX_PATCHES:  # before anything is decoded
         why = f"the series is too large ({len(raws)} patches, {total} bytes; at most {MAX_PATCHES} patches and {limit} bytes)"
         return [PatchResult(i, ctx.parse(raw).subject, PatchStatus.REFUSED, [why]) for i, raw in enumerate(raws, 1)], None
-    parsed = sorted((parse_patch(raw, ctx.parse(raw).from_addr, ctx.max_file) for raw in raws), key=lambda p: p.number)
+    pairs = sorted(((parse_patch(raw, mail.from_addr, ctx.max_file), _sent_by_send_email(mail))
+                    for raw, mail in ((raw, ctx.parse(raw)) for raw in raws)), key=lambda pair: pair[0].number)
+    parsed = [p for p, _ in pairs]
+    redated = [r for _, r in pairs]  # per patch: its mail's Date is not its author date
     results = [PatchResult(p.number, p.subject) for p in parsed]
     store = ctx.store
     for _attempt in range(20):
@@ -264,7 +268,8 @@ def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[Pat
         series = _Series(ctx, snap, who)
         refused = False
         per_patch: list[dict[str, bytes | None]] = []
-        for p, r in zip(parsed, results, strict=True):
+        dates: list[tuple[int, int]] = []
+        for p, r, resent in zip(parsed, results, redated, strict=True):
             r.reasons, r.status, r.commit = [], PatchStatus.NOT_APPLIED, ""  # its sender was admitted when its mail came
             writes, reasons = series.apply(p)
             if reasons:
@@ -272,6 +277,7 @@ def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[Pat
                 refused = True
             else:
                 r.status = PatchStatus.APPLIED if writes else PatchStatus.ALREADY_APPLIED
+            dates.append((_author_date(series, writes) if resent else None) or p.when)
             series.commit(writes)
             per_patch.append(writes)
         if refused:
@@ -282,10 +288,10 @@ def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[Pat
         tip, tree = snap.commit, snap.tree
         for blob_data in series.extra_blobs:
             store.repo.object_store.add_object(Blob.from_string(blob_data))
-        for p, r, writes in zip(parsed, results, per_patch, strict=True):
+        for p, r, writes, when in zip(parsed, results, per_patch, dates, strict=True):
             if not writes:
                 continue
-            commit = store.write_commit([tip] if tip else [], tree, writes, p.message, p.author, ctx.committer, when=p.when)
+            commit = store.write_commit([tip] if tip else [], tree, writes, p.message, p.author, ctx.committer, when=when)
             tip, tree = commit, store.repo[commit].tree  # type: ignore[attr-defined]
             r.commit = commit.decode()[:10]
         if tip == snap.commit:
@@ -294,3 +300,32 @@ def apply_series(ctx: Applier, raws: list[bytes], who: Sender) -> tuple[list[Pat
         if store.move(snap.commit, tip):
             return results, tip
     raise StoreError("the issues branch kept moving while a patch series was applied")
+
+
+def _sent_by_send_email(mail: ParsedMail) -> bool:
+    """git send-email drops format-patch's Date (the author date) and dates each mail when it sends it."""
+    return (mail.header("x-mailer") or "").lower().startswith("git-send-email")
+
+
+def _author_date(series: _Series, writes: dict[str, bytes | None]) -> tuple[int, int] | None:
+    """The author date of a patch whose mail was re-dated, from what its files record: a commit of
+    `git issues` (or of a gateway) writes its own time as the new comments' `created` and as the
+    `modified` of the issue.xml it changes. None when its files record no sane time (a hand edit)."""
+    times: list[datetime] = []
+    for path, data in writes.items():
+        where = split_issue_path(path)
+        if data is None or where is None:
+            continue
+        try:
+            if where[1] == "issue.xml":
+                issue = Issue.from_bytes(data, where[0])
+                before = series.read(path)
+                if issue.modified is not None and (before is None or Issue.from_bytes(before, where[0]).modified != issue.modified):
+                    times.append(issue.modified)
+            elif is_comment_filename(where[1]) and series.read(path) is None:
+                times.append(Comment.from_bytes(data, where[1]).created)
+        except (FormatError, ValueError, TypeError):  # checked (and refused) by _check already
+            continue
+    at = now()
+    sane = [t for t in times if written_at(t, at) == t]
+    return (int(max(sane).timestamp()), 0) if sane else None

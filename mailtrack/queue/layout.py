@@ -16,6 +16,8 @@ an existing spool must keep working.
     <root>/outbox-failed/           outbox_failed mail we could not send; `<id>.reason` beside each
     <root>/outbox-state/<id>.json   outbox_state  what the sender's attempts taught it (who has the
                                                   mail, who refused it, when to try again)
+    <root>/waiting/<id>             waiting       replies kept until their parent comes (queue.waiting), and
+                                                  `<id>.json` beside each: what it waits for, until when
     <root>/patches/<key>/<gen>/     patches       patch series being gathered: a folder for one
                                                   sender's series in a thread, one below it per
                                                   generation (`<n>.eml` each part, `done`)
@@ -55,6 +57,7 @@ NAME_RE = re.compile(rf"^(?P<id>{_ID})(?::1,(?P<n>[0-9]+))?$")  # a mail's file 
 REASON = ".reason"  # `<id>.reason` beside a failed mail
 ENVELOPE = ".json"  # `<envelopes>/<id>.json`: the envelope of an outgoing mail
 SOURCE = ""  # `<sources>/<id>`: where an incoming mail came from
+NOTE = ".json"  # `<waiting>/<id>.json`: what a parked reply waits for
 OUTBOX_STATE = ".json"  # `<outbox_state>/<id>.json`: what the sender learnt about a mail
 _HOST_RE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -129,6 +132,10 @@ class Layout:
     @property
     def outbox_state(self) -> Path:
         return self.root / "outbox-state"
+
+    @property
+    def waiting(self) -> Path:
+        return self.root / "waiting"
 
     @property
     def patches(self) -> Path:

@@ -156,6 +156,17 @@ class Index:
         row = self.db.execute("SELECT issue FROM msgid WHERE message_id = ?", (normalize_msgid(message_id),)).fetchone()
         return row[0] if row else None
 
+    def present(self, snap: Snapshot, message_ids: list[str]) -> set[str]:
+        """Which of these Message-IDs (normalized) a record on the branch carries, as of the snapshot."""
+        self.sync(snap)
+        wanted = sorted({normalize_msgid(m) for m in message_ids})
+        found: set[str] = set()
+        for at in range(0, len(wanted), 500):  # SQLite's limit on the number of parameters
+            batch = wanted[at : at + 500]
+            rows = self.db.execute(f"SELECT message_id FROM msgid WHERE message_id IN ({','.join('?' * len(batch))})", batch)
+            found.update(row[0] for row in rows)
+        return found
+
     def known(self, snap: Snapshot, email: str) -> bool:
         """Whether this address appears on the branch: a reporter, assignee, owner, Cc or commenter."""
         self.sync(snap)

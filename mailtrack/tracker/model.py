@@ -26,6 +26,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)  # no mail was written before: an earlier time is a broken clock
+
+
+def written_at(date: datetime | None, at: datetime) -> datetime:
+    """When something was written, by the time it claims (a mail's Date, the time a patch's files
+    record): that time, unless there is none or it is insane (later than `at`, the time we read it,
+    or before EARLIEST); then `at`."""
+    return date if date is not None and EARLIEST <= date <= at else at
+
+
 def blob_sha(content: bytes) -> str:
     """What `git hash-object --stdin` prints for these bytes."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
@@ -356,6 +366,8 @@ FIELD_OF = {
     "versions": "version", "milestones": "milestone", "severities": "severity", "priorities": "priority",
 }  # fmt: skip
 LIST_OF = {v: k for k, v in FIELD_OF.items()}
+DEFAULTED = ("statuses", "resolutions", "types", "severities", "priorities")  # the lists a `<default>` may mark
+SCALES = ("severity", "priority")  # ordered from most to least urgent: without a marker, the middle value
 
 
 @dataclass(frozen=True)
@@ -377,6 +389,7 @@ class Project:
     priorities: list[str] = field(default_factory=lambda: ["high", "med", "low"])
     closed_statuses: list[str] | None = None
     extensions: list[Node] = field(default_factory=list)
+    defaults: dict[str, str] = field(default_factory=dict)  # field -> the value its list's `<default>` marks
 
     @property
     def closed(self) -> list[str]:
@@ -393,8 +406,16 @@ class Project:
         return list(getattr(self, element)) if element else []
 
     def default(self, fieldname: str) -> str:
+        """The value a new issue takes, by mail and by `git issues new` alike: the one its list's
+        `<default>` marks (when it is a listed value); else, for the scales (severity, priority),
+        the middle value (of an even count, the more urgent of the two middle ones); else the first."""
         values = self.legal(fieldname)
-        return values[0] if values else ""
+        if not values:
+            return ""
+        marked = self.defaults.get(fieldname, "")
+        if marked in values:
+            return marked
+        return values[(len(values) - 1) // 2] if fieldname in SCALES else values[0]
 
     def component_owners(self, names: list[str]) -> list[str]:
         return dedupe([o for c in self.components if c.name in names for o in c.owners])
@@ -412,7 +433,11 @@ class Project:
                 if self.closed_statuses is not None:
                     kids.append(_list_node(element, self.closed_statuses))
             else:
-                kids.append(_list_node(element, getattr(self, element)))
+                node = _list_node(element, getattr(self, element))
+                marked = self.defaults.get(FIELD_OF[element], "")
+                if element in DEFAULTED and marked:
+                    node.children.append(Node("default", clean_text(marked).strip() or None))
+                kids.append(node)
         return Node("project", children=kids + self.extensions)
 
     def to_bytes(self) -> bytes:
@@ -422,9 +447,14 @@ class Project:
     def from_node(cls, node: Node) -> Project:
         by_tag = {c.tag: c for c in reversed(node.children)}
         values: dict[str, object] = {}
+        defaults: dict[str, str] = {}
         for element in PROJECT_LISTS:
             if element in by_tag:
                 values[element] = _read_list(by_tag[element])
+                marker = by_tag[element].child("default") if element in DEFAULTED else None
+                if marker is not None and _text(marker).strip():
+                    defaults[FIELD_OF[element]] = _text(marker).strip()
+        values["defaults"] = defaults
         if "closed-statuses" in by_tag:
             values["closed_statuses"] = _read_list(by_tag["closed-statuses"])
         comps = by_tag.get("components")

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
@@ -350,8 +351,10 @@ class Store:
         author: Person,
         committer: Person | None = None,
         tries: int = 50,
+        when: datetime | None = None,
     ) -> tuple[bytes | None, Change | None]:
-        """Apply `change` to the tip as one commit, redoing it on a lost race.
+        """Apply `change` to the tip as one commit, redoing it on a lost race. `when`: the author
+        date (an imported mail's own Date); the commit date is always now.
 
         `change` reads the snapshot it is given and returns the files to write, or None when there
         is nothing to do. It may raise (ValidationError, UnknownIssue ...): then nothing is written.
@@ -363,7 +366,8 @@ class Store:
             if result is None or not result.files:
                 return None, result
             parents = [snap.commit] if snap.commit else []
-            commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer)
+            stamp = (int(when.timestamp()), int((when.utcoffset() or timedelta(0)).total_seconds())) if when else None
+            commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer, when=stamp)
             if self.move(snap.commit, commit):
                 log.debug("committed %s: %s", commit.decode()[:10], result.message)
                 return commit, result

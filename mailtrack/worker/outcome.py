@@ -20,6 +20,7 @@ class Action(StrEnum):
     CHANGED = "changed"  # fields changed (commands, a control mail, a patch series)
     DUPLICATE = "duplicate"  # its Message-ID is on the branch already, or the series was applied
     PENDING = "pending"  # a part of a patch series, kept until the series is complete
+    WAITING = "waiting"  # a reply kept until its parent comes (or gateway.reply_wait is over)
     DROPPED = "dropped"  # machine mail, logged and forgotten
     HELD = "held"  # kept in the spool's failed queue with the reason (policy, no sender)
     REJECTED = "rejected"  # refused, and the sender told why
@@ -53,6 +54,7 @@ class Outcome:
     action: Action
     reason: str = ""
     message_id: str = ""
+    sender: str = ""  # the From address, lowercase (a waiting reply is counted per sender)
     issue: str = ""
     short: str = ""
     commit: str = ""

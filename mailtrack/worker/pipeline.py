@@ -12,6 +12,8 @@ quarantine) is worker.runner.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,12 +24,13 @@ from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.ids import LOOP_HEADER, commit_trailers
 from mailtrack.mail.parse import ParsedMail, issue_title, parse, split_pseudo_headers, strip_subject_tag
 from mailtrack.patches.detect import is_patch_mail
-from mailtrack.queue.layout import Layout
+from mailtrack.queue.layout import ID_RE, Layout, id_time
 from mailtrack.queue.optouts import OptOuts
-from mailtrack.queue.spool import Spool
+from mailtrack.queue.spool import Claim, Spool
+from mailtrack.queue.waiting import Note, Waiting
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
-from mailtrack.tracker.lookup import Index
-from mailtrack.tracker.model import Person, now
+from mailtrack.tracker.lookup import Index, normalize_msgid
+from mailtrack.tracker.model import Person, now, written_at
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import admission, commands, patchmail
@@ -48,6 +51,7 @@ class Job:
     author: Person
     when: datetime
     imported: bool
+    wait_until: float | None = None  # it may wait for its parent until then (Gateway.wait_until)
     route: Route | None = None
     sender: Sender | None = None
     change: Change | None = None
@@ -63,11 +67,15 @@ class Stage:
 
 
 def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    r = route(job.mail, snap, gw.index, gw.ours, gw.project)
+    r = route(job.mail, snap, gw.index, gw.ours, gw.project, may_wait=job.wait_until is not None and time.time() < job.wait_until)
+    if r.kind == RouteKind.WAIT and not gw.room_to_wait(job):
+        r = Route(RouteKind.NEW, reason=f"no issue named by address, thread or subject; {r.awaits[0]} not seen, and too many replies wait")
     job.route, job.out.route, job.out.issue = r, r, r.issue
     job.out.short = snap.short(r.issue) if r.issue else ""
     if r.kind == RouteKind.DUPLICATE:
         job.out.decide(Action.DUPLICATE, r.reason)
+    elif r.kind == RouteKind.WAIT:  # worker.runner parks it (queue.waiting)
+        job.out.decide(Action.WAITING, r.reason)
     elif r.kind == RouteKind.UNKNOWN_ISSUE:
         job.out.decide(Action.REJECTED, r.reason)
     elif r.kind == RouteKind.MACHINE:
@@ -112,7 +120,7 @@ def _change(gw: Gateway, job: Job, snap: Snapshot) -> bool:
 
 # The order of the work on one mail, against one snapshot (retried whole on a lost race).
 PIPELINE: tuple[Stage, ...] = (
-    Stage("route", "which issue the mail is about: a duplicate, machine mail and an unknown issue end here", _route),
+    Stage("route", "which issue the mail is about: a duplicate, machine mail, an unknown issue and a reply that waits for its parent end here", _route),
     Stage("sender", "the mail has a sender address, and the rights know who that is", _sender),
     Stage("admission", "the sender may do what the mail does (known senders, access.open, access.comment)", _admission),
     Stage("change", "the files the mail writes: a new issue, a comment, commands, a control batch", _change),
@@ -131,6 +139,9 @@ class Gateway:
         self.identity = Person(gw.name or self.project, gw.address)
         self.index = Index.for_snapshot(store.snapshot(), read_only=read_only)
         self.replier = Replier(config, store, spool, self.project, self.identity)
+        self.waiting = Waiting(spool.layout)
+        self._looked_at: bytes | None = None  # the tip due() last looked up the waiting mails' parents on,
+        self._checked: set[str] = set()  # and the waiting mails it looked at there
 
     def close(self) -> None:
         self.index.close()
@@ -142,12 +153,17 @@ class Gateway:
         gw = self.config.gateway
         return parse(raw, max_attachment_size=gw.max_attachment_size, loop_header=LOOP_HEADER, ours=self.ours)
 
-    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False) -> Outcome:
+    def handle(self, raw: bytes, *, dry_run: bool = False, received: datetime | None = None, imported: bool = False,
+               spool_id: str = "", hold_early: bool = False) -> Outcome:
         """Apply one mail to the branch and queue the replies it calls for.
 
         `imported` (`mailtrack import` of an old archive) applies the mail the same way, but queues
         no reply of any kind and marks its commit with IMPORTED_TRAILER (mail.ids), which the
-        notifier skips: the people of old mail must not hear from us.
+        notifier skips: the people of old mail must not hear from us. Its records and its commit's
+        author date take the mail's own Date when it is sane (`written_at`). `received` overrides
+        the time of any mail. `spool_id`: the mail is kept in the spool under that id, so it may
+        wait for its parent (Action.WAITING: worker.runner parks it). `hold_early` (imported): a
+        reply to a mail not seen yet is Action.WAITING, for the importer to take again later.
         """
         self.replier.quiet = imported
         try:
@@ -155,16 +171,20 @@ class Gateway:
             if is_patch_mail(mail):  # a series of issues-branch commits, applied as `git am` would
                 out = patchmail.handle(self, mail, dry_run=dry_run)
             else:
-                out = self._walk(mail, dry_run, received, imported)
+                # a dry run is told what `deliver` would do: the mail would arrive now
+                arrived = id_time(spool_id) if spool_id and ID_RE.match(spool_id) else time.time() if dry_run else None
+                until = (math.inf if hold_early else None) if imported else self.wait_until(arrived)
+                out = self._walk(mail, dry_run, received, imported, until)
             log.info("%s", out.line())
             return out
         finally:
             self.replier.quiet = False
 
-    def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool) -> Outcome:
-        out = Outcome(Action.NOTHING, message_id=mail.message_id)
+    def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool, wait_until: float | None) -> Outcome:
+        out = Outcome(Action.NOTHING, message_id=mail.message_id, sender=mail.from_addr)
         out.verified = admission.verified_by(mail, self.config.access.trusted_authserv_ids)
-        job = Job(mail, out, Person(mail.from_name, mail.from_addr), received or now(), imported)
+        when = received or (written_at(mail.date, now()) if imported else now())
+        job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported, wait_until)
 
         def attempt(snap: Snapshot) -> Change | None:
             out.action, out.reason, out.commands, job.change = Action.NOTHING, "", None, None
@@ -177,7 +197,7 @@ class Gateway:
         if dry_run:
             result, commit = attempt(self.store.snapshot()), None
         else:
-            commit, result = self.store.update(attempt, job.author, self.identity)
+            commit, result = self.store.update(attempt, job.author, self.identity, when=when if imported else None)
             for stage in AFTER:
                 stage.run(self, job, self.store.snapshot())
         if result is not None and result.files:
@@ -186,6 +206,55 @@ class Gateway:
             out.commit = commit.decode() if commit else ""
         self.replies(mail, out, dry_run)
         return out
+
+    # --- replies that wait for their parent --------------------------------------------------------
+
+    def wait_until(self, arrived: float | None) -> float | None:
+        """Until when a mail that `arrived` (in the spool, seconds since the epoch) may wait for its
+        parent: gateway.reply_wait later; None when it may not wait (not kept, reply_wait = 0)."""
+        wait = self.config.gateway.reply_wait
+        return arrived + wait if arrived is not None and wait > 0 else None
+
+    def room_to_wait(self, job: Job) -> bool:
+        """Whether a reply to a mail we have not seen, whose time is not up, may wait: fewer than
+        reply_wait_max mails wait (reply_wait_per_sender from its sender). Past the bounds it is taken
+        at once, as if no mail waited: a stranger's 10,000 replies to nothing cost no more."""
+        gw = self.config.gateway
+        if self.waiting.count() >= gw.reply_wait_max:
+            log.warning("%s: not waiting for its parent: %d replies wait already (reply_wait_max)",
+                        job.mail.message_id, gw.reply_wait_max)
+            return False
+        if self.waiting.count(job.mail.from_addr) >= gw.reply_wait_per_sender:
+            log.warning("%s: not waiting for its parent: %d replies from %s wait already (reply_wait_per_sender)",
+                        job.mail.message_id, gw.reply_wait_per_sender, job.mail.from_addr)
+            return False
+        return True
+
+    def park(self, claim: Claim, out: Outcome) -> None:
+        """Keep a mail that waits for its parent (Action.WAITING) aside, with what it waits for."""
+        assert out.route is not None
+        until = self.wait_until(id_time(claim.id)) or time.time()
+        self.waiting.park(claim, Note(tuple(normalize_msgid(m) for m in out.route.awaits), out.sender, until))
+
+    def woken_by(self, message_id: str) -> list[str]:
+        """The waiting mails this mail's commit may thread: they wait for its Message-ID, now on the branch."""
+        mid = normalize_msgid(message_id)
+        waiting = self.waiting.awaiting(mid)
+        if not waiting or not self.index.lookup(self.store.snapshot(), mid):
+            return []
+        return waiting
+
+    def due(self) -> list[str]:
+        """The waiting mails to take again now: a Message-ID they wait for is on the branch, or their
+        time is up (then they are taken as if they had not waited), or their note was lost."""
+        now, snap, notes = time.time(), self.store.snapshot(), self.waiting.notes()
+        if snap.commit != self._looked_at:  # a parent only comes with a commit: look again at every note
+            self._looked_at, self._checked = snap.commit, set()
+        fresh = {i: n for i, n in notes.items() if n is not None and i not in self._checked}
+        landed = self.index.present(snap, [m for n in fresh.values() for m in n.awaits]) if fresh else set()
+        self._checked.update(fresh)
+        return [spool_id for spool_id, note in notes.items()
+                if note is None or note.until <= now or (spool_id in fresh and not landed.isdisjoint(note.awaits))]
 
     def machine_action(self) -> Action:
         return Action.HELD if self.config.gateway.machine_mail == "keep" else Action.DROPPED

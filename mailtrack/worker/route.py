@@ -5,9 +5,12 @@ whose own Message-ID is one we made (our mail come back, whatever its headers sa
 address takes commands (when it is the only one of our addresses the mail went to); an issue
 named in the recipient address (`issues+<id>@`); In-Reply-To and References matched against the
 Message-IDs on the branch and against our own Message-IDs (which embed the issue's name); a
-subject tag `[<project> #<id>]`; otherwise a new issue. A mail that
-names an issue we do not have is not turned into a new one. Whatever found the issue, the
-subject tag's `[field=value]` commands apply when the tag names that same issue.
+subject tag `[<project> #<id>]`; otherwise a new issue, unless the mail is a reply (a subject
+with a reply prefix, and In-Reply-To or References) whose parent we have not seen: when the caller
+lets it (`may_wait`: its gateway.reply_wait is not over; worker.pipeline keeps the bounds), that
+one waits for its parent, which may be on its way still. A mail that names an issue we do not
+have is not turned into a new one. Whatever found the issue, the subject tag's `[field=value]`
+commands apply when the tag names that same issue.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from enum import StrEnum
 
 from mailtrack.mail.addresses import Ours, bare
 from mailtrack.mail.ids import is_our_message_id, issue_of_ours
-from mailtrack.mail.parse import ParsedMail, subject_tag
+from mailtrack.mail.parse import LIST_PREFIX_RE, REPLY_PREFIX_RE, ParsedMail, subject_tag
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.store import Snapshot, StoreError
 
@@ -29,6 +32,7 @@ class RouteKind(StrEnum):
     MACHINE = "machine"  # a bounce, an auto-reply, a loop: never answered
     DUPLICATE = "duplicate"  # its Message-ID is on the branch already
     UNKNOWN_ISSUE = "unknown-issue"  # names an issue we do not have
+    WAIT = "wait"  # a reply to a mail we have not seen: it waits for its parent (Route.awaits)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class Route:
     reason: str = ""  # why, in words a log line or a reply can quote
     ident: str = ""  # the ID as the sender wrote it (unknown-issue)
     commands: list[str] = field(default_factory=list)  # from a subject tag's [field=value] brackets
+    awaits: tuple[str, ...] = ()  # wait: the Message-IDs it names, any of which would thread it
+
+
+MAX_AWAITED = 20  # a waiting reply waits for its In-Reply-To and the newest References, no more
+MAX_AWAITED_LENGTH = 250  # characters of a Message-ID it waits for (RFC 5322 lines are 998 at most)
 
 
 def _resolve(snap: Snapshot, ident: str) -> str | None:
@@ -76,8 +85,17 @@ def _thread(mail: ParsedMail, snap: Snapshot, index: Index) -> tuple[str, str, s
     return None
 
 
-def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: str) -> Route:
-    """`ours`: our addresses; `project`: the name in subject tags."""
+def _awaited(mail: ParsedMail) -> tuple[str, ...]:
+    """The Message-IDs a reply would be threaded by, when it names some and says it is a reply."""
+    if REPLY_PREFIX_RE.match(LIST_PREFIX_RE.sub("", mail.subject, count=1)) is None:  # a new subject in an old thread: a fresh report
+        return ()
+    refs = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
+    return tuple(dict.fromkeys(r for r in refs if r and len(r) <= MAX_AWAITED_LENGTH))[:MAX_AWAITED]
+
+
+def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: str, *, may_wait: bool = False) -> Route:
+    """`ours`: our addresses; `project`: the name in subject tags; `may_wait`: a reply to a mail we
+    have not seen may wait for it (else it is a new issue)."""
     if index.lookup(snap, mail.message_id):
         return Route(RouteKind.DUPLICATE, index.lookup(snap, mail.message_id) or "", f"{mail.message_id} is on the branch already")
     if mail.machine:
@@ -120,4 +138,7 @@ def route(mail: ParsedMail, snap: Snapshot, index: Index, ours: Ours, project: s
         if name is None:
             return Route(RouteKind.UNKNOWN_ISSUE, reason=f"the subject names [{project} #{ident}], which is no issue of ours", ident=ident)
         return Route(RouteKind.COMMENT, name, f"the subject tag [{project} #{ident}]", commands=list(commands))
+    awaited = _awaited(mail) if may_wait else ()
+    if awaited:
+        return Route(RouteKind.WAIT, reason=f"a reply to {awaited[0]}, which we have not seen: waiting for it", awaits=awaited)
     return Route(RouteKind.NEW, reason="no issue named by address, thread or subject")

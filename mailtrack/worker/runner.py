@@ -1,7 +1,8 @@
 """The runner: takes kept mail from the spool and never dies on one (Mailman's runner).
 
-A mail the gateway decided about leaves the incoming queue (`done`), or goes to failed when the
-decision was to hold it; an exception is our fault or our environment's, not a decision: the mail
+A mail the gateway decided about leaves the incoming queue (`done`), goes to failed when the
+decision was to hold it, or waits for its parent (queue.waiting) when it replies to a mail not
+seen yet; an exception is our fault or our environment's, not a decision: the mail
 is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback.
 """
 
@@ -19,9 +20,35 @@ log = logging.getLogger(__name__)
 
 
 def work(gateway: Gateway, claim: Claim) -> Outcome | None:
-    """Process one claimed mail; never raises for a problem with the mail or with us."""
+    """Process one claimed mail, then the waiting replies its commit threads (queue.waiting); never
+    raises for a problem with the mail or with us. Returns what became of the claimed mail."""
+    out = _work(gateway, claim)
+    woken = gateway.woken_by(out.message_id) if out is not None and out.commit else []
+    _take_again(gateway, woken)
+    return out
+
+
+def _take_again(gateway: Gateway, spool_ids: list[str]) -> int:
+    """Put waiting mails back in the incoming queue and process them now, and those their commits
+    thread in turn; return how many were taken (each at most once per release)."""
+    todo, taken = list(spool_ids), 0
+    while todo:
+        spool_id = todo.pop(0)
+        if not gateway.waiting.release(spool_id):
+            continue  # another process took it back first
+        claim = gateway.spool.incoming.claim_id(spool_id)
+        if claim is None:  # a concurrent worker has it
+            continue
+        out = _work(gateway, claim)
+        taken += 1
+        if out is not None and out.commit:
+            todo += [i for i in gateway.woken_by(out.message_id) if i not in todo]
+    return taken
+
+
+def _work(gateway: Gateway, claim: Claim) -> Outcome | None:
     try:
-        out = gateway.handle(claim.read())
+        out = gateway.handle(claim.read(), spool_id=claim.id)
     except Exception:
         error = traceback.format_exc()
         log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
@@ -30,6 +57,8 @@ def work(gateway: Gateway, claim: Claim) -> Outcome | None:
     if out.action == Action.HELD:
         # a decision about the mail, not a failure: logged as a warning (ERROR is for retries exhausted)
         gateway.spool.incoming.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
+    elif out.action == Action.WAITING:
+        gateway.park(claim, out)
     else:
         gateway.spool.incoming.done(claim)
     return out
@@ -45,5 +74,8 @@ def drain(gateway: Gateway) -> int:
 
 
 def housekeeping(gateway: Gateway) -> None:
-    """Periodic work: report the partial patch series that waited past their timeout."""
+    """Periodic work: report the partial patch series that waited past their timeout; take the
+    waiting replies whose parent is on the branch now (committed by another process) or whose
+    gateway.reply_wait is over (they become what they would have been without waiting)."""
     patchmail.expire(gateway)
+    _take_again(gateway, gateway.due())
