@@ -2,26 +2,36 @@
 
 A mail the gateway decided about leaves the incoming queue (`done`), or goes to failed when the
 decision was to hold it; an exception is our fault or our environment's, not a decision: the mail
-is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback.
+is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback. A locked or
+contended repository is not the mail's fault: that attempt is counted as interrupted (queue.spool),
+and the mail is tried again after ENVIRONMENT_DELAY.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
+from datetime import timedelta
 
 from mailtrack.queue.spool import Claim
+from mailtrack.tracker.store import ConcurrentUpdate, Locked
 from mailtrack.worker import patchmail
 from mailtrack.worker.outcome import Action, Outcome
 from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
 
+ENVIRONMENT_DELAY = timedelta(seconds=30)  # before a mail stopped by a locked repository is tried again
+
 
 def work(gateway: Gateway, claim: Claim) -> Outcome | None:
     """Process one claimed mail; never raises for a problem with the mail or with us."""
     try:
         out = gateway.handle(claim.read())
+    except (Locked, ConcurrentUpdate) as e:  # the repository, not the mail
+        log.warning("%s: the branch could not be written, trying again in %ds: %s", claim.id, ENVIRONMENT_DELAY.seconds, e)
+        gateway.spool.incoming.interrupted(claim, f"{type(e).__name__}: {e}", delay=ENVIRONMENT_DELAY)
+        return None
     except Exception:
         error = traceback.format_exc()
         log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
@@ -45,5 +55,7 @@ def drain(gateway: Gateway) -> int:
 
 
 def housekeeping(gateway: Gateway) -> None:
-    """Periodic work: report the partial patch series that waited past their timeout."""
+    """Periodic work: report the partial patch series that waited past their timeout; queue (or
+    delete) the replies a crashed writer left held (worker.replies)."""
     patchmail.expire(gateway)
+    gateway.replier.settle()
