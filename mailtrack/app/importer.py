@@ -1,7 +1,10 @@
 """`mailtrack import`: every mail of an mbox or a Maildir down the gateway's path.
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
-branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
+branch already is skipped, and what an earlier run kept in the failed queue is not kept again;
+when it goes onto the branch this time, the copy an earlier import kept in failed is deleted, so
+no mail is both on the branch and in failed. A repository locked by a lock file that cannot be
+removed yet (tracker.store.Locked) stops the import with the file's path: resumed once it is gone.
 Issues and comments keep the mail's Date as their creation time. No reply (acknowledgement,
 error, transcript) is queued to the archive's senders, and no notification either: each commit
 carries IMPORTED_TRAILER, which the notifier skips, while live mail arriving meanwhile is
@@ -22,7 +25,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TextIO
 
+from mailtrack.mail.ids import mail_key
+from mailtrack.tracker.store import Locked
+from mailtrack.worker.outcome import Action
 from mailtrack.worker.pipeline import Gateway
+
+SOURCE = "import"  # the source recorded for the mail an import keeps in failed
+ON_BRANCH = (Action.CREATED, Action.COMMENTED, Action.CHANGED, Action.DUPLICATE)
 
 
 def messages(path: Path) -> tuple[int, Iterator[bytes]]:
@@ -76,13 +85,20 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     counts: Counter[str] = Counter()
     bar = Progress(progress, total)
     kept = gateway.spool.failed_message_ids()  # held by an earlier run: not kept twice
+    ours = gateway.spool.failed_by_key(SOURCE)  # kept by an earlier import: deleted once on the branch
     done = 0
     for raw in raws:
         try:
             out = gateway.handle(raw, received=_date(raw), imported=True)  # old mail: nobody is mailed
             counts[out.action] += 1
-            if out.action == "held":
+            if out.action == Action.HELD:
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault
+            elif out.action in ON_BRANCH:
+                for spool_id in ours.pop(mail_key(raw), []):
+                    gateway.spool.forget_failed(spool_id)
+        except Locked:  # not the mail's fault: every mail after it would fail too
+            bar.show(done, counts, final=True)
+            raise
         except Exception:
             counts["failed"] += 1
             _keep_failed(gateway, raw, traceback.format_exc(), kept, logging.ERROR)
@@ -97,7 +113,7 @@ def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str], leve
     if mid in kept:
         return
     kept.add(mid)
-    spool_id = gateway.spool.accept(raw, source="import")
+    spool_id = gateway.spool.accept(raw, source=SOURCE, keep_source=True)
     claim = gateway.spool.incoming.claim_id(spool_id)
     if claim is not None:
         gateway.spool.incoming.fail(claim, reason, level=level)

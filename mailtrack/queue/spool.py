@@ -585,11 +585,29 @@ class Spool:
 
     def failed_message_ids(self) -> set[str]:
         """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
-        ids = set()
-        for _, _, path in self.incoming.entries("failed"):
+        return set(self.failed_by_key())
+
+    def failed_by_key(self, source: str | None = None) -> dict[str, list[str]]:
+        """The spool ids of the mail in failed/ by Message-ID (mail.ids.mail_key); `source`: only
+        the mail accept() recorded as coming from there (keep_source)."""
+        found: dict[str, list[str]] = {}
+        for spool_id, _, path in self.incoming.entries("failed"):
+            if source is not None and self.source(spool_id) != source:
+                continue
             with contextlib.suppress(OSError):
-                ids.add(mail_key(path.read_bytes()))
-        return ids
+                found.setdefault(mail_key(path.read_bytes()), []).append(spool_id)
+        return found
+
+    def forget_failed(self, spool_id: str) -> None:
+        """Delete a mail of failed/ (with its reason and source): it is on the branch after all."""
+        if ID_RE.match(spool_id) is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.incoming.failed / spool_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.incoming.failed / reason_name(spool_id)).unlink()
+        self.incoming._forget(spool_id)
+        log.info("%s: deleted from %s: it is on the branch now", spool_id, self.incoming.failed.name)
 
     def hold(self, raw: bytes, reason: str) -> str:
         """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
