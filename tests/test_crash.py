@@ -12,6 +12,7 @@ import email
 import mailbox
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ import pytest
 
 from helpers.cli import deliver, mailtrack
 from helpers.mail import make_mail, spool_path
+from helpers.ports import free_port, wait_for
 from helpers.repos import git, tip, titles
+from helpers.servers import Server
 from mailtrack.queue.spool import MAX_ATTEMPTS
 from mailtrack.tracker.store import STALE_LOCK
 
@@ -331,3 +334,27 @@ def test_an_import_stopped_by_a_lock_not_ours_names_it_and_resumes(repo: Path, t
     assert 0 == mailtrack("import", str(box), repo=repo).returncode
     check_branch(repo, ["Crash 1", "Crash 2", "Crash 3"])
     assert [] == failed(repo)
+
+
+@pytest.mark.network
+def test_a_serve_worker_killed_after_its_commit_acks_once_after_the_restart(repo: Path) -> None:
+    """`mailtrack serve` killed right after the ref moved for a mail it received over SMTP: the
+    restarted serve queues the held acknowledgement once, and takes the mail as the duplicate it is."""
+    before = tip(repo)
+    server = Server(repo, free_port(), inject=AFTER_MOVE)
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+        smtp.sendmail("alice@example.org", ["issues@localhost"], mail(1))
+    wait_for(lambda: tip(repo) != before, timeout=30, what="the commit of the mail")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.finish()
+    assert ([], ["Crash 1"]) == (list((spool_path(repo) / "outbox" / "new").iterdir()), titles(repo))  # ack held
+    again = Server(repo, free_port())
+    again.start()
+    try:
+        wait_for(lambda: waiting_ids(repo) == [] and acks(repo) != [], timeout=30, what="the mail recovered and its ack")
+    finally:
+        assert 0 == again.stop()
+    check_branch(repo, ["Crash 1"])
+    assert ([], ["<crash1@example.org>"]) == (failed(repo), acks(repo))

@@ -27,7 +27,7 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.mail.ids import header_message_id
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
-from mailtrack.queue.spool import MAX_ATTEMPTS, Claim, Spool
+from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store
 from mailtrack.worker import runner
@@ -147,7 +147,7 @@ def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
     mine = [poller for poller in pollers if source == poller.source]
     raw = claim.read() if mine else b""
     out = runner.work(gateway, claim)
-    failed = out.action == Action.HELD if out is not None else claim.attempts + 1 >= MAX_ATTEMPTS
+    failed = out.action == Action.HELD if out is not None else gateway.spool.incoming.has_failed(claim.id)
     mid = header_message_id(raw) if failed and mine else ""
     for poller in mine if mid else []:
         try:

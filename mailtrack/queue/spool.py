@@ -387,6 +387,10 @@ class Queue:
         directory = {"new": self.new, "cur": self.cur, "failed": self.failed}[where]
         return _entries(directory)
 
+    def has_failed(self, spool_id: str) -> bool:
+        """Whether the mail `spool_id` is in failed/ (retries exhausted, or held)."""
+        return ID_RE.match(spool_id) is not None and (self.failed / spool_id).exists()
+
     def ids(self) -> set[str]:
         """The ids of every mail this queue holds, in any of its directories."""
         return {entry.id for directory in self._mail_dirs() for entry in _entries(directory)}
@@ -692,10 +696,11 @@ class Spool:
             raise KeyError(f"no failed mail with id {spool_id!r}")
 
     def recover(self) -> int:
-        """On start: put claimed-but-unfinished mail back (counting an attempt); tidy up.
+        """On start: put claimed-but-unfinished mail back (counted as interrupted); tidy up.
 
         Counting the interrupted attempt means a mail that crashes the process ends in failed/
-        after MAX_ATTEMPTS starts instead of crashing it forever. Returns how many came back.
+        after MAX_INTERRUPTED starts instead of crashing it forever, while kills that are not the
+        mail's fault never reach MAX_ATTEMPTS. Returns how many came back.
         """
         recovered = sum(queue.recover() for queue in self.queues)
         if recovered:
