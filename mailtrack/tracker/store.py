@@ -5,13 +5,13 @@ and moves the branch with a compare-and-swap against the tip it read. When anoth
 race, the change is computed again on the new tip and retried.
 
 Every writer of ours holds an flock on `<git dir>/mailtrack.lock` (LOCK_NAME) while it writes
-objects and moves the ref, and writes its pid and start time into that file until it is done. The
-kernel drops the flock when its holder dies, so a dulwich lock file (`objects/xx/<sha>.lock`,
-`refs/heads/issues.lock`) that a writer meets while it holds the flock was left by a writer that
-died: git itself never makes object lock files, and a ref lock made after the start time of a
-holder that died is that holder's (its pid and time are still in the file). Such a lock is
-removed with a WARNING. A ref lock we cannot prove ours (git may hold one, for milliseconds) is
-waited for, and removed once older than STALE_LOCK; until then the error (`Locked`) names it.
+objects and moves the ref, and while it moves the ref that file names it (pid, time, ref). The
+kernel drops the flock when its holder dies, so a dulwich lock file that a writer meets while it
+holds the flock may be stale: an object's (`objects/xx/<sha>.lock`) always is, as git itself
+never makes one; a ref lock (`refs/heads/issues.lock`) is when the file still names a holder
+that was moving that ref and the lock was made in the seconds after (MOVE_WINDOW). Such a lock
+is removed with a WARNING. A ref lock we cannot prove ours (git may hold one, for milliseconds)
+is waited for, and removed once older than STALE_LOCK; until then the error (`Locked`) names it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ MIN_SHORT = 7
 LOCK_NAME = "mailtrack.lock"  # <git dir>/mailtrack.lock: the flock every writer of ours holds
 LOCK_WAIT = 30.0  # seconds a writer waits for another writer of ours to let go of the flock
 STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be proved to own is stale
+MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
 
 
 class StoreError(Exception):
@@ -402,11 +403,14 @@ class Store:
         a stale one (see the module) is removed and the move tried again."""
         with self.writing():
             for _ in range(2):
+                self._naming()
                 try:
                     return bool(self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, ObjectID(new)))
                 except FileLocked as e:
                     if not self._remove_stale(os.fsdecode(e.lockfilename), provably=False):
                         return False
+                finally:
+                    self._named_no_more()
             return False
 
     def is_committed(self, commit: bytes) -> bool:
@@ -425,8 +429,8 @@ class Store:
     def writing(self) -> Iterator[None]:
         """Hold the writers' flock (re-entrant); Locked when a live writer keeps it past LOCK_WAIT.
 
-        A holder that finds the previous holder's pid and time still in the file knows it died
-        while writing, and removes the ref lock it left."""
+        A holder that finds a previous holder still named in the file knows it died while moving
+        the ref, and removes the ref lock it left."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -447,33 +451,44 @@ class Store:
                         raise Locked(f"{self.lock_path} is held by a live mailtrack writer"
                                      f"{' (pid ' + holder[0] + ')' if holder else ''} for more than {LOCK_WAIT:.0f}s", str(self.lock_path)) from None
                     time.sleep(random.uniform(0.005, 0.05))
-            left = os.pread(fd, 100, 0).decode("ascii", "replace").split()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {time.time():.3f}\n".encode(), 0)
+            left = os.pread(fd, 1000, 0).decode("utf-8", "replace").split()
             self._lock_fd, self._lock_depth = fd, 1
             if left:
                 self._after_dead_writer(left)
+                os.ftruncate(fd, 0)
             yield
         finally:
             if self._lock_fd == fd:
                 self._lock_fd, self._lock_depth = -1, 0
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)  # done: nothing of ours is left half-written
             os.close(fd)  # drops the flock
 
+    def _naming(self) -> None:
+        """Name us in the writers' lock file: we are moving the ref (until _named_no_more)."""
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()} {time.time():.3f} {os.fsdecode(self.ref)}\n".encode(), 0)
+
+    def _named_no_more(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+
     def _after_dead_writer(self, left: list[str]) -> None:
-        """The writer named in the lock file died while writing: remove the ref lock it left."""
-        pid = left[0]
+        """The writer named in the lock file died while moving its ref: remove the ref lock it left."""
+        pid, ref = left[0], left[2] if len(left) > 2 else os.fsdecode(self.ref)
         try:
             started = float(left[1]) if len(left) > 1 else 0.0
         except ValueError:
             started = 0.0
-        log.warning("a writer of %s (pid %s) died while writing; removing what it left", self.lock_path.parent, pid)
-        ref_lock = Path(self.repo.controldir()) / (os.fsdecode(self.ref) + ".lock")
-        with contextlib.suppress(FileNotFoundError):
-            if ref_lock.stat().st_mtime >= started - 1:
+        ref_lock = Path(self.repo.controldir()) / (ref + ".lock")
+        if not ref.startswith("refs/") or ".." in ref:
+            return  # not a ref of ours: nothing to judge
+        try:
+            made = ref_lock.stat().st_mtime
+        except FileNotFoundError:
+            return  # it died before taking the ref lock, or after letting go of it
+        if started - 1 <= made <= started + MOVE_WINDOW:
+            with contextlib.suppress(FileNotFoundError):
                 ref_lock.unlink()
-                log.warning("removed %s, left by the writer (pid %s) that died", ref_lock, pid)
+            log.warning("removed %s, left by a writer of ours (pid %s) that died while moving %s", ref_lock, pid, ref)
 
     def _remove_stale(self, lock: str, *, provably: bool) -> bool:
         """Remove the lock file `lock` when it is stale (we hold the writers' flock); True when it

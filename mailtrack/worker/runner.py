@@ -3,12 +3,13 @@
 A mail the gateway decided about leaves the incoming queue (`done`), or goes to failed when the
 decision was to hold it; an exception is our fault or our environment's, not a decision: the mail
 is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback. A locked or
-contended repository is not the mail's fault: that attempt is counted as interrupted (queue.spool),
-and the mail is tried again after ENVIRONMENT_DELAY.
+contended repository, a full or failing disk, is not the mail's fault: that attempt is counted as
+interrupted (queue.spool), and the mail is tried again after ENVIRONMENT_DELAY.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
 from datetime import timedelta
@@ -22,17 +23,23 @@ from mailtrack.worker.pipeline import Gateway
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_DELAY = timedelta(seconds=30)  # before a mail stopped by a locked repository is tried again
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})  # the disk, not the mail
+
+
+def environmental(e: BaseException) -> bool:
+    """Whether an error is our environment's (a locked repository, a full disk), not the mail's."""
+    return isinstance(e, (Locked, ConcurrentUpdate)) or (isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS)
 
 
 def work(gateway: Gateway, claim: Claim) -> Outcome | None:
     """Process one claimed mail; never raises for a problem with the mail or with us."""
     try:
         out = gateway.handle(claim.read())
-    except (Locked, ConcurrentUpdate) as e:  # the repository, not the mail
-        log.warning("%s: the branch could not be written, trying again in %ds: %s", claim.id, ENVIRONMENT_DELAY.seconds, e)
-        gateway.spool.incoming.interrupted(claim, f"{type(e).__name__}: {e}", delay=ENVIRONMENT_DELAY)
-        return None
-    except Exception:
+    except Exception as e:
+        if environmental(e):  # the repository or the disk, not the mail
+            log.warning("%s: not processed, trying again in %ds: %s: %s", claim.id, ENVIRONMENT_DELAY.seconds, type(e).__name__, e)
+            gateway.spool.incoming.interrupted(claim, f"{type(e).__name__}: {e}", delay=ENVIRONMENT_DELAY)
+            return None
         error = traceback.format_exc()
         log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
         gateway.spool.incoming.retry_later(claim, error)
