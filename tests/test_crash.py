@@ -358,3 +358,29 @@ def test_a_serve_worker_killed_after_its_commit_acks_once_after_the_restart(repo
         assert 0 == again.stop()
     check_branch(repo, ["Crash 1"])
     assert ([], ["<crash1@example.org>"]) == (failed(repo), acks(repo))
+
+
+FAIL_ON_MAIL_2 = """
+import sys
+from mailtrack.worker.pipeline import Gateway
+real_handle = Gateway.handle
+def handle(self, raw, **kwargs):
+    if b"<crash2@example.org>" in raw:
+        raise OSError(28, "No space left on device")
+    return real_handle(self, raw, **kwargs)
+Gateway.handle = handle
+"""
+
+
+def test_a_mail_an_earlier_import_kept_in_failed_leaves_failed_once_imported(repo: Path, tmp_path: Path) -> None:
+    """An import during which one mail fails (the disk was full) keeps it in failed; running the import
+    again puts it on the branch and deletes that copy: no mail is both on the branch and in failed."""
+    box = make_mbox(tmp_path / "old.mbox", 3)
+    script = f"{FAIL_ON_MAIL_2}\nfrom mailtrack.app import mailtrack as m\nsys.exit(m.main(sys.argv[1:]))\n"
+    first = subprocess.run([sys.executable, "-c", script, "--repo", str(repo), "import", str(box)],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    assert (0, ["Crash 1", "Crash 3"]) == (first.returncode, titles(repo)), first.stderr
+    assert 2 == len(failed(repo))  # the mail and its reason
+    assert 0 == mailtrack("import", str(box), repo=repo).returncode
+    check_branch(repo, ["Crash 1", "Crash 2", "Crash 3"])
+    assert [] == failed(repo)

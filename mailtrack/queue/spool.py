@@ -326,27 +326,25 @@ class Queue:
 
     def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
         """Count a failed attempt; back to new/ (claimable after `delay`), or to failed/ at MAX."""
-        attempts = claim.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            summary = f"failed {attempts} times, last error: {_last_line(error)}"
-            self._to_failed(claim, f"{summary}\n\n{error}")
-            return
-        log.warning("%s (Message-ID %s) failed (attempt %d of %d): %s",
-                    claim.id, _claimed_id(claim), attempts, MAX_ATTEMPTS, _last_line(error))
-        self._put_back(claim, attempts, time.time() + delay.total_seconds() if delay > timedelta(0) else None)
+        self._again(claim, error, delay, failure=True)
 
     def interrupted(self, claim: Claim, why: str, *, delay: timedelta = timedelta(0)) -> None:
         """An attempt cut short by something the mail did not cause: counted apart from the
         failures; back to new/ (claimable after `delay`), or to failed/ at MAX_INTERRUPTED."""
-        interrupted = claim.interrupted + 1
-        if interrupted >= MAX_INTERRUPTED:
-            summary = f"interrupted {interrupted} times while being processed (does it crash the worker?), last: {_last_line(why)}"
-            self._to_failed(claim, f"{summary}\n\n{why}")
+        self._again(claim, why, delay, failure=False)
+
+    def _again(self, claim: Claim, error: str, delay: timedelta, *, failure: bool) -> None:
+        attempts, interrupted = claim.attempts + int(failure), claim.interrupted + int(not failure)
+        n, most = (attempts, MAX_ATTEMPTS) if failure else (interrupted, MAX_INTERRUPTED)
+        if n >= most:
+            summary = (f"failed {n} times, last error: {_last_line(error)}" if failure else
+                       f"interrupted {n} times while being processed (does it crash the worker?), last: {_last_line(error)}")
+            self._to_failed(claim, f"{summary}\n\n{error}")
             return
-        log.warning("%s (Message-ID %s) interrupted (%d of %d, not counted as a failure): %s",
-                    claim.id, _claimed_id(claim), interrupted, MAX_INTERRUPTED, _last_line(why))
+        what = "failed (attempt %d of %d)" if failure else "interrupted (%d of %d, not counted as a failure)"
+        log.warning("%s (Message-ID %s) " + what + ": %s", claim.id, _claimed_id(claim), n, most, _last_line(error))
         not_before = time.time() + delay.total_seconds() if delay > timedelta(0) else None
-        self._put_back(claim, claim.attempts, not_before, interrupted)
+        self._put_back(claim, attempts, not_before, interrupted)
 
     def defer(self, claim: Claim, not_before: float | None) -> None:
         """Put the mail back without counting an attempt, claimable from `not_before` (None: now,
