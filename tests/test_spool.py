@@ -14,7 +14,7 @@ import pytest
 
 from helpers.mail import held_mail
 from mailtrack.mail.ids import header_message_id as message_id
-from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, Claim, Envelope, Spool
+from mailtrack.queue.spool import ID_RE, MAX_ATTEMPTS, MAX_INTERRUPTED, Claim, Envelope, Spool
 
 RAW = b"From: a@example.test\r\nSubject: s\r\nMessage-ID: <m1@example.test>\r\n\r\nbody\r\n"
 
@@ -179,15 +179,16 @@ def test_requeue_of_an_unknown_id_is_a_key_error(spool: Spool, bad: str) -> None
     assert f"no failed mail with id {bad!r}" == info.value.args[0]
 
 
-def test_recover_puts_claimed_mail_back_and_counts_the_attempt(tmp_path: Path) -> None:
-    """After a crash (claims never finished) recover() puts them back in new/, one attempt more."""
+def test_recover_puts_claimed_mail_back_and_counts_an_interruption(tmp_path: Path) -> None:
+    """After a crash (claims never finished) recover() puts them back in new/, one interruption more,
+    no failed attempt more (the mail did not fail)."""
     first = Spool(tmp_path)
     ids = [first.accept(RAW), first.accept(RAW)]
     assert first.incoming.claim() is not None and first.incoming.claim() is not None
     restarted = Spool(tmp_path)
     assert 2 == restarted.recover()
     claims = list(restarted.incoming.claims())
-    assert [(i, 1) for i in ids] == [(c.id, c.attempts) for c in claims]
+    assert [(i, 0, 1) for i in ids] == [(c.id, c.attempts, c.interrupted) for c in claims]
 
 
 HOLDER = """
@@ -214,7 +215,7 @@ def test_recover_leaves_a_claim_held_by_a_live_process_alone(tmp_path: Path) -> 
         holder.wait(timeout=30)
         holder.stdout.close()
     assert 0 == holder.returncode
-    assert (1, [f"{held}:1,1"]) == (Spool(tmp_path).recover(), names(tmp_path / "incoming" / "new"))
+    assert (1, [f"{held}:1,0,1"]) == (Spool(tmp_path).recover(), names(tmp_path / "incoming" / "new"))
 
 
 def test_finished_claims_release_their_lock(spool: Spool) -> None:
@@ -230,14 +231,32 @@ def test_finished_claims_release_their_lock(spool: Spool) -> None:
 
 
 def test_a_mail_that_keeps_crashing_the_worker_ends_in_failed(tmp_path: Path) -> None:
-    """A mail interrupted MAX_ATTEMPTS times (a crash each try) goes to failed/, not round again."""
+    """A mail interrupted MAX_INTERRUPTED times (a crash each try) goes to failed/, not round again;
+    one fewer leaves it waiting."""
     spool_id = Spool(tmp_path).accept(RAW)
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(MAX_INTERRUPTED):
         spool = Spool(tmp_path)
         spool.recover()
+        assert [] == spool.incoming.failures()
         assert spool.incoming.claim() is not None  # ...and the process dies
     Spool(tmp_path).recover()
-    assert [spool_id] == [i for i, _reason in Spool(tmp_path).incoming.failures()]
+    ((failed, reason),) = Spool(tmp_path).incoming.failures()
+    assert (spool_id, f"interrupted {MAX_INTERRUPTED} times") == (failed, reason[: len(f"interrupted {MAX_INTERRUPTED} times")])
+
+
+def test_failures_and_interruptions_are_counted_apart(spool: Spool) -> None:
+    """A failed attempt after interruptions keeps both counts in the file name, and the failures alone
+    reach MAX_ATTEMPTS."""
+    spool.accept(RAW)
+    claim = spool.incoming.claim()
+    assert claim is not None
+    spool.incoming.interrupted(claim, "the repository was locked")
+    claim = spool.incoming.claim()
+    assert claim is not None and (0, 1) == (claim.attempts, claim.interrupted)
+    spool.retry_later(claim, "boom")
+    claim = spool.incoming.claim()
+    assert claim is not None and (1, 1) == (claim.attempts, claim.interrupted)
+    assert claim.path.name.endswith(":1,1,1")
 
 
 def test_recover_removes_a_reason_without_its_mail(spool: Spool) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -610,6 +611,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not word.startswith("-") and word not in ("tag", "cc") and (i == 0 or argv[i - 1] != "--repo"):
             break
     args = parser.parse_args(argv)
+    # the store's warnings (a stale lock removed) as git prints them: "warning: ..." on stderr
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setLevel(logging.WARNING)
+    warnings.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("mailtrack").addHandler(warnings)
     try:
         with Store.open(args.repo) as store:
             code = int(args.func(store, args))
@@ -624,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger("mailtrack").removeHandler(warnings)
 
 
 if __name__ == "__main__":

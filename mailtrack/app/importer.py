@@ -1,7 +1,10 @@
 """`mailtrack import`: every mail of an mbox or a Maildir down the gateway's path.
 
 Idempotent by Message-ID, so an interrupted import is resumed by running it again: what is on the
-branch already is skipped, and what an earlier run kept in the failed queue is not kept again.
+branch already is skipped, and what an earlier run kept in the failed queue is not kept again;
+when it goes onto the branch this time, the copy an earlier import kept in failed is deleted, so
+no mail is both on the branch and in failed. A repository locked by a lock file that cannot be
+removed yet (tracker.store.Locked) stops the import with the file's path: resumed once it is gone.
 Issues, comments and the commits' author dates keep the mail's Date (Gateway.handle,
 model.written_at: one in the future or before 1971 gives the time of the import). A reply that
 comes before its parent in the archive waits for it (import_path). No reply (acknowledgement,
@@ -22,9 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from mailtrack.mail.ids import mail_key
 from mailtrack.tracker.lookup import normalize_msgid
+from mailtrack.tracker.store import Locked
 from mailtrack.worker.outcome import Action
 from mailtrack.worker.pipeline import Gateway
+
+SOURCE = "import"  # the source recorded for the mail an import keeps in failed
+ON_BRANCH = (Action.CREATED, Action.COMMENTED, Action.CHANGED, Action.DUPLICATE)
 
 
 def messages(path: Path) -> tuple[int, Callable[[int], bytes]]:
@@ -69,6 +77,7 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
     counts: Counter[str] = Counter()
     bar = Progress(progress, total)
     kept = gateway.spool.failed_message_ids()  # held by an earlier run: not kept twice
+    ours = gateway.spool.failed_by_key(SOURCE)  # kept by an earlier import: deleted once on the branch
     waiting: dict[str, list[int]] = {}  # a Message-ID awaited -> the mails (by position) that wait for it
     early: dict[int, None] = {}  # the mails that wait, in archive order
     done = 0
@@ -80,6 +89,9 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
             raw = read(key)
             try:
                 out = gateway.handle(raw, imported=True, hold_early=wait)  # old mail: nobody is mailed, its Date is kept
+            except Locked:  # not the mail's fault: every mail after it would fail too
+                bar.show(done, counts, final=True)
+                raise
             except Exception:
                 counts["failed"] += 1
                 _keep_failed(gateway, raw, traceback.format_exc(), kept, logging.ERROR)
@@ -92,6 +104,9 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
             counts[out.action] += 1
             if out.action == Action.HELD:
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault
+            elif out.action in ON_BRANCH:
+                for spool_id in ours.pop(mail_key(raw), []):
+                    gateway.spool.forget_failed(spool_id)
             if out.commit:
                 for woken in waiting.pop(normalize_msgid(out.message_id), []):
                     if woken in early:
@@ -115,7 +130,7 @@ def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str], leve
     if mid in kept:
         return
     kept.add(mid)
-    spool_id = gateway.spool.accept(raw, source="import")
+    spool_id = gateway.spool.accept(raw, source=SOURCE, keep_source=True)
     claim = gateway.spool.incoming.claim_id(spool_id)
     if claim is not None:
         gateway.spool.incoming.fail(claim, reason, level=level)

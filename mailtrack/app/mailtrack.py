@@ -367,6 +367,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.app.importer import import_path
+    from mailtrack.tracker.store import StoreError
 
     config, store, spool = _open(args)
     gateway = _gateway(config, store, spool)
@@ -374,6 +375,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         counts = import_path(gateway, Path(args.path), progress=sys.stderr)  # its commits are never notified
     except FileNotFoundError:
         raise Exit(EX_NOINPUT, f"no such mbox or Maildir: {args.path}") from None
+    except StoreError as e:  # a lock file that stops every write: the message names it
+        raise Exit(EX_TEMPFAIL, f"import stopped: {e}") from None
     _notifier(config, spool, gateway).notify(store)  # what others changed meanwhile, as usual
     print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return EX_OK

@@ -39,7 +39,8 @@ The root itself defaults to `<git dir>/mailtrack/spool` (`default_root`).
 
 File names in a queue directory are `<id>` or `<id>:1,<attempts>` once a mail has been retried
 (the Maildir "experimental" info suffix), so the attempt count moves with the mail in the same
-rename and a crash can never lose it. Ids sort by arrival:
+rename and a crash can never lose it; `<id>:1,<attempts>,<interrupted>` once an attempt was cut
+short by something the mail did not cause (a kill, a crash, a lock of the repository). Ids sort by arrival:
 `<time-ns, 20 digits>.P<pid>Q<counter>.<host>`. The reason a mail failed is `<id>.reason`
 beside it in the failed directory. Files are written with write-fsync-rename; a temporary file
 is `.<name>.<random or pid>.tmp` beside its target (in a queue: `tmp/<id>`).
@@ -53,7 +54,7 @@ from pathlib import Path
 
 _ID = r"[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+"
 ID_RE = re.compile(rf"^{_ID}$")  # a mail's id
-NAME_RE = re.compile(rf"^(?P<id>{_ID})(?::1,(?P<n>[0-9]+))?$")  # a mail's file name in a queue
+NAME_RE = re.compile(rf"^(?P<id>{_ID})(?::1,(?P<n>[0-9]+)(?:,(?P<i>[0-9]+))?)?$")  # a mail's file name in a queue
 REASON = ".reason"  # `<id>.reason` beside a failed mail
 ENVELOPE = ".json"  # `<envelopes>/<id>.json`: the envelope of an outgoing mail
 SOURCE = ""  # `<sources>/<id>`: where an incoming mail came from
@@ -72,17 +73,25 @@ def id_time(spool_id: str) -> float:
     return int(spool_id[:20]) / 1e9
 
 
-def format_name(spool_id: str, attempts: int) -> str:
-    """The file name of a mail after `attempts` failed attempts."""
+def format_name(spool_id: str, attempts: int, interrupted: int = 0) -> str:
+    """The file name of a mail after `attempts` failed attempts and `interrupted` cut short."""
+    if interrupted:
+        return f"{spool_id}:1,{attempts},{interrupted}"
     return spool_id if attempts == 0 else f"{spool_id}:1,{attempts}"
 
 
 def parse_name(name: str) -> tuple[str, int] | None:
     """(id, attempts) of a mail's file name; None for any other file."""
+    counts = parse_counts(name)
+    return None if counts is None else counts[:2]
+
+
+def parse_counts(name: str) -> tuple[str, int, int] | None:
+    """(id, attempts, interrupted attempts) of a mail's file name; None for any other file."""
     match = NAME_RE.match(name)
     if match is None:
         return None
-    return match.group("id"), int(match.group("n") or 0)
+    return match.group("id"), int(match.group("n") or 0), int(match.group("i") or 0)
 
 
 def reason_name(spool_id: str) -> str:

@@ -14,6 +14,17 @@ A claim holds an exclusive flock on its file for as long as it lives (the rename
 inode, so the lock moves with the mail): `recover()` puts back only the mail in `cur/` that no
 live process holds, so a `mailtrack deliver` run by the MTA and a `mailtrack process` run by cron
 (which recovers at start) can share a spool. The kernel drops the lock when its holder dies.
+
+Only failures the mail causes count against it (`retry_later`, MAX_ATTEMPTS). An attempt cut
+short by something else (the process killed or crashed while it held the mail, the repository
+locked) is counted apart (`interrupted`), against a larger bound (MAX_INTERRUPTED): a mail that
+kills the worker each time still ends in failed/, but unrelated kills never put a good mail there.
+
+An outgoing mail may be held (`Spool.queue_out(after=commit)`): written and fsynced in the
+outbox's tmp/, its envelope naming the commit it depends on, and moved into new/ (`publish`)
+only once the branch points at that commit, or deleted (`discard`). `Spool.settle` decides for
+the ones a crash left, by whether their commit is on the branch: a reply is then sent exactly
+when its commit landed.
 """
 
 from __future__ import annotations
@@ -27,23 +38,35 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 from mailtrack.mail.ids import header_message_id, mail_key
-from mailtrack.queue.layout import ENVELOPE, ID_RE, REASON, SOURCE, Layout, format_id, format_name, parse_name, reason_name
+from mailtrack.queue.layout import (
+    ENVELOPE,
+    ID_RE,
+    REASON,
+    SOURCE,
+    Layout,
+    format_id,
+    format_name,
+    parse_counts,
+    parse_name,
+    reason_name,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+MAX_INTERRUPTED = 10  # attempts cut short (kill, crash, lock) before a mail is given up on
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
 
-__all__ = ["ID_RE", "MAX_ATTEMPTS", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "write_durably"]
+__all__ = ["ID_RE", "MAX_ATTEMPTS", "MAX_INTERRUPTED", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "write_durably"]
 
 
 class _Lock:
@@ -87,8 +110,9 @@ class Claim:
 
     id: str
     path: Path
-    attempts: int
+    attempts: int  # failed attempts: failures the mail caused
     lock: _Lock | None = field(default=None, compare=False, repr=False)
+    interrupted: int = 0  # attempts cut short by something the mail did not cause
 
     def read(self) -> bytes:
         return self.path.read_bytes()
@@ -211,9 +235,9 @@ class Queue:
 
     # --- in -----------------------------------------------------------------------------------
 
-    def deliver(self, spool_id: str, raw: bytes, *, attachment: bytes | None = None) -> None:
+    def deliver(self, spool_id: str, raw: bytes, *, attachment: bytes | None = None, hold: bool = False) -> None:
         """Keep `raw` durably in new/ as `spool_id`, and first `attachment` beside it. OSError:
-        not kept (and no attachment left behind)."""
+        not kept (and no attachment left behind). `hold`: kept in tmp/ until publish()."""
         if attachment is not None:
             path = self.attachment(spool_id)
             try:
@@ -224,12 +248,31 @@ class Queue:
                 _fsync_dir(path.parent.parent)
             write_durably(path, attachment)
         try:
-            write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
+            if hold:
+                _write_synced(self.tmp / spool_id, raw)
+                _fsync_dir(self.tmp)
+            else:
+                write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
         except BaseException:
             if attachment is not None:
                 with contextlib.suppress(OSError):
                     self.attachment(spool_id).unlink()
             raise
+
+    def publish(self, spool_id: str) -> None:
+        """A mail deliver(hold=True) kept in tmp/: into new/, claimable."""
+        os.rename(self.tmp / spool_id, self.new / spool_id)
+        _fsync_dir(self.new)
+
+    def discard(self, spool_id: str) -> None:
+        """A mail deliver(hold=True) kept in tmp/: deleted, with what is beside it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.tmp / spool_id).unlink()
+        self._forget(spool_id)
+
+    def held(self) -> list[str]:
+        """The ids of the mails deliver(hold=True) kept in tmp/ (and of mails being written)."""
+        return sorted(name for name in os.listdir(self.tmp) if ID_RE.match(name))
 
     def hold(self, spool_id: str, raw: bytes, reason: str) -> None:
         """Keep `raw` durably straight in failed/ with `reason`."""
@@ -283,14 +326,25 @@ class Queue:
 
     def retry_later(self, claim: Claim, error: str, *, delay: timedelta = timedelta(0)) -> None:
         """Count a failed attempt; back to new/ (claimable after `delay`), or to failed/ at MAX."""
-        attempts = claim.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            summary = f"failed {attempts} times, last error: {_last_line(error)}"
+        self._again(claim, error, delay, failure=True)
+
+    def interrupted(self, claim: Claim, why: str, *, delay: timedelta = timedelta(0)) -> None:
+        """An attempt cut short by something the mail did not cause: counted apart from the
+        failures; back to new/ (claimable after `delay`), or to failed/ at MAX_INTERRUPTED."""
+        self._again(claim, why, delay, failure=False)
+
+    def _again(self, claim: Claim, error: str, delay: timedelta, *, failure: bool) -> None:
+        attempts, interrupted = claim.attempts + int(failure), claim.interrupted + int(not failure)
+        n, most = (attempts, MAX_ATTEMPTS) if failure else (interrupted, MAX_INTERRUPTED)
+        if n >= most:
+            summary = (f"failed {n} times, last error: {_last_line(error)}" if failure else
+                       f"interrupted {n} times while being processed (does it crash the worker?), last: {_last_line(error)}")
             self._to_failed(claim, f"{summary}\n\n{error}")
             return
-        log.warning("%s (Message-ID %s) failed (attempt %d of %d): %s",
-                    claim.id, _claimed_id(claim), attempts, MAX_ATTEMPTS, _last_line(error))
-        self._put_back(claim, attempts, time.time() + delay.total_seconds() if delay > timedelta(0) else None)
+        what = "failed (attempt %d of %d)" if failure else "interrupted (%d of %d, not counted as a failure)"
+        log.warning("%s (Message-ID %s) " + what + ": %s", claim.id, _claimed_id(claim), n, most, _last_line(error))
+        not_before = time.time() + delay.total_seconds() if delay > timedelta(0) else None
+        self._put_back(claim, attempts, not_before, interrupted)
 
     def defer(self, claim: Claim, not_before: float | None) -> None:
         """Put the mail back without counting an attempt, claimable from `not_before` (None: now,
@@ -331,6 +385,10 @@ class Queue:
         directory = {"new": self.new, "cur": self.cur, "failed": self.failed}[where]
         return _entries(directory)
 
+    def has_failed(self, spool_id: str) -> bool:
+        """Whether the mail `spool_id` is in failed/ (retries exhausted, or held)."""
+        return ID_RE.match(spool_id) is not None and (self.failed / spool_id).exists()
+
     def ids(self) -> set[str]:
         """The ids of every mail this queue holds, in any of its directories."""
         return {entry.id for directory in self._mail_dirs() for entry in _entries(directory)}
@@ -369,7 +427,7 @@ class Queue:
         return True
 
     def recover(self) -> int:
-        """Put claimed-but-unfinished mail back, counting an attempt; return how many came back.
+        """Put claimed-but-unfinished mail back, counted as interrupted; return how many came back.
 
         Mail in `cur/` whose claim is still held (its flock: a live `deliver`, another worker) is
         left alone. Also deletes what a crash left: old files in tmp/, a reason without its
@@ -384,9 +442,10 @@ class Queue:
             if not path.exists():  # finished between our listing and our lock
                 lock.release()
                 continue
-            claim = Claim(id=spool_id, path=path, attempts=attempts, lock=lock)
+            counts = parse_counts(path.name)
+            claim = Claim(id=spool_id, path=path, attempts=attempts, lock=lock, interrupted=counts[2] if counts else 0)
             try:
-                self.retry_later(claim, "interrupted while being processed (crash or kill?)")
+                self.interrupted(claim, "interrupted while being processed (crash or kill?)")
             finally:
                 claim.release()
             recovered += 1
@@ -424,8 +483,8 @@ class Queue:
     def _mail_dirs(self) -> list[Path]:
         return [self.new, self.cur, self.failed] + ([self.finished] if self.finished else [])
 
-    def _put_back(self, claim: Claim, attempts: int, not_before: float | None) -> None:
-        target = self.new / format_name(claim.id, attempts)
+    def _put_back(self, claim: Claim, attempts: int, not_before: float | None, interrupted: int | None = None) -> None:
+        target = self.new / format_name(claim.id, attempts, claim.interrupted if interrupted is None else interrupted)
         os.rename(claim.path, target)
         claim.release()
         if not_before is not None:
@@ -461,6 +520,7 @@ def _take(source: Path, target: Path, spool_id: str, attempts: int) -> Claim | N
     lock = _Lock.take(source)
     if lock is None:
         return None
+    counts = parse_counts(source.name)
     try:
         os.rename(source, target)
     except FileNotFoundError:  # claimed (and maybe finished) by someone else meanwhile
@@ -469,7 +529,7 @@ def _take(source: Path, target: Path, spool_id: str, attempts: int) -> Claim | N
     except BaseException:
         lock.release()
         raise
-    return Claim(id=spool_id, path=target, attempts=attempts, lock=lock)
+    return Claim(id=spool_id, path=target, attempts=attempts, lock=lock, interrupted=counts[2] if counts else 0)
 
 
 class Spool:
@@ -545,11 +605,29 @@ class Spool:
 
     def failed_message_ids(self) -> set[str]:
         """The Message-IDs of the mail in failed/ (a mail without one: the id the parser gives it)."""
-        ids = set()
-        for _, _, path in self.incoming.entries("failed"):
+        return set(self.failed_by_key())
+
+    def failed_by_key(self, source: str | None = None) -> dict[str, list[str]]:
+        """The spool ids of the mail in failed/ by Message-ID (mail.ids.mail_key); `source`: only
+        the mail accept() recorded as coming from there (keep_source)."""
+        found: dict[str, list[str]] = {}
+        for spool_id, _, path in self.incoming.entries("failed"):
+            if source is not None and self.source(spool_id) != source:
+                continue
             with contextlib.suppress(OSError):
-                ids.add(mail_key(path.read_bytes()))
-        return ids
+                found.setdefault(mail_key(path.read_bytes()), []).append(spool_id)
+        return found
+
+    def forget_failed(self, spool_id: str) -> None:
+        """Delete a mail of failed/ (with its reason and source): it is on the branch after all."""
+        if ID_RE.match(spool_id) is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.incoming.failed / spool_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.incoming.failed / reason_name(spool_id)).unlink()
+        self.incoming._forget(spool_id)
+        log.info("%s: deleted from %s: it is on the branch now", spool_id, self.incoming.failed.name)
 
     def hold(self, raw: bytes, reason: str) -> str:
         """Keep a mail straight in failed/ with `reason` (one taken out of another store, e.g. a
@@ -566,15 +644,48 @@ class Spool:
 
     # --- outbox -------------------------------------------------------------------------------
 
-    def queue_out(self, raw: bytes, *, sender: str, recipients: list[str]) -> str:
-        """Keep an outgoing mail and its envelope durably; return its spool id."""
+    def queue_out(self, raw: bytes, *, sender: str, recipients: list[str], after: bytes | None = None) -> str:
+        """Keep an outgoing mail and its envelope durably; return its spool id. `after`: held
+        until the branch points at this commit (publish_out, discard_out, settle)."""
         if not recipients:
             raise ValueError("an outgoing mail needs at least one recipient")
         spool_id = self._new_id()
-        envelope = json.dumps({"sender": sender, "recipients": list(recipients)}).encode()
-        self.outbox.deliver(spool_id, raw, attachment=envelope)
-        log.info("queued %s to %s, Message-ID %s", spool_id, ", ".join(recipients), header_message_id(raw))
+        data: dict[str, object] = {"sender": sender, "recipients": list(recipients)}
+        if after is not None:
+            data["after"] = after.decode("ascii")
+        self.outbox.deliver(spool_id, raw, attachment=json.dumps(data).encode(), hold=after is not None)
+        log.info("%s %s to %s, Message-ID %s", "held" if after else "queued", spool_id, ", ".join(recipients), header_message_id(raw))
         return spool_id
+
+    def publish_out(self, spool_id: str) -> None:
+        """An outgoing mail held by queue_out(after=...): its commit landed, it is queued."""
+        self.outbox.publish(spool_id)
+        log.info("queued %s (its commit landed)", spool_id)
+
+    def discard_out(self, spool_id: str) -> None:
+        """An outgoing mail held by queue_out(after=...): its commit did not land, it is deleted."""
+        self.outbox.discard(spool_id)
+
+    def settle(self, is_committed: Callable[[bytes], bool]) -> int:
+        """The outgoing mails a crash left held: queued when their commit is on the branch, else
+        deleted; returns how many were queued. Call it holding the lock the writers hold from
+        holding to publishing (tracker.store.Store.writing), so that none is half-way."""
+        published = 0
+        for spool_id in self.outbox.held():
+            try:
+                after = json.loads(self.outbox.attachment(spool_id).read_text()).get("after")
+            except (OSError, ValueError, AttributeError):
+                continue  # a mail being queued (its envelope has no commit), or not ours to judge
+            if not isinstance(after, str):
+                continue
+            if is_committed(after.encode("ascii")):
+                self.publish_out(spool_id)
+                log.warning("%s: queued after a crash: its commit %s is on the branch", spool_id, after[:10])
+                published += 1
+            else:
+                self.discard_out(spool_id)
+                log.warning("%s: deleted after a crash: its commit %s never landed", spool_id, after[:10])
+        return published
 
     def envelope(self, claim: Claim) -> Envelope:
         """The envelope queue_out() kept for an outgoing mail."""
@@ -601,10 +712,11 @@ class Spool:
             raise KeyError(f"no failed mail with id {spool_id!r}")
 
     def recover(self) -> int:
-        """On start: put claimed-but-unfinished mail back (counting an attempt); tidy up.
+        """On start: put claimed-but-unfinished mail back (counted as interrupted); tidy up.
 
         Counting the interrupted attempt means a mail that crashes the process ends in failed/
-        after MAX_ATTEMPTS starts instead of crashing it forever. Returns how many came back.
+        after MAX_INTERRUPTED starts instead of crashing it forever, while kills that are not the
+        mail's fault never reach MAX_ATTEMPTS. Returns how many came back.
         """
         recovered = sum(queue.recover() for queue in self.queues)
         if recovered:

@@ -3,10 +3,21 @@
 A writer never touches the work tree, the index or HEAD: it builds blob, tree and commit objects
 and moves the branch with a compare-and-swap against the tip it read. When another writer won the
 race, the change is computed again on the new tip and retried.
+
+Every writer of ours holds an flock on `<git dir>/mailtrack.lock` (LOCK_NAME) while it writes
+objects and moves the ref, and while it moves the ref that file names it (pid, time, ref). The
+kernel drops the flock when its holder dies, so a dulwich lock file that a writer meets while it
+holds the flock may be stale: an object's (`objects/xx/<sha>.lock`) always is, as git itself
+never makes one; a ref lock (`refs/heads/issues.lock`) is when the file still names a holder
+that was moving that ref and the lock was made in the seconds after (MOVE_WINDOW). Such a lock
+is removed with a WARNING. A ref lock we cannot prove ours (git may hold one, for milliseconds)
+is waited for, and removed once older than STALE_LOCK; until then the error (`Locked`) names it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
@@ -15,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
@@ -32,6 +44,10 @@ DEFAULT_BRANCH = "issues"
 FILE_MODE = 0o100644
 DIR_MODE = 0o040000
 MIN_SHORT = 7
+LOCK_NAME = "mailtrack.lock"  # <git dir>/mailtrack.lock: the flock every writer of ours holds
+LOCK_WAIT = 30.0  # seconds a writer waits for another writer of ours to let go of the flock
+STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be proved to own is stale
+MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
 
 
 class StoreError(Exception):
@@ -60,6 +76,23 @@ class ValidationError(StoreError):
 
 class ConcurrentUpdate(StoreError):
     pass
+
+
+class Locked(StoreError):
+    """A lock file stops the write and is not ours to remove (yet): the message names it."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class Held(Protocol):
+    """What a writer prepares once its commit is written, and makes visible only once the ref
+    points at it (`publish`), or drops when the commit lost the race (`discard`)."""
+
+    def publish(self) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 def issue_dir(name: str) -> str:
@@ -237,6 +270,10 @@ class Store:
     def __init__(self, repo: Repo, ref: bytes | None = None, durable: bool = False) -> None:
         self.repo = repo
         self.ref = Ref(ref) if ref else branch_ref(repo)
+        self.lock_path = Path(repo.controldir()) / LOCK_NAME
+        self._lock_fd = -1
+        self._lock_depth = 0
+        self._blocked = ""  # the ref lock that last stopped a move, for the error
         if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
             self.repo.object_store.fsync_object_files = True
 
@@ -299,9 +336,10 @@ class Store:
         """Create the branch: a root commit holding project.xml. StoreError when it exists."""
         if self.tip() is not None:
             raise StoreError(f"the {self.branch} branch exists already")
-        commit_id = self.write_commit([], None, {"project.xml": project.to_bytes()}, "init issues", author)
-        if not self.move(None, commit_id):
-            raise StoreError(f"the {self.branch} branch was created meanwhile")
+        with self.writing():
+            commit_id = self.write_commit([], None, {"project.xml": project.to_bytes()}, "init issues", author)
+            if not self.move(None, commit_id):
+                raise StoreError(f"the {self.branch} branch was created meanwhile")
         return commit_id
 
     def write_commit(
@@ -314,7 +352,27 @@ class Store:
         committer: Person | None = None,
         when: tuple[int, int] | None = None,
     ) -> ObjectID:
-        """Objects for a commit of `files` over `base_tree`; returns its id. Moves no ref."""
+        """Objects for a commit of `files` over `base_tree`; returns its id. Moves no ref.
+
+        A lock file left on an object by a writer of ours that died is removed (see the module)."""
+        with self.writing():
+            for _ in range(1000):  # each round removes one stale lock file
+                try:
+                    return self._write_commit(parents, base_tree, files, message, author, committer, when)
+                except FileLocked as e:
+                    self._remove_stale(os.fsdecode(e.lockfilename), provably=True)
+        raise StoreError("could not write the commit's objects: lock files keep coming back")
+
+    def _write_commit(
+        self,
+        parents: list[bytes],
+        base_tree: bytes | None,
+        files: dict[str, bytes | None],
+        message: str,
+        author: Person,
+        committer: Person | None,
+        when: tuple[int, int] | None,
+    ) -> ObjectID:
         store = self.repo.object_store
         changes: list[tuple[bytes, int | None, ObjectID | None]] = []
         for path, content in sorted(files.items()):
@@ -339,11 +397,133 @@ class Store:
         return c.id
 
     def move(self, old: bytes | None, new: bytes) -> bool:
-        """Compare-and-swap the branch from `old` (None: must not exist) to `new`."""
-        try:
-            return bool(self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, ObjectID(new)))
-        except FileLocked:
+        """Compare-and-swap the branch from `old` (None: must not exist) to `new`.
+
+        False when the branch is not at `old`, or when a ref lock we cannot remove yet holds it;
+        a stale one (see the module) is removed and the move tried again."""
+        with self.writing():
+            for _ in range(2):
+                self._naming()
+                try:
+                    return bool(self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, ObjectID(new)))
+                except FileLocked as e:
+                    if not self._remove_stale(os.fsdecode(e.lockfilename), provably=False):
+                        return False
+                finally:
+                    self._named_no_more()
             return False
+
+    def is_committed(self, commit: bytes) -> bool:
+        """Whether `commit` is the tip of the branch or one of its ancestors. Only the commits
+        made since a day before it are looked at (what came after it is not a day older, clocks
+        willing), so the answer for a commit that never landed costs a day of history, not all."""
+        tip = self.tip()
+        if tip is None:
+            return False
+        try:
+            wanted = self.repo[ObjectID(commit)]
+        except KeyError:  # no such commit here
+            return False
+        if not isinstance(wanted, Commit):
+            return False
+        oldest = wanted.commit_time - 86400
+        seen: set[bytes] = set()
+        todo: list[bytes] = [tip]
+        while todo:
+            sha = todo.pop()
+            if sha == commit:
+                return True
+            if sha in seen:
+                continue
+            seen.add(sha)
+            obj = self.repo[ObjectID(sha)]
+            if isinstance(obj, Commit) and obj.commit_time >= oldest:
+                todo.extend(obj.parents)
+        return False
+
+    # --- the writers' lock ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writers' flock (re-entrant); Locked when a live writer keeps it past LOCK_WAIT.
+
+        A holder that finds a previous holder still named in the file knows it died while moving
+        the ref, and removes the ref lock it left."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        holder = os.pread(fd, 100, 0).decode("ascii", "replace").split()
+                        raise Locked(f"{self.lock_path} is held by a live mailtrack writer"
+                                     f"{' (pid ' + holder[0] + ')' if holder else ''} for more than {LOCK_WAIT:.0f}s", str(self.lock_path)) from None
+                    time.sleep(random.uniform(0.005, 0.05))
+            left = os.pread(fd, 1000, 0).decode("utf-8", "replace").split()
+            self._lock_fd, self._lock_depth = fd, 1
+            if left:
+                self._after_dead_writer(left)
+                os.ftruncate(fd, 0)
+            yield
+        finally:
+            if self._lock_fd == fd:
+                self._lock_fd, self._lock_depth = -1, 0
+            os.close(fd)  # drops the flock
+
+    def _naming(self) -> None:
+        """Name us in the writers' lock file: we are moving the ref (until _named_no_more)."""
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()} {time.time():.3f} {os.fsdecode(self.ref)}\n".encode(), 0)
+
+    def _named_no_more(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+
+    def _after_dead_writer(self, left: list[str]) -> None:
+        """The writer named in the lock file died while moving its ref: remove the ref lock it left."""
+        pid, ref = left[0], left[2] if len(left) > 2 else os.fsdecode(self.ref)
+        try:
+            started = float(left[1]) if len(left) > 1 else 0.0
+        except ValueError:
+            started = 0.0
+        ref_lock = Path(self.repo.controldir()) / (ref + ".lock")
+        if not ref.startswith("refs/") or ".." in ref:
+            return  # not a ref of ours: nothing to judge
+        try:
+            made = ref_lock.stat().st_mtime
+        except FileNotFoundError:
+            return  # it died before taking the ref lock, or after letting go of it
+        if started - 1 <= made <= started + MOVE_WINDOW:
+            with contextlib.suppress(FileNotFoundError):
+                ref_lock.unlink()
+            log.warning("removed %s, left by a writer of ours (pid %s) that died while moving %s", ref_lock, pid, ref)
+
+    def _remove_stale(self, lock: str, *, provably: bool) -> bool:
+        """Remove the lock file `lock` when it is stale (we hold the writers' flock); True when it
+        is gone. An object lock (`provably`) is stale: no git makes one, and no writer of ours is
+        at work. A ref lock is stale once older than STALE_LOCK: git may be updating the ref."""
+        assert self._lock_depth > 0
+        try:
+            age = time.time() - os.stat(lock).st_mtime
+        except FileNotFoundError:
+            return True  # its owner finished meanwhile
+        if not provably and age < STALE_LOCK:
+            self._blocked = lock
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        log.warning("removed the stale lock %s (%.0fs old): no writer of ours holds %s", lock, age, self.lock_path)
+        return True
 
     def update(
         self,
@@ -352,14 +532,20 @@ class Store:
         committer: Person | None = None,
         tries: int = 50,
         when: datetime | None = None,
+        prepare: Callable[[bytes], Held] | None = None,
     ) -> tuple[bytes | None, Change | None]:
         """Apply `change` to the tip as one commit, redoing it on a lost race. `when`: the author
         date (an imported mail's own Date); the commit date is always now.
 
         `change` reads the snapshot it is given and returns the files to write, or None when there
         is nothing to do. It may raise (ValidationError, UnknownIssue ...): then nothing is written.
-        Returns (the new commit or None, the change applied).
+        `prepare(commit)` is called once the commit's objects are written, under the writers'
+        flock: what it holds is published once the ref points at the commit, else discarded (a
+        crash in between is settled by whoever holds the flock next: see `is_committed`).
+        Returns (the new commit or None, the change applied). Locked names a lock file that
+        stops the write and cannot be removed yet.
         """
+        self._blocked = ""
         for attempt in range(tries):
             snap = self.snapshot()
             result = change(snap)
@@ -367,12 +553,27 @@ class Store:
                 return None, result
             parents = [snap.commit] if snap.commit else []
             stamp = (int(when.timestamp()), int((when.utcoffset() or timedelta(0)).total_seconds())) if when else None
-            commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer, when=stamp)
-            if self.move(snap.commit, commit):
+            with self.writing():
+                commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer, when=stamp)
+                held = prepare(commit) if prepare is not None else None
+                try:
+                    moved = self.move(snap.commit, commit)
+                except BaseException:
+                    if held is not None:
+                        held.discard()
+                    raise
+                if held is not None and moved:
+                    held.publish()
+                elif held is not None:
+                    held.discard()
+            if moved:
                 log.debug("committed %s: %s", commit.decode()[:10], result.message)
                 return commit, result
             log.debug("lost the race for %s (attempt %d), redoing", self.ref.decode(), attempt + 1)
             time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+        if self._blocked:
+            raise Locked(f"could not update {self.branch}: {self._blocked} exists; if no git process is"
+                         f" updating the branch, remove that file", self._blocked)
         raise ConcurrentUpdate(f"could not update {self.branch}: too many concurrent writers")
 
 

@@ -36,7 +36,7 @@ from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import admission, commands, patchmail
 from mailtrack.worker.commands import Applied, LineAction
 from mailtrack.worker.outcome import Action, Outcome, Reply
-from mailtrack.worker.replies import Replier
+from mailtrack.worker.replies import HeldReplies, Replier
 from mailtrack.worker.route import Route, RouteKind, route
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ class Gateway:
         self.waiting = Waiting(spool.layout)
         self._looked_at: bytes | None = None  # the tip due() last looked up the waiting mails' parents on,
         self._checked: set[str] = set()  # and the waiting mails it looked at there
+        if not read_only:  # the replies a crashed writer left held: queued if their commit landed
+            self.replier.settle()
 
     def close(self) -> None:
         self.index.close()
@@ -194,17 +196,25 @@ class Gateway:
                     break
             return job.change
 
+        def prepare(commit: bytes) -> HeldReplies:
+            """The replies about the commit, queued with it: held until the ref points at it."""
+            assert job.change is not None
+            _record(out, job.change, commit)
+            out.replies.clear()  # a lost race prepares them again
+            with self.replier.holding(commit) as held:
+                self.replies(mail, out, dry_run=False)
+            return held
+
         if dry_run:
             result, commit = attempt(self.store.snapshot()), None
         else:
-            commit, result = self.store.update(attempt, job.author, self.identity, when=when if imported else None)
+            commit, result = self.store.update(attempt, job.author, self.identity, when=when if imported else None, prepare=prepare)
             for stage in AFTER:
                 stage.run(self, job, self.store.snapshot())
         if result is not None and result.files:
-            out.message, out.files = result.message, sorted(result.files)
-            out.written = {p: d for p, d in result.files.items() if d is not None}
-            out.commit = commit.decode() if commit else ""
-        self.replies(mail, out, dry_run)
+            _record(out, result, commit)
+        if commit is None:  # nothing committed: the replies are queued now (else they came with the commit)
+            self.replies(mail, out, dry_run)
         return out
 
     # --- replies that wait for their parent --------------------------------------------------------
@@ -371,12 +381,12 @@ class Gateway:
             if out.commands.help:
                 send(mail, Reply.HELP, out, dry_run, help=commands.HELP)
             for name in out.commands.shows:
-                send(mail, Reply.SHOW, out, dry_run, shown=self._show(name))
+                send(mail, Reply.SHOW, out, dry_run, shown=self._show(name, out.commit))
         if out.action == Action.CREATED:
             send(mail, Reply.ACK, out, dry_run)
 
-    def _show(self, name: str) -> dict[str, Any]:
-        snap = self.store.snapshot()
+    def _show(self, name: str, commit: str = "") -> dict[str, Any]:
+        snap = self.store.snapshot(commit.encode() if commit else None)  # as of the mail's own commit
         issue = snap.issue(name)
         return {"short": snap.short(name), "issue": issue, "comments": snap.comments(name)}
 
@@ -434,6 +444,13 @@ def _subscription_changes(applied: Applied, layout: Layout, sender: str) -> list
             if (ln.action == LineAction.UNSUBSCRIBE) != (bare(sender) in OptOuts(layout).of(ln.issue)):
                 out.append(f"{ln.action} {ln.issue[:7]}")
     return out
+
+
+def _record(out: Outcome, change: Change, commit: bytes | None) -> None:
+    """What the mail's commit wrote, in its outcome."""
+    out.message, out.files = change.message, sorted(change.files)
+    out.written = {p: d for p, d in change.files.items() if d is not None}
+    out.commit = commit.decode() if commit else ""
 
 
 def _with_skipped(text: str, skipped: tuple[str, ...]) -> str:

@@ -1,9 +1,17 @@
 """Replies to a sender (acknowledgement, errors, transcripts, help, show, patch reports), queued in
-the outbox threaded under their mail, within the per-address rate limit. Machine mail never gets one."""
+the outbox threaded under their mail, within the per-address rate limit. Machine mail never gets one.
+
+The replies about a commit (the ack of a new issue, the transcript of commands) are queued with
+the commit (`holding`): held in the outbox before the ref moves, queued once it has moved, so a
+crash right after the commit cannot lose them, and the retry, which sees a duplicate, sends
+nothing twice (queue.spool: held mail, settle)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailtrack.config import Config
@@ -19,12 +27,30 @@ from mailtrack.worker.outcome import Outcome, Reply
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class HeldReplies:
+    """The replies queued for a commit not yet on the branch (tracker.store.Held)."""
+
+    spool: Spool
+    ids: list[str] = field(default_factory=list)
+
+    def publish(self) -> None:
+        for spool_id in self.ids:
+            self.spool.publish_out(spool_id)
+
+    def discard(self) -> None:
+        for spool_id in self.ids:
+            self.spool.discard_out(spool_id)
+
+
 class Replier:
     def __init__(self, config: Config, store: Store, spool: Spool, project: str, identity: Person) -> None:
         self.config, self.store, self.spool, self.project, self.identity = config, store, spool, project, identity
         self._renderer: Renderer | None = None
         self._limiter: RateLimiter | None = None
         self.quiet = False  # an import of old mail: nobody hears from us
+        self._held: HeldReplies | None = None  # while holding(): the replies wait for this commit
+        self._commit: bytes | None = None
 
     def close(self) -> None:
         if self._limiter is not None:
@@ -35,6 +61,25 @@ class Replier:
         if self._renderer is None:  # the templates are read on the first reply, not at start
             self._renderer = Renderer(self.config.gateway.templates)
         return self._renderer
+
+    @contextmanager
+    def holding(self, commit: bytes) -> Iterator[HeldReplies]:
+        """While in it, send() holds each reply until `commit` is on the branch (publish/discard)."""
+        held = HeldReplies(self.spool)
+        self._held, self._commit = held, commit
+        try:
+            yield held
+        except BaseException:
+            held.discard()
+            raise
+        finally:
+            self._held, self._commit = None, None
+
+    def settle(self) -> int:
+        """The replies a crash left held: queued when their commit is on the branch, else
+        deleted. Holds the writers' lock, so that no live writer is half-way."""
+        with self.store.writing():
+            return self.spool.settle(self.store.is_committed)
 
     def send(self, mail: ParsedMail, kind: Reply, out: Outcome, dry_run: bool, **extra: Any) -> None:
         """Queue a reply of `kind` to a human sender, threaded under their mail, within the rate limit."""
@@ -73,7 +118,9 @@ class Replier:
             message_id=self._message_id(mail, kind, out, domain or "localhost"),
             attachments=[(mail.raw, "message/rfc822", "original.eml")] if with_original else None,
         )
-        self.spool.queue_out(bytes(msg), sender=gw.address, recipients=[mail.from_addr])
+        spool_id = self.spool.queue_out(bytes(msg), sender=gw.address, recipients=[mail.from_addr], after=self._commit)
+        if self._held is not None:
+            self._held.ids.append(spool_id)
 
     def _message_id(self, mail: ParsedMail, kind: Reply, out: Outcome, domain: str) -> str:
         """For the ack and a transcript about an issue on the branch, a Message-ID that embeds the
@@ -85,6 +132,6 @@ class Replier:
         if not issue and out.commands is not None:  # a control mail: when its commands name one issue
             named = {ln.issue for ln in out.commands.lines if ln.issue}
             issue = named.pop() if len(named) == 1 else ""
-        if not issue or not self.store.snapshot().exists(issue):  # e.g. a new issue refused: not written
+        if not issue or not self.store.snapshot(self._commit).exists(issue):  # e.g. a new issue refused: not written
             return ""
         return reply_message_id(issue, kind.value, mail.message_id, domain)

@@ -3,20 +3,33 @@
 A mail the gateway decided about leaves the incoming queue (`done`), goes to failed when the
 decision was to hold it, or waits for its parent (queue.waiting) when it replies to a mail not
 seen yet; an exception is our fault or our environment's, not a decision: the mail
-is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback.
+is retried later and quarantined in failed after MAX_ATTEMPTS, with the traceback. A locked or
+contended repository, a full or failing disk, is not the mail's fault: that attempt is counted as
+interrupted (queue.spool), and the mail is tried again after ENVIRONMENT_DELAY.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
+from datetime import timedelta
 
 from mailtrack.queue.spool import Claim
+from mailtrack.tracker.store import ConcurrentUpdate, Locked
 from mailtrack.worker import patchmail
 from mailtrack.worker.outcome import Action, Outcome
 from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
+
+ENVIRONMENT_DELAY = timedelta(seconds=30)  # before a mail stopped by a locked repository is tried again
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})  # the disk, not the mail
+
+
+def environmental(e: BaseException) -> bool:
+    """Whether an error is our environment's (a locked repository, a full disk), not the mail's."""
+    return isinstance(e, (Locked, ConcurrentUpdate)) or (isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS)
 
 
 def work(gateway: Gateway, claim: Claim) -> Outcome | None:
@@ -49,7 +62,11 @@ def _take_again(gateway: Gateway, spool_ids: list[str]) -> int:
 def _work(gateway: Gateway, claim: Claim) -> Outcome | None:
     try:
         out = gateway.handle(claim.read(), spool_id=claim.id)
-    except Exception:
+    except Exception as e:
+        if environmental(e):  # the repository or the disk, not the mail
+            log.warning("%s: not processed, trying again in %ds: %s: %s", claim.id, ENVIRONMENT_DELAY.seconds, type(e).__name__, e)
+            gateway.spool.incoming.interrupted(claim, f"{type(e).__name__}: {e}", delay=ENVIRONMENT_DELAY)
+            return None
         error = traceback.format_exc()
         log.error("%s: processing failed: %s", claim.id, error.strip().splitlines()[-1])
         gateway.spool.incoming.retry_later(claim, error)
@@ -74,8 +91,10 @@ def drain(gateway: Gateway) -> int:
 
 
 def housekeeping(gateway: Gateway) -> None:
-    """Periodic work: report the partial patch series that waited past their timeout; take the
-    waiting replies whose parent is on the branch now (committed by another process) or whose
-    gateway.reply_wait is over (they become what they would have been without waiting)."""
+    """Periodic work: report the partial patch series that waited past their timeout; queue (or
+    delete) the replies a crashed writer left held (worker.replies); take the waiting replies
+    whose parent is on the branch now (committed by another process) or whose gateway.reply_wait
+    is over (they become what they would have been without waiting)."""
     patchmail.expire(gateway)
+    gateway.replier.settle()
     _take_again(gateway, gateway.due())

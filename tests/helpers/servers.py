@@ -47,6 +47,9 @@ class Server:
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.first_line = self.proc.stderr.readline()
+        while " WARNING " in line:  # what the start recovered (a crash before it) comes first
+            self.log.append(line.rstrip("\n"))
+            line = self.first_line = self.proc.stderr.readline()
         if f"listening on smtp 127.0.0.1:{self.port} for {self.address}" not in line:
             self.proc.kill()
             self.proc.wait()
