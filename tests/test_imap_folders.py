@@ -15,7 +15,7 @@ from helpers.dovecot import DovecotServer, poller_config
 from helpers.repos import make_gateway
 from mailtrack.app.daemon import work
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapPoller
-from mailtrack.queue.spool import MAX_ATTEMPTS
+from mailtrack.queue.spool import MAX_INTERRUPTED
 from mailtrack.worker.pipeline import Gateway
 
 FOLDERS = ("INBOX", "Archive", "Failed")
@@ -56,13 +56,13 @@ def work_all(gateway: Gateway, pollers: list[ImapPoller]) -> int:
 def test_a_mail_failed_by_the_recovery_at_start_goes_to_failed(
     dovecot: DovecotServer, imap_user: str, held: Gateway, poller: ImapPoller
 ) -> None:
-    """A mail whose processing was cut MAX_ATTEMPTS times (kill -9: its claim left in cur/) ends in
-    failed at a start-up recovery; the poller's next poll moves it from Archive to Failed."""
+    """A mail whose processing was cut MAX_INTERRUPTED times (kill -9: its claim left in cur/) ends
+    in failed at a start-up recovery; the poller's next poll moves it from Archive to Failed."""
     dovecot.append(imap_user, mail("crashes"))
     assert 1 == poller.poll_once()
     assert ([], ["crashes"], []) == folders(dovecot, imap_user)
     spool = held.spool
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(MAX_INTERRUPTED):
         claim = spool.incoming.claim()
         assert claim is not None
         claim.release()  # the worker died holding it
