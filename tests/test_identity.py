@@ -11,10 +11,33 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import deliver
-from helpers.mail import make_mail, outbox
-from helpers.repos import git
+from helpers.cli import deliver, mailtrack
+from helpers.mail import make_mail, outbox, spool_path
+from helpers.repos import git, read_comments, read_issue, read_names
+from mailtrack.mail.parse import parse
 from mailtrack.tracker.model import Person
+
+REPORT = "<report@example.net>"
+
+
+def _report(repo: Path, frm: str = "Alice <alice@example.net>") -> str:
+    """Alice files an issue by `mailtrack deliver`; its name. The outbox is emptied."""
+    r = deliver(repo, make_mail(frm=frm, message_id=REPORT, Cc="Bob <bob@example.org>"))
+    assert (0, b"") == (r.returncode, r.stderr)
+    for p in (spool_path(repo) / "outbox" / "new").iterdir():
+        p.unlink()
+    [name] = read_names(repo)
+    return name
+
+
+def _failed(repo: Path) -> list[str]:
+    """The reasons (first lines) of the mails in the spool's failed queue."""
+    return sorted(p.read_text().splitlines()[0] for p in (spool_path(repo) / "failed").glob("*.reason"))
+
+
+def _commits(repo: Path) -> int:
+    return int(git(repo, "rev-list", "--count", "issues").strip())
+
 
 # --- the duplicate notification (issue 13): a sender with no display name -----------------------
 
@@ -68,6 +91,73 @@ def test_a_written_mailbox_reads_back_the_same_under_every_parser(person: Person
     this Python's email.utils (Debian's strict one under /usr/bin/python3)."""
     assert person == Person.parse(person.mailbox)
     assert (person.name, person.email) == email.utils.parseaddr(person.mailbox)
+
+
+# --- forged From (issue 12) -------------------------------------------------------------------
+
+
+def test_quoted_local_part_is_not_the_address_inside_it(repo: Path) -> None:
+    """`From: "alice@example.net"@evil.example` is a mailbox at evil.example: its `Status: closed` on Alice's
+    issue is refused as a stranger's, and its comment is signed with its own address."""
+    name = _report(repo)
+    attack = make_mail(frm='"alice@example.net"@evil.example', subject="Re: Printer on fire", message_id="<q1@evil.example>",
+                       In_Reply_To=REPORT, body="Status: closed\n\nDone, closing.\n")
+    assert 0 == deliver(repo, attack).returncode
+    [comment] = read_comments(repo, name)
+    assert ("new", '"alice@example.net"@evil.example') == (read_issue(repo, name).status, comment.author.email)
+    [reply] = [m for m in outbox(repo) if m["Auto-Submitted"] == "auto-replied"]
+    assert '"alice@example.net"@evil.example' == reply["To"].addresses[0].addr_spec
+    assert "refused" in reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("frm", [
+    "alice@example.net <mallory@evil.example>",  # an address as the display name, unquoted: no mailbox
+    "alice@example.net, mallory@evil.example",  # two mailboxes
+    "Friends: alice@example.net;",  # a group
+    "alice",  # no domain
+    "Alice <alice@example.net",  # no closing bracket
+])  # fmt: skip
+def test_a_from_that_is_not_exactly_one_mailbox_is_held(repo: Path, frm: str) -> None:
+    """Commands from a From that does not parse (strict RFC 5322) to exactly one mailbox change nothing: the
+    mail is held in failed with the reason, and nobody is mailed."""
+    name = _report(repo)
+    before = _commits(repo)
+    attack = make_mail(frm="placeholder@evil.example", subject="Re: Printer on fire", message_id="<f1@evil.example>",
+                       In_Reply_To=REPORT, body="Status: closed\n\nDone, closing.\n")
+    attack = attack.replace(b"From: placeholder@evil.example", b"From: " + frm.encode(), 1)  # as sent, not tidied by EmailMessage
+    assert 0 == deliver(repo, attack).returncode
+    assert (before, "new", [], []) == (_commits(repo), read_issue(repo, name).status, read_comments(repo, name), outbox(repo))
+    [reason] = _failed(repo)
+    assert reason.startswith("the From field is not one mailbox") and frm in reason
+
+
+def test_two_from_fields_are_held(repo: Path) -> None:
+    """A mail with two From fields (one alice's) is held: it has no one sender."""
+    name = _report(repo)
+    attack = make_mail(frm="mallory@evil.example", subject="Re: Printer on fire", message_id="<f2@evil.example>",
+                       In_Reply_To=REPORT, body="Status: closed\n\nx\n").replace(b"From: ", b"From: alice@example.net\nFrom: ", 1)
+    assert 0 == deliver(repo, attack).returncode
+    assert ("new", ["the From field is not one mailbox: the mail has 2 From fields"]) == (read_issue(repo, name).status, _failed(repo))
+
+
+def test_a_well_formed_from_is_read_by_the_rfc_5322_parser() -> None:
+    """Names are decoded by the strict parser (encoded words, quotes); an encoded word cannot smuggle an address."""
+    cases = {
+        b'From: "\'Jane Doe\'" <Jane@X.example>': ("Jane Doe", "jane@x.example"),
+        b"From: =?utf-8?q?J=C3=B6rg?= <j@x.example>": ("J\u00f6rg", "j@x.example"),
+        b"From: =?utf-8?q?alice=40example.net_=3Cmallory=40evil=3E?= <z@q.example>": ("alice@example.net <mallory@evil>", "z@q.example"),
+        b"From: John Q. Public <jqp@x.example>": ("John Q. Public", "jqp@x.example"),  # obsolete phrase: still one mailbox
+        b"From: alice@example.net (Alice)": ("Alice", "alice@example.net"),  # the old form: the comment names her
+    }
+    got = {raw: (m.from_name, m.from_addr) for raw in cases if (m := parse(raw + b"\nSubject: s\n\nx\n"))}
+    assert cases == got
+
+
+def test_dry_run_names_the_held_from(repo: Path) -> None:
+    """`mailtrack deliver --dry-run` says why such a mail would be held."""
+    r = mailtrack("deliver", "--dry-run", repo=repo, input=make_mail(frm="alice@example.net <mallory@evil.example>"), text=True)
+    assert 0 == r.returncode, r.stderr
+    assert "the From field is not one mailbox" in r.stdout
 
 
 def test_debian_python_reads_our_identities(repo: Path) -> None:

@@ -29,6 +29,13 @@ _OWN_FIELDS = {"from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date
 Refusal = tuple[Action, str]  # (held or rejected, why)
 
 
+def sender_problem(mail: ParsedMail) -> str | None:
+    """Why a mail has no one sender the rights could judge (it is held), or None when it has one."""
+    if mail.from_problem:
+        return mail.from_problem
+    return None if mail.from_addr else "the mail has no sender address (From)"
+
+
 def topmost_auth_results(mail: ParsedMail) -> list[str]:
     """The Authentication-Results in the trace block on top of the mail, above its own fields.
 

@@ -77,8 +77,8 @@ def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
 
 
 def _sender(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    if not job.mail.from_addr:
-        job.out.decide(Action.HELD, "the mail has no sender address (From)")
+    if (problem := admission.sender_problem(job.mail)) is not None:
+        job.out.decide(Action.HELD, problem)
         return False
     job.sender = admission.sender(job.mail, job.out.verified, snap, gw.index, gw.config.access)
     return True
