@@ -1,7 +1,8 @@
 """Who is sending, and may they do what their mail does: the gate every mail passes, patch mails too.
 
 `sender(...)` makes the `rights.Sender` of a mail: its From address, whether the branch knows it,
-and whether a trusted receiving server vouches for it (Authentication-Results on top of the mail).
+and whether someone vouches for it: a trusted receiving server (its Authentication-Results, RFC 8601,
+read with `authres`).
 `refusal(...)` is the admission of a mail by its route; `patch_refusal(...)` that of a patch mail.
 The rights themselves are mailtrack.tracker.rights: this module only asks them.
 """
@@ -9,6 +10,9 @@ The rights themselves are mailtrack.tracker.rights: this module only asks them.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
+
+import authres
 
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
@@ -25,6 +29,7 @@ from mailtrack.worker.route import RouteKind
 # fields that receiving servers add (Received, Return-Path, X-Spam-*, ...).
 _OWN_FIELDS = {"from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to",
                "references", "mime-version", "content-type", "content-transfer-encoding"}
+_HARMLESS = {"pass", "none"}  # results that are no fail; any other (fail, permerror, temperror, policy...) is one
 
 Refusal = tuple[Action, str]  # (held or rejected, why)
 
@@ -36,43 +41,90 @@ def sender_problem(mail: ParsedMail) -> str | None:
     return None if mail.from_addr else "the mail has no sender address (From)"
 
 
-def topmost_auth_results(mail: ParsedMail) -> list[str]:
-    """The Authentication-Results in the trace block on top of the mail, above its own fields.
+def trace_fields(mail: ParsedMail) -> list[tuple[str, str]]:
+    """The fields on top of the mail, above its own: those the receiving servers added.
 
     A receiving server adds its results above the fields the mail was written with (RFC 8601);
     one further down came with the mail and may be forged, so it is not read. One on top can be
-    forged too, unless the trusted server removes incoming Authentication-Results that carry its
-    authserv-id, as RFC 8601 section 5 asks of it: `access.trusted_authserv_ids` must name only
-    servers that do.
+    forged too: the sender may put it above its own fields. `verified_by` therefore believes a pass
+    only as the topmost result of its method, in the trusted server's own group (before a Received
+    line parts it from the rest), and takes any fail of a trusted authserv-id, wherever it stands on
+    top, for a fail. A forged pass of a method the trusted server does not check at all would still
+    be believed where nothing parts it from the server's own: name only servers that remove incoming
+    results with their authserv-id (RFC 8601 section 5).
     """
     if not mail.headers:
-        return list(mail.auth_results[:1])
-    found: list[str] = []
+        return [("Authentication-Results", value) for value in mail.auth_results[:1]]
+    found: list[tuple[str, str]] = []
     for name, value in mail.headers:
         if name.lower() in _OWN_FIELDS:
             break
-        if name.lower() == "authentication-results":
-            found.append(value)
+        found.append((name, value))
     return found
 
 
-def verified_by(mail: ParsedMail, trusted: list[str]) -> str:
-    """`authserv-id dkim=pass` when a trusted receiving server vouches for the sender, else ""."""
-    domain = mail.from_addr.rpartition("@")[2]
-    for value in topmost_auth_results(mail):
-        authserv, _, rest = value.partition(";")
-        authserv = authserv.strip().split()[0].lower() if authserv.strip() else ""
-        if authserv not in {t.lower() for t in trusted}:
+def _first_word(value: str) -> str:
+    words = value.partition(";")[0].split()
+    return words[0].lower() if words else ""
+
+
+def _properties(result: Any) -> dict[str, str]:
+    return {f"{p.type}.{p.name}".lower(): str(p.value).lower() for p in result.properties}
+
+
+def _about(method: str, props: dict[str, str], domain: str) -> tuple[bool, bool]:
+    """(whether a dkim or dmarc result concerns the From domain, whether it names that domain itself)."""
+    if method == "dmarc":
+        header_from = props.get("header.from")
+        return header_from in (None, domain), header_from == domain
+    if method == "dkim":
+        d, i = props.get("header.d"), props.get("header.i")
+        named = d == domain or (i is not None and i.endswith("@" + domain))
+        return named or (d is None and i is None), named
+    return False, False
+
+
+def _stamped(mail: ParsedMail, trusted: set[str], domain: str) -> str | None:
+    """What the trusted servers' Authentication-Results say of the From domain: `authserv-id method=pass`,
+    "" (no pass, or a fail), or None when no trusted server stamped the mail at all."""
+    stamped, own_group = False, True
+    passes: list[str] = []
+    decided: set[str] = set()  # the methods whose topmost trusted result was seen
+    for name, value in trace_fields(mail):
+        if name.lower() == "received" and stamped:
+            own_group = False  # what stands below the trusted server's own Received came with the mail
+        if name.lower() != "authentication-results":
             continue
-        for method in rest.split(";"):
-            words = method.strip().lower().split()
-            if not words:
+        try:
+            header = authres.parse_value(value)
+            authserv = str(header.authserv_id).lower()
+        except Exception:  # authres raises on any malformed header (its own SyntaxError and others)
+            header, authserv = None, _first_word(value)
+        if authserv not in trusted:
+            continue
+        stamped = True
+        if header is None:
+            return ""  # results of a trusted server that cannot be read: nothing is believed
+        for result in header.results:
+            method, verdict = str(result.method).lower(), str(result.result).lower()
+            concerns, named = _about(method, _properties(result), domain)
+            if not concerns:
                 continue
-            if words[0] == "dmarc=pass" and f"header.from={domain}" in words:
-                return f"{authserv} dmarc=pass"
-            if words[0] == "dkim=pass" and any(w in (f"header.d={domain}", f"header.i=@{domain}") for w in words):
-                return f"{authserv} dkim=pass"
-    return ""
+            if verdict not in _HARMLESS:
+                return ""  # any fail among the trusted results is a fail, a pass elsewhere notwithstanding
+            if verdict == "pass" and named and own_group and method not in decided:
+                passes.append(f"{authserv} {method}=pass")
+            decided.add(method)  # the topmost result of a method is the server's own: one further down is not
+    return (passes[0] if passes else "") if stamped else None
+
+
+def verified_by(mail: ParsedMail, access: AccessConfig) -> str:
+    """Who vouches for the sender: `authserv-id dkim=pass` (or dmarc=pass) from a trusted server's
+    Authentication-Results; "" when nobody does."""
+    domain = mail.from_addr.rpartition("@")[2]
+    if not domain:
+        return ""
+    return _stamped(mail, {t.lower() for t in access.trusted_authserv_ids}, domain) or ""
 
 
 def sender(mail: ParsedMail, vouched: str, snap: Snapshot, index: Index, access: AccessConfig) -> Sender:

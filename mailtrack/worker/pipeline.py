@@ -162,7 +162,7 @@ class Gateway:
 
     def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool) -> Outcome:
         out = Outcome(Action.NOTHING, message_id=mail.message_id)
-        out.verified = admission.verified_by(mail, self.config.access.trusted_authserv_ids)
+        out.verified = admission.verified_by(mail, self.config.access)
         job = Job(mail, out, Person(mail.from_name, mail.from_addr), received or now(), imported)
 
         def attempt(snap: Snapshot) -> Change | None:
