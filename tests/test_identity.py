@@ -93,6 +93,16 @@ def test_a_written_mailbox_reads_back_the_same_under_every_parser(person: Person
     assert (person.name, person.email) == email.utils.parseaddr(person.mailbox)
 
 
+def test_a_cc_name_with_a_comma_stays_one_person(repo: Path) -> None:
+    """`Cc: "Smith, John" <john@example.org>` is one carbon, written quoted (it was two: "Smith" and
+    "John <john@example.org>"), and the notification reaches him under his whole name."""
+    deliver(repo, make_mail(frm="alice@example.net", Cc='"Smith, John" <john@example.org>, Bob <bob@example.org>'))
+    [name] = read_names(repo)
+    assert ['"Smith, John" <john@example.org>', "Bob <bob@example.org>"] == read_issue(repo, name).carbons
+    to = sorted(str(m["To"]) for m in outbox(repo) if m["Auto-Submitted"] == "auto-generated")
+    assert ['"Smith, John" <john@example.org>', "Bob <bob@example.org>"] == to
+
+
 # --- forged From (issue 12) -------------------------------------------------------------------
 
 

@@ -167,12 +167,13 @@ def _read_list(node: Node | None, people: bool = False) -> list[str]:
     if not text:
         return []
     if people:
-        return [p.mailbox if p.email else p.name for p in map(Person.parse, _split_people(text)) if p.email or p.name]
+        return [p.mailbox if p.email else p.name for p in map(Person.parse, split_people(text)) if p.email or p.name]
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _split_people(text: str) -> list[str]:
-    """The original script's comma-joined people: split at the commas outside quotes and angle brackets."""
+def split_people(text: str) -> list[str]:
+    """Comma-joined people (the original script's lists, `cc ID +a,b` values): split at the commas outside
+    quotes and angle brackets, so `"Smith, John" <j@x.org>` stays one person."""
     parts: list[str] = []
     current: list[str] = []
     quoted = angle = escaped = False

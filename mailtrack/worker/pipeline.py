@@ -278,7 +278,7 @@ class Gateway:
     def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
         if not self.config.gateway.carbons_from_cc:
             return []
-        return [Edit("carbons", "+", f"{name} <{addr}>" if name else addr) for name, addr in mail.cc
+        return [Edit("carbons", "+", Person(name, addr).mailbox) for name, addr in mail.cc
                 if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
 
     # --- replies ------------------------------------------------------------------------------
