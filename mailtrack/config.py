@@ -222,6 +222,7 @@ class AccessConfig:
     unknown_senders: str = "accept"  # accept | hold (in failed, with the reason) | reject (with a reply)
     trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe (on top of the mail; RFC 8601 s. 5)
     require_auth_for_commands: bool = False  # commands need dkim=pass or dmarc=pass from a trusted authserv-id
+    verify_dkim: bool = False  # where no trusted authserv-id stamped the mail, verify its DKIM signature ourselves (dkimpy)
 
     def __post_init__(self) -> None:
         if self.unknown_senders not in ("accept", "hold", "reject"):

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import policy
+from email.errors import ObsoleteHeaderDefect
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -45,6 +47,7 @@ MAX_NAME_LENGTH = 100  # characters of an attachment's file name, extension incl
 MAX_NAME_BYTES = 200  # and its UTF-8 bytes: file systems allow 255
 MAX_DEPTH = 30  # MIME nesting we follow; deeper parts are skipped with a note
 MAX_PARTS = 1000  # MIME parts we read; the rest are skipped with a note
+MAX_FROM_LENGTH = 2000  # characters of a From field we parse; a longer one is no sender
 RESERVED_NAME_RE = re.compile(r"^(issue\.xml|project\.xml|comment_.*\.xml)$", re.IGNORECASE)
 SIGNATURE_TYPES = frozenset({
     "application/pgp-signature", "application/pkcs7-signature",
@@ -82,6 +85,7 @@ LIST_PREFIX_RE = re.compile(r"^\s*\[[^\[\]#=]*\]\s*")  # "[dev-list] ": no '#' (
 ADDR_RE = re.compile(r"[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
 CONTENT_TYPE_RE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 MSG_ID_RE = re.compile(r"<([^<>\s]+)>")
+COMMENT_NAME_RE = re.compile(r"^[^\s()<>]+@[^\s()<>]+\s*\(([^()]*)\)$")  # From: addr (Name)
 MACHINE_KINDS = ("loop", "bounce", "report", "auto-reply", "bulk", "list")
 
 
@@ -100,7 +104,7 @@ class ParsedMail:
     references: tuple[str, ...]
     subject: str
     from_name: str
-    from_addr: str  # lowercase, "" if none
+    from_addr: str  # lowercase, "" if none or if the From field is not exactly one mailbox (see from_problem)
     reply_to: tuple[tuple[str, str], ...]  # informational only, never an identity
     to: tuple[tuple[str, str], ...]  # (name, lowercase address)
     cc: tuple[tuple[str, str], ...]
@@ -115,6 +119,7 @@ class ParsedMail:
     auth_results: tuple[str, ...]
     headers: tuple[tuple[str, str], ...] = ()  # every header, decoded and unfolded, in order
     all_quote: bool = False  # nothing of the sender's own was found: reply_text is the whole body
+    from_problem: str = ""  # why the From field(s) give no one sender: "the From field is not one mailbox: ..."
 
     def header(self, name: str) -> str | None:
         """The first header of that name, decoded and unfolded; None if there is none."""
@@ -138,8 +143,7 @@ def parse(
     def first(name: str) -> str | None:
         return next((value for key, value in headers if key.lower() == name), None)
 
-    froms = _addresses(raw_headers, "from")
-    from_name, from_addr = froms[0] if froms else ("", "")
+    from_name, from_addr, from_problem = _sender(raw_headers)
     return_path = None
     if (value := first("return-path")) is not None:
         found = ADDR_RE.search(value)
@@ -176,6 +180,7 @@ def parse(
         auth_results=_all(headers, "authentication-results"),
         headers=headers,
         all_quote=bool(body.strip()) and not own,
+        from_problem=from_problem,
     )
     reason = _machine_reason(mail, msg, loop_header=loop_header, ours=ours)
     return replace(mail, machine=reason)
@@ -315,6 +320,49 @@ def _addresses(raw_headers: list[tuple[str, str]], name: str) -> list[tuple[str,
             display = " ".join(decode_words(CONTROL_RE.sub(" ", pair_name)).split()).strip("'\"")
             result.append(("" if display.lower() == addr else display, addr))
     return result
+
+
+def _sender(raw_headers: list[tuple[str, str]]) -> tuple[str, str, str]:
+    """(display name, lowercase address, "") of the one mailbox of the From field; ("", "", why) when
+    the mail has several From fields or the field is not exactly one mailbox by the standard library's
+    RFC 5322 parser, strictly: no invalid syntax (`alice@example.net <mallory@evil.example>` is none),
+    no group, no second mailbox, a domain. ("", "", "") when there is no From field.
+
+    The raw value is parsed, before any decoding, so an encoded word stays inside the display name.
+    A quoted local part is part of the address: `"alice@example.net"@evil.example` is a mailbox at
+    evil.example. Obsolete but unambiguous forms (a period in a name, a route) are accepted.
+    """
+    values = [unfold_raw(v) for k, v in raw_headers if k.lower() == "from"]
+    if not values:
+        return "", "", ""
+    problem = "the From field is not one mailbox: "
+    if len(values) > 1:
+        return "", "", problem + f"the mail has {len(values)} From fields"
+    value = values[0].strip()
+    shown = " ".join(value.split())[:200]
+    if len(value) > MAX_FROM_LENGTH:
+        return "", "", problem + f"it is over {MAX_FROM_LENGTH} characters long"
+    try:
+        header = HeaderRegistry()("from", value)
+        groups, defects = header.groups, header.defects  # type: ignore[attr-defined]
+    except Exception:  # the parser's own bugs on hostile input: no sender, not a crash
+        return "", "", problem + f"it does not parse: {shown}"
+    invalid = [str(d) for d in defects if not isinstance(d, ObsoleteHeaderDefect)]
+    if invalid:
+        return "", "", problem + f"{invalid[0]}: {shown}"
+    mailboxes = [a for g in groups for a in g.addresses]
+    if len(groups) != 1 or groups[0].display_name is not None or len(mailboxes) != 1:
+        what = "a group" if any(g.display_name is not None for g in groups) else f"{len(mailboxes)} mailboxes"
+        return "", "", problem + f"it holds {what}: {shown}"
+    mailbox = mailboxes[0]
+    addr = mailbox.addr_spec.lower()
+    if not mailbox.username or not mailbox.domain or re.search(r"[\s<>\\]", addr) or CONTROL_RE.search(addr):
+        return "", "", problem + f"'{addr}' is no address we can answer: {shown}"
+    name = mailbox.display_name
+    if not name and (comment := COMMENT_NAME_RE.match(value)) is not None:  # the old `addr (Name)` form
+        name = decode_words(comment.group(1))
+    display = " ".join(CONTROL_RE.sub(" ", name).split()).strip("'\"")
+    return ("" if display.lower() == addr else display), addr, ""
 
 
 def _msg_ids(value: str | None) -> list[str]:

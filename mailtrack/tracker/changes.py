@@ -19,6 +19,7 @@ from mailtrack.tracker.model import (
     is_reserved_filename,
     make_name,
     now,
+    split_people,
 )
 from mailtrack.tracker.store import Change, Snapshot, StoreError, ValidationError, issue_dir
 from mailtrack.tracker.xmlformat import Node, clean_text
@@ -78,7 +79,7 @@ def apply_edits(issue: Issue, edits: list[Edit]) -> Issue:
     for e in edits:
         current = values.get(e.field, getattr(issue, e.field))
         if e.field in LIST_FIELDS:
-            items = [_person(v) if e.field in PEOPLE_FIELDS else v for v in _split(e.value)]
+            items = [_person(v) for v in split_people(e.value)] if e.field in PEOPLE_FIELDS else _split(e.value)
             cur = list(current)  # type: ignore[call-overload]
             if e.op == "=":
                 new = items

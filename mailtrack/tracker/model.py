@@ -11,7 +11,6 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from email.utils import getaddresses, parseaddr
 
 from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, TEXT_FIELDS, TIME_FIELDS
 from mailtrack.tracker.xmlformat import FormatError, Node, clean_text, dumps, loads
@@ -44,24 +43,76 @@ def blob_sha(content: bytes) -> str:
 def make_name(created: datetime, author: Person, text: str) -> str:
     """An issue's or a comment's name: the original script's rule (FORMAT.md)."""
     stamp = str(created.astimezone(UTC).replace(tzinfo=None))
-    return blob_sha((stamp + author.mailbox + text).encode("utf-8"))
+    named = f"{author.name} <{author.email}>" if author.name else author.email  # unquoted, as the script wrote it
+    return blob_sha((stamp + named + text).encode("utf-8"))
+
+
+# RFC 5322 specials but the period (a period in a name is an obsolete phrase every parser still reads):
+# a name holding one is quoted, or a strict parser (Debian's email.utils) reads the mailbox as nobody.
+_SPECIALS = set('()<>[]:;@\\,"')
+_DOT_ATOM_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+_ANGLE_RE = re.compile(r"^(?P<name>.*)<(?P<addr>[^<>]*)>$", re.DOTALL)
+_COMMENT_RE = re.compile(r"^(?P<addr>[^\s()<>]+@[^\s()<>]+)\s*\((?P<name>[^()]*)\)$")  # `addr (Name)`
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _phrase(name: str) -> str:
+    """A display name as written in a mailbox: quoted (backslash and quote escaped) when it needs it."""
+    if name != name.strip() or any(c in _SPECIALS for c in name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def _unphrase(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return _QUOTED_PAIR_RE.sub(r"\1", text[1:-1])
+    return text
 
 
 @dataclass(frozen=True)
 class Person:
+    """Someone on the branch: a display name (may be empty) and an address (empty for a bare name).
+
+    `parse` is the one reader of identities (commit authors, people in lists, access lists): it
+    reads every form we, git and the original script wrote, without email.utils, whose parseaddr
+    differs between Python builds (Debian's hardened one reads `a@b <a@b>` as nobody). `mailbox` and
+    `ident` write forms that every parser reads back as the same person.
+    """
+
     name: str
     email: str
 
     @property
     def mailbox(self) -> str:
-        return f"{self.name} <{self.email}>" if self.name else self.email
+        """`Name <email>` (the name quoted when it holds a special: `"Smith, John" <j@x>`), or the bare address."""
+        return f"{_phrase(self.name)} <{self.email}>" if self.name else self.email
+
+    @property
+    def ident(self) -> str:
+        """As a commit's author or committer: `Name <email>` with a name git accepts, never empty: a
+        nameless person is named by the local part of the address (or the whole address, quoted, when
+        that is no plain word), never `addr <addr>`."""
+        email = re.sub(r"[<>\s]", "", self.email) or "unknown"
+        name = " ".join(re.sub(r"[<>\x00-\x1f\x7f]", " ", self.name).split())
+        if not name:
+            local = email.rpartition("@")[0]
+            name = local if _DOT_ATOM_RE.fullmatch(local) else email
+        return f"{_phrase(name)} <{email}>"
 
     @classmethod
     def parse(cls, text: str) -> Person:
-        name, addr = parseaddr(text)
-        if not addr and "@" not in text:
-            return cls(text.strip(), "")
-        return cls(name.strip(), addr.strip())
+        """A person from `Name <addr>`, `"Quoted, Name" <addr>`, `<addr>`, `addr`, `addr (Name)` or a bare
+        name; the old `addr <addr>` form is the nameless addr."""
+        text = text.strip()
+        if (angle := _ANGLE_RE.match(text)) is not None:
+            name, addr = _unphrase(angle["name"]), angle["addr"].strip()
+            return cls("" if name.lower() == addr.lower() else name, addr)
+        if (comment := _COMMENT_RE.match(text)) is not None:
+            return cls(comment["name"].strip(), comment["addr"])
+        if "@" in text and not any(c.isspace() for c in text):
+            return cls("", text)
+        return cls(text, "")
 
     def __str__(self) -> str:
         return self.mailbox
@@ -126,8 +177,31 @@ def _read_list(node: Node | None, people: bool = False) -> list[str]:
     if not text:
         return []
     if people:
-        return [Person(n, a).mailbox if a else n for n, a in getaddresses([text]) if a or n]
+        return [p.mailbox if p.email else p.name for p in map(Person.parse, split_people(text)) if p.email or p.name]
     return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def split_people(text: str) -> list[str]:
+    """Comma-joined people (the original script's lists, `cc ID +a,b` values): split at the commas outside
+    quotes and angle brackets, so `"Smith, John" <j@x.org>` stays one person."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angle = escaped = False
+    for c in text:
+        if escaped:
+            escaped = False
+        elif c == "\\" and quoted:
+            escaped = True
+        elif c == '"' and not angle:
+            quoted = not quoted
+        elif c in "<>" and not quoted:
+            angle = c == "<"
+        elif c == "," and not quoted and not angle:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(c)
+    return [part.strip() for part in [*parts, "".join(current)] if part.strip()]
 
 
 def _person_node(tag: str, p: Person) -> Node:

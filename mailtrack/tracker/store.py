@@ -578,5 +578,4 @@ class Store:
 
 
 def _ident(p: Person) -> bytes:
-    email = p.email or "unknown"
-    return f"{p.name or email} <{email}>".encode()
+    return p.ident.encode()

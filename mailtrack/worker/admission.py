@@ -1,14 +1,24 @@
 """Who is sending, and may they do what their mail does: the gate every mail passes, patch mails too.
 
 `sender(...)` makes the `rights.Sender` of a mail: its From address, whether the branch knows it,
-and whether a trusted receiving server vouches for it (Authentication-Results on top of the mail).
+and whether someone vouches for it: a trusted receiving server (its Authentication-Results, RFC 8601,
+read with `authres`), or, where no trusted server stamped the mail and `access.verify_dkim` asks
+for it, a DKIM signature of the From domain that we verify ourselves (`dkimpy`).
 `refusal(...)` is the admission of a mail by its route; `patch_refusal(...)` that of a patch mail.
 The rights themselves are mailtrack.tracker.rights: this module only asks them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
+
+import authres
+import dkim
+import dkim.dnsplug
+import dkim.util
 
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
@@ -25,47 +35,141 @@ from mailtrack.worker.route import RouteKind
 # fields that receiving servers add (Received, Return-Path, X-Spam-*, ...).
 _OWN_FIELDS = {"from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to",
                "references", "mime-version", "content-type", "content-transfer-encoding"}
+_HARMLESS = {"pass", "none"}  # results that are no fail; any other (fail, permerror, temperror, policy...) is one
+MAX_DKIM_SIGNATURES = 3  # DKIM signatures of the From domain we try on one mail (each may cost a DNS lookup)
+DKIM_TIMEOUT = 5  # seconds for one DNS lookup of a DKIM key
+
+# dkimpy's DNS lookup: (name, timeout=...) -> the TXT record as bytes, or None. The default is
+# dkim.dnsplug.get_txt, looked up when a mail is checked (a test process replaces it with its own keys).
+DnsFunc = Callable[..., bytes | None]
 
 Refusal = tuple[Action, str]  # (held or rejected, why)
 
 
-def topmost_auth_results(mail: ParsedMail) -> list[str]:
-    """The Authentication-Results in the trace block on top of the mail, above its own fields.
+def sender_problem(mail: ParsedMail) -> str | None:
+    """Why a mail has no one sender the rights could judge (it is held), or None when it has one."""
+    if mail.from_problem:
+        return mail.from_problem
+    return None if mail.from_addr else "the mail has no sender address (From)"
+
+
+def trace_fields(mail: ParsedMail) -> list[tuple[str, str]]:
+    """The fields on top of the mail, above its own: those the receiving servers added.
 
     A receiving server adds its results above the fields the mail was written with (RFC 8601);
     one further down came with the mail and may be forged, so it is not read. One on top can be
-    forged too, unless the trusted server removes incoming Authentication-Results that carry its
-    authserv-id, as RFC 8601 section 5 asks of it: `access.trusted_authserv_ids` must name only
-    servers that do.
+    forged too: the sender may put it above its own fields. `verified_by` therefore believes a pass
+    only as the topmost result of its method, in the trusted server's own group (before a Received
+    line parts it from the rest), and takes any fail of a trusted authserv-id, wherever it stands on
+    top, for a fail. A forged pass of a method the trusted server does not check at all would still
+    be believed where nothing parts it from the server's own: name only servers that remove incoming
+    results with their authserv-id (RFC 8601 section 5).
     """
     if not mail.headers:
-        return list(mail.auth_results[:1])
-    found: list[str] = []
+        return [("Authentication-Results", value) for value in mail.auth_results[:1]]
+    found: list[tuple[str, str]] = []
     for name, value in mail.headers:
         if name.lower() in _OWN_FIELDS:
             break
-        if name.lower() == "authentication-results":
-            found.append(value)
+        found.append((name, value))
     return found
 
 
-def verified_by(mail: ParsedMail, trusted: list[str]) -> str:
-    """`authserv-id dkim=pass` when a trusted receiving server vouches for the sender, else ""."""
-    domain = mail.from_addr.rpartition("@")[2]
-    for value in topmost_auth_results(mail):
-        authserv, _, rest = value.partition(";")
-        authserv = authserv.strip().split()[0].lower() if authserv.strip() else ""
-        if authserv not in {t.lower() for t in trusted}:
+def _first_word(value: str) -> str:
+    words = value.partition(";")[0].split()
+    return words[0].lower() if words else ""
+
+
+def _properties(result: Any) -> dict[str, str]:
+    return {f"{p.type}.{p.name}".lower(): str(p.value).lower() for p in result.properties}
+
+
+def _about(method: str, props: dict[str, str], domain: str) -> tuple[bool, bool]:
+    """(whether a dkim or dmarc result concerns the From domain, whether it names that domain itself)."""
+    if method == "dmarc":
+        header_from = props.get("header.from")
+        return header_from in (None, domain), header_from == domain
+    if method == "dkim":
+        d, i = props.get("header.d"), props.get("header.i")
+        named = d == domain or (i is not None and i.endswith("@" + domain))
+        return named or (d is None and i is None), named
+    return False, False
+
+
+def _stamped(mail: ParsedMail, trusted: set[str], domain: str) -> str | None:
+    """What the trusted servers' Authentication-Results say of the From domain: `authserv-id method=pass`,
+    "" (no pass, or a fail), or None when no trusted server stamped the mail at all."""
+    stamped, own_group = False, True
+    passes: list[str] = []
+    decided: set[str] = set()  # the methods whose topmost trusted result was seen
+    for name, value in trace_fields(mail):
+        if name.lower() == "received" and stamped:
+            own_group = False  # what stands below the trusted server's own Received came with the mail
+        if name.lower() != "authentication-results":
             continue
-        for method in rest.split(";"):
-            words = method.strip().lower().split()
-            if not words:
+        try:
+            header = authres.parse_value(value)
+            authserv = str(header.authserv_id).lower()
+        except Exception:  # authres raises on any malformed header (its own SyntaxError and others)
+            header, authserv = None, _first_word(value)
+        if authserv not in trusted:
+            continue
+        stamped = True
+        if header is None:
+            return ""  # results of a trusted server that cannot be read: nothing is believed
+        for result in header.results:
+            method, verdict = str(result.method).lower(), str(result.result).lower()
+            concerns, named = _about(method, _properties(result), domain)
+            if not concerns:
                 continue
-            if words[0] == "dmarc=pass" and f"header.from={domain}" in words:
-                return f"{authserv} dmarc=pass"
-            if words[0] == "dkim=pass" and any(w in (f"header.d={domain}", f"header.i=@{domain}") for w in words):
-                return f"{authserv} dkim=pass"
+            if verdict not in _HARMLESS:
+                return ""  # any fail among the trusted results is a fail, a pass elsewhere notwithstanding
+            if verdict == "pass" and named and own_group and method not in decided:
+                passes.append(f"{authserv} {method}=pass")
+            decided.add(method)  # the topmost result of a method is the server's own: one further down is not
+    return (passes[0] if passes else "") if stamped else None
+
+
+def _signed_by(mail: ParsedMail, domain: str, dnsfunc: DnsFunc | None) -> str:
+    """`mailtrack dkim=pass` when a DKIM signature of the From domain (d= that domain, From among the
+    signed fields, no l= body length: what follows it would be unsigned) verifies, else ""."""
+    lookup = dnsfunc or dkim.dnsplug.get_txt
+    try:
+        checker = dkim.DKIM(mail.raw, minkey=1024, timeout=DKIM_TIMEOUT)
+        signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+    except Exception:  # dkimpy raises on a message it cannot split into fields: no signature
+        return ""
+    tried = 0
+    for index, value in enumerate(signatures):
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except Exception:  # dkim.util.InvalidTagValueList and others on hostile tags: not this one
+            continue
+        signed = [h.strip().lower() for h in re.split(rb"\s*:\s*", tags.get(b"h", b"").strip())]
+        if tags.get(b"d", b"").strip().lower() != domain.encode("utf-8", "replace") or b"l" in tags or b"from" not in signed:
+            continue
+        tried += 1
+        if tried > MAX_DKIM_SIGNATURES:
+            break
+        try:
+            if checker.verify(idx=index, dnsfunc=lookup):
+                return "mailtrack dkim=pass"
+        except Exception:  # dkim.DKIMException for a bad signature or key, others on hostile input or DNS
+            continue
     return ""
+
+
+def verified_by(mail: ParsedMail, access: AccessConfig, dnsfunc: DnsFunc | None = None) -> str:
+    """Who vouches for the sender: `authserv-id dkim=pass` (or dmarc=pass) from a trusted server's
+    Authentication-Results, `mailtrack dkim=pass` from our own DKIM check (`access.verify_dkim`, only
+    where no trusted server stamped the mail); "" when nobody does."""
+    domain = mail.from_addr.rpartition("@")[2]
+    if not domain:
+        return ""
+    stamped = _stamped(mail, {t.lower() for t in access.trusted_authserv_ids}, domain)
+    if stamped is not None:
+        return stamped
+    return _signed_by(mail, domain, dnsfunc) if access.verify_dkim else ""
 
 
 def sender(mail: ParsedMail, vouched: str, snap: Snapshot, index: Index, access: AccessConfig) -> Sender:

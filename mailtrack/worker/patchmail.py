@@ -53,11 +53,11 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     if mail.machine:
         out.decide(gw.machine_action(), f"machine mail: {mail.machine}")
         return out
-    if not mail.from_addr:
-        out.decide(Action.HELD, "the mail has no sender address (From)")
+    if (problem := admission.sender_problem(mail)) is not None:
+        out.decide(Action.HELD, problem)
         return out
     snap = gw.store.snapshot()
-    vouched = admission.verified_by(mail, gw.config.access.trusted_authserv_ids)
+    vouched = admission.verified_by(mail, gw.config.access)
     who = admission.sender(mail, vouched, snap, gw.index, gw.config.access)
     refusal = admission.patch_refusal(who, len(mail.raw), gw.config.gateway.max_patch_series_size, snap, gw.config.access, gw.project)
     if refusal is not None:

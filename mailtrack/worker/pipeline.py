@@ -86,8 +86,8 @@ def _route(gw: Gateway, job: Job, snap: Snapshot) -> bool:
 
 
 def _sender(gw: Gateway, job: Job, snap: Snapshot) -> bool:
-    if not job.mail.from_addr:
-        job.out.decide(Action.HELD, "the mail has no sender address (From)")
+    if (problem := admission.sender_problem(job.mail)) is not None:
+        job.out.decide(Action.HELD, problem)
         return False
     job.sender = admission.sender(job.mail, job.out.verified, snap, gw.index, gw.config.access)
     return True
@@ -184,7 +184,7 @@ class Gateway:
 
     def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool, wait_until: float | None) -> Outcome:
         out = Outcome(Action.NOTHING, message_id=mail.message_id, sender=mail.from_addr)
-        out.verified = admission.verified_by(mail, self.config.access.trusted_authserv_ids)
+        out.verified = admission.verified_by(mail, self.config.access)
         when = received or (written_at(mail.date, now()) if imported else now())
         job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported, wait_until)
 
@@ -360,7 +360,7 @@ class Gateway:
     def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
         if not self.config.gateway.carbons_from_cc:
             return []
-        return [Edit("carbons", "+", f"{name} <{addr}>" if name else addr) for name, addr in mail.cc
+        return [Edit("carbons", "+", Person(name, addr).mailbox) for name, addr in mail.cc
                 if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
 
     # --- replies ------------------------------------------------------------------------------
