@@ -7,10 +7,12 @@ import http.client
 import json
 import mailbox
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -296,3 +298,51 @@ def test_search_index_is_rebuilt_from_the_branch(site: Site) -> None:
         for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             extra.unlink(missing_ok=True)
         assert "<mark>zebra</mark>" in Site(site.repo, port, "", "").get("/search?q=zebra").text
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; .ci/run installs it
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed (apt-get install chromium; .ci/run does)")
+    # as root it runs only with --no-sandbox; its stderr has harmless dbus noise
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+class _Dom(HTMLParser):
+    """What a rendered page holds: each element's tag, the text of the h1, whether a details element is open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.h1 = ""
+        self.open_details = 0
+        self._in_h1 = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self._in_h1 = self._in_h1 or tag == "h1"
+        self.open_details += tag == "details" and any(k == "open" for k, _ in attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_h1 = self._in_h1 and tag != "h1"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_h1:
+            self.h1 += data
+
+
+@pytest.mark.slow  # a browser start is about a second
+def test_a_real_browser_renders_the_hostile_title_as_text(site: Site, tmp_path: Path) -> None:
+    """Headless Chromium loads the issue page: the hostile title is the h1's text, no script element
+    exists in the DOM, the quoted text is folded; the page renders to a screenshot."""
+    url = f"http://127.0.0.1:{site.port}/{site.short}/"
+    dom = _Dom()
+    dom.feed(_chromium("--dump-dom", url).stdout)
+    assert f"#{site.short} {HOSTILE} printer" == " ".join(dom.h1.split())
+    assert "script" not in dom.tags and "details" in dom.tags and 0 == dom.open_details
+    shot = tmp_path / "issue.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1200,900", url)
+    assert shot.read_bytes().startswith(b"\x89PNG")

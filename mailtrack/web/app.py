@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,9 @@ SECURITY_HEADERS = [
 ]  # fmt: skip
 SANDBOX = ("Content-Security-Policy", "default-src 'none'; sandbox")  # what is not our HTML: raw XML, downloads
 MAX_QUERY = 4096  # bytes of a query string; a longer one is a 400
+CACHED_PAGES = 512  # responses kept for the current tip...
+CACHED_BYTES = 32 * 1024 * 1024  # ...up to this much in all
+CACHED_PAGE_SIZE = 512 * 1024  # a bigger one (an attachment, a long mbox) is made again each time
 ID = r"#?[0-9a-fA-F]{4,40}"
 ISSUE_URL = re.compile(rf"^/({ID})(/|\.mbox|\.xml|\.json|/atom|/[^/]+)?$")
 TEMPLATES = ("web-list.html", "web-issue.html", "web-search.html", "web-error.html")
@@ -153,15 +157,21 @@ class WebApp:
         self.env = _templates(config.gateway.templates)
         self.catalog = Catalog()
         self._local = threading.local()
+        self._pages = PageCache()
         self.stylesheet = (builtin_templates() / "web-style.css").read_bytes()
 
     # --- per-thread state: a repository and an index connection each --------------------------
 
-    def _store(self) -> Store:
+    def _snapshot(self) -> Snapshot:
+        """The branch at its tip; the same Snapshot (project.xml read once) while the tip stays."""
         store: Store | None = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = Store.open(self.repo_path)
-        return store
+        tip = store.tip()
+        snap: Snapshot | None = getattr(self._local, "snap", None)
+        if snap is None or snap.commit != tip:
+            snap = self._local.snap = store.snapshot(tip)
+        return snap
 
     def _index(self, snap: Snapshot) -> Index:
         index: Index | None = getattr(self._local, "index", None)
@@ -200,14 +210,18 @@ class WebApp:
         if req.path == "/style.css":
             return Response(HTTPStatus.OK, self.stylesheet, "text/css; charset=utf-8",
                             [("Cache-Control", "max-age=3600"), ("ETag", f'"{__version__}-css"')], etag=False)
-        store = self._store()
-        snap = store.snapshot()
+        snap = self._snapshot()
         etag = f'"{(snap.commit or b"none").decode()}-{__version__}"'
         if etag in [t.strip().removeprefix("W/") for t in req.if_none_match.split(",")]:
             return Response(HTTPStatus.NOT_MODIFIED, b"", headers=[("ETag", etag)], etag=False)
+        key = (req.path, tuple(sorted(req.query.items())), req.root, req.origin)
+        cached = self._pages.get(snap.commit, key)
+        if cached is not None:
+            return cached
         response = self.route(req, snap)
         if response.etag and response.status == HTTPStatus.OK:
             response.headers += [("ETag", etag), ("Cache-Control", "no-cache")]
+            self._pages.put(snap.commit, key, response)
         return response
 
     def route(self, req: Request, snap: Snapshot) -> Response:
@@ -361,6 +375,39 @@ class WebApp:
         """`path` under the application's root with the query; page 1 and empty values left out."""
         kept = {k: str(v) for k, v in query.items() if v not in (None, "") and not (k == "page" and str(v) == "1")}
         return f"{req.root}{path}?{urlencode(kept)}" if kept else f"{req.root}{path}"
+
+
+class PageCache:
+    """The last responses made for the current tip, shared by the threads; a new tip empties it.
+    Pages are made from the tip alone, so a cached one is the page that would be made again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tip: bytes | None = None
+        self._pages: OrderedDict[tuple[object, ...], Response] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, tip: bytes | None, key: tuple[object, ...]) -> Response | None:
+        with self._lock:
+            if tip != self._tip:
+                return None
+            found = self._pages.get(key)
+            if found is not None:
+                self._pages.move_to_end(key)
+            return found
+
+    def put(self, tip: bytes | None, key: tuple[object, ...], response: Response) -> None:
+        if len(response.body) > CACHED_PAGE_SIZE:
+            return
+        with self._lock:
+            if tip != self._tip:
+                self._tip, self._pages, self._bytes = tip, OrderedDict(), 0
+            old = self._pages.pop(key, None)
+            self._bytes += len(response.body) - (len(old.body) if old is not None else 0)
+            self._pages[key] = response
+            while len(self._pages) > CACHED_PAGES or self._bytes > CACHED_BYTES:
+                _, dropped = self._pages.popitem(last=False)
+                self._bytes -= len(dropped.body)
 
 
 def _page(value: str | None, pages: int) -> int:
