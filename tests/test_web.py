@@ -23,6 +23,7 @@ from helpers.ports import free_port, note_listener
 from helpers.repos import git, make_gateway, new_issue
 from mailtrack.config import Config, GatewayConfig, WebConfig
 from mailtrack.tracker.lookup import default_path
+from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store
 from mailtrack.web.app import WebApp
 from mailtrack.web.server import WebServer
@@ -346,3 +347,27 @@ def test_a_real_browser_renders_the_hostile_title_as_text(site: Site, tmp_path: 
     shot = tmp_path / "issue.png"
     _chromium(f"--screenshot={shot}", "--window-size=1200,900", url)
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_unreadable_files_are_pages_that_say_so(site: Site) -> None:
+    """A comment file that does not parse is shown in its place, the rest of the issue with it; an
+    issue.xml that does not parse is a 500 page naming the file, and the list names it: no traceback."""
+    with Store.open(site.repo) as store:
+        folder = f"{site.issue[:2]}/{site.issue[2:]}"
+        other = "ab" + "c" * 38
+        files: dict[str, bytes | None] = {
+            f"{folder}/comment_20300101T000000.000000Z_{'d' * 40}.xml": b"<comment><broken",
+            f"ab/{'c' * 38}/issue.xml": b"<issue><title>no created time</title></issue>",
+        }
+        snap = store.snapshot()
+        commit = store.write_commit([snap.commit] if snap.commit else [], snap.tree, files, "broken files",
+                                    Person("Mallory", "mallory@example.org"))
+        assert store.move(snap.commit, commit)
+    page = site.get(f"/{site.short}/")
+    assert 200 == page.status
+    assert "cannot be read" in page.text and 'id="c2@example.org"' in page.text
+    broken = site.get(f"/{other[:8]}/")
+    assert 500 == broken.status
+    assert "issue.xml" in broken.text and "Traceback" not in broken.text
+    listing = site.get("/?all=1")
+    assert 200 == listing.status and f"ab/{'c' * 38}/issue.xml" in listing.text
