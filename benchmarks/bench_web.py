@@ -29,6 +29,7 @@ from typing import Any
 
 from mailtrack.app import git_issues
 from mailtrack.config import Config, WebConfig
+from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.model import Comment, Issue, Person
 from mailtrack.tracker.store import Store, issue_dir
 from mailtrack.web.app import WebApp
@@ -64,7 +65,7 @@ def free_port() -> int:
 
 
 def get(port: int, path: str, conn: http.client.HTTPConnection | None = None) -> int:
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     c.request("GET", path)
     r = c.getresponse()
     r.read()
@@ -117,6 +118,10 @@ def main() -> None:
         began = time.perf_counter()
         names = make_issues(store, n)
         print(f"{n} issues with a comment each, in {time.perf_counter() - began:.1f}s")
+        began = time.perf_counter()
+        with Index.for_snapshot(store.snapshot()) as index:  # the gateway keeps it up to date as mail comes
+            index.sync(store.snapshot())
+        print(f"the index built from nothing in {time.perf_counter() - began:.1f}s (tracker/lookup.py)")
         port = free_port()
         config = Config(web=WebConfig(port=port))
         server = WebServer(WebApp(config, f"{tmp}/repo"), config.web)
@@ -151,7 +156,7 @@ def main() -> None:
             hello_server.stop()
     print(f"{'what':<44} {'figure':>12} {'baseline':>12} {'ratio':>7}")
     print(f"{'issue page (first view) vs git issues show, ms':<44} {web_show * 1e3:>12.2f} {cli_show * 1e3:>12.2f} {web_show / cli_show:>7.2f}")
-    print(f"{'list page 2 vs the first (index built anew), ms':<44} {warm_list * 1e3:>12.2f} {cold_list * 1e3:>12.2f} "
+    print(f"{'list page 2 vs the first for a new tip, ms':<44} {warm_list * 1e3:>12.2f} {cold_list * 1e3:>12.2f} "
           f"{warm_list / cold_list:>7.3f}")
     print(f"{f'{len(pages)} issue pages/s, {CLIENTS} clients, vs hello/s':<44} {ours:>12.0f} {ceiling:>12.0f} {ours / ceiling:>7.2f}")
 

@@ -243,7 +243,7 @@ class WebApp:
             return self.redirect(req, f"/{view.short}/")
         if rest == "/":
             return self.page("web-issue.html", req, view=view, title=f"#{view.short} {view.issue.title}",
-                             mbox=f"{view.short}.mbox", reply_to=self.ours.issue_address(view.short))
+                             reply_to=self.ours.issue_address(view.short))
         if rest == ".mbox":
             thread = exports.Thread(self.project, self.ours)
             return Response(HTTPStatus.OK, exports.mbox(exports.thread_mails(snap, view, thread)), "application/mbox",
