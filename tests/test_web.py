@@ -233,7 +233,7 @@ def test_search_finds_a_word_of_a_comment(site: Site) -> None:
     assert f'<a href="/{site.short}/"><code>{site.short}</code>' in r.text
     assert "<mark>zebra</mark>" in r.text
     assert "Nothing matches" in site.get("/search?q=unicorn").text
-    for nasty in ("%22", "AND%20(", "NEAR(a%20b", "*", "a%22b%20OR"):
+    for nasty in ("%22", "AND%20(", "NEAR(a%20b", "*", "a%22b%20OR", "%00", "zebra%00%01", "%E2%80%AE"):
         assert 200 == site.get(f"/search?q={nasty}").status, nasty
 
 

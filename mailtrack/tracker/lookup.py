@@ -223,6 +223,8 @@ class Hit:
 
 
 def fts_query(text: str) -> str:
-    """An FTS5 MATCH expression for words a person typed: each one a quoted string, all of them required."""
-    words = [w for w in text.split() if w.strip('"')][:MAX_QUERY_WORDS]
+    """An FTS5 MATCH expression for words a person typed: each one a quoted string, all of them required.
+    Control characters separate words (FTS5 would take a NUL for the end of the query)."""
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    words = [w for w in printable.split() if w.strip('"')][:MAX_QUERY_WORDS]
     return " ".join('"' + w.replace('"', '""') + '"' for w in words)
