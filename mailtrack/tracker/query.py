@@ -83,12 +83,13 @@ def shortest_names(names: list[str]) -> dict[str, str]:
 
 
 def select(project: Project, records: Records, filters: list[tuple[str, str]], sort: str = "",
-           include_closed: bool = False) -> list[dict[str, object]]:
+           include_closed: bool = False, shorts: dict[str, str] | None = None) -> list[dict[str, object]]:
     """The rows a list shows: open issues (all with `include_closed`) matching every filter, sorted by
-    `sort` (comma-separated fields, '-' for descending; default: created). BadFilter, or StoreError for
-    an unknown sort field."""
+    `sort` (comma-separated fields, '-' for descending; default: created). `shorts`: the records'
+    shortest_names when the caller has them already. BadFilter, or StoreError for an unknown sort field."""
     check_filters(project, filters, records)
-    shorts = shortest_names([n for n, _ in records])
+    if shorts is None:
+        shorts = shortest_names([n for n, _ in records])
     rows = []
     for name, record in records:
         is_open = record["status"] not in project.closed

@@ -186,7 +186,7 @@ class Catalog:
             if found is not None:
                 state.lists.move_to_end(key)
                 return found
-        rows = select(snap.project(), state.records, filters, sort, include_closed)
+        rows = select(snap.project(), state.records, filters, sort, include_closed, shorts=state.shorts)
         with self._lock:
             state.lists[key] = rows
             while len(state.lists) > CACHED_LISTS:
