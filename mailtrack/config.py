@@ -209,6 +209,28 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The read-only web view (`mailtrack web`; `serve` too when enabled)."""
+
+    enabled: bool = False  # `mailtrack serve` serves it too
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = ""  # where people reach it (https://bugs.example.org/): links in notifications and feeds
+    page_size: int = 50  # issues per page of the list
+    threads: int = 4  # requests served at once
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= 1000:
+            raise ConfigError(f"web.page_size must be 1 to 1000, not {self.page_size}")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"web.base_url must start with http:// or https://, not {self.base_url!r}")
+
+    def issue_url(self, short: str) -> str:
+        """The one answer to "where is this issue on the web": base_url/<short>/, or "" when base_url is unset."""
+        return f"{self.base_url.rstrip('/')}/{short}/" if self.base_url else ""
+
+
+@dataclass(frozen=True)
 class AccessConfig:
     """Who may do what by mail. Each list names: anyone, known, reporter, assignee, owner, maintainer,
     or literal addresses and @domains."""
@@ -253,6 +275,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _check(value: Any, typ: Any, where: str) -> Any:

@@ -29,6 +29,8 @@ from mailtrack.outbound.sender import OutboxSender
 from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store
+from mailtrack.web.app import WebApp
+from mailtrack.web.server import WebServer
 from mailtrack.worker import runner
 from mailtrack.worker.pipeline import Gateway
 
@@ -80,6 +82,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     threads: list[threading.Thread] = []
+    web: WebServer | None = None
     try:
         for listener in listeners:
             try:
@@ -106,6 +109,13 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         polling = "".join(f"; polling IMAP {ic.label}" for ic in config.imap)
         print(f"mailtrack: {gateway.project} on {store.branch} of {store.repo.path}: listening on {listening or 'nothing'}"
               f" for {gw.address} (commands: {gw.control_address}){polling}; {relay}", file=sys.stderr, flush=True)
+        if config.web.enabled:  # the read-only web view ([web] enabled), in threads of its own, after the start line
+            try:
+                web = WebServer(WebApp(config, store.repo.path), config.web)
+            except OSError as e:
+                raise ListenError(f"cannot serve the web view on {config.web.host}:{config.web.port}: {e.strerror or e}") from None
+            web.start()
+            print(f"mailtrack: the web view on {web.url}", file=sys.stderr, flush=True)
         retention = timedelta(days=gw.processed_retention_days)
         backoff = ERROR_BACKOFF[0]
         while not stop.is_set():
@@ -136,6 +146,8 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
             if not listener.drain(DRAIN_SECONDS):
                 log.warning("%s: sessions still in DATA after %.0fs: cut", where(listener.config), DRAIN_SECONDS)
             listener.stop()
+        if web is not None:
+            web.stop()
         for t in threads:
             t.join(timeout=30)
         gateway.close()

@@ -26,23 +26,15 @@ from mailtrack.tracker.changes import (
     Edit,
     close_edits,
     edit_issue,
-    field_name,
     new_issue,
     parse_assignment,
     reopen_edits,
 )
-from mailtrack.tracker.model import LIST_OF, Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.store import MIN_SHORT, Change, Snapshot, Store, StoreError, issue_dir
+from mailtrack.tracker.model import Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.query import FILTERS, select
+from mailtrack.tracker.query import shortest_names as shortest_names  # moved there; still importable from here
+from mailtrack.tracker.store import Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
-
-# `git issues list` filter options and the field each one matches
-FILTERS = {
-    "status": "status", "type": "type", "severity": "severity", "priority": "priority",
-    "component": "components", "milestone": "milestone", "version": "version", "resolution": "resolution",
-    "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
-    "title": "title", "summary": "summary", "description": "description", "author": "author",
-}  # fmt: skip
-SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people in lists; the rest match a whole value
 
 
 class UsageError(Exception):
@@ -172,59 +164,6 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_filters(project: Project, filters: list[tuple[str, str]], records: list[tuple[str, dict[str, object]]]) -> None:
-    """A filter on a field with legal values must name one of them (in any case), or one an issue still
-    holds from an older project.xml; UsageError listing the legal ones otherwise, as `new` does."""
-    for fieldname, wanted in filters:
-        legal = project.legal(fieldname)
-        if fieldname not in LIST_OF or (fieldname == "version" and not legal):  # versions: any tag, unless listed
-            continue
-        if wanted.lower() in {v.lower() for v in legal}:
-            continue
-        held = (r[fieldname] for _, r in records)
-        if wanted.lower() in {v.lower() for h in held for v in (h if isinstance(h, list) else [str(h)])}:
-            continue
-        shown = ", ".join(legal) if legal else f"(none: project.xml lists no {LIST_OF[fieldname]})"
-        raise UsageError(f"illegal {fieldname} '{wanted}'; legal values are: {shown}")
-
-
-def _sort_key(project: Project, key: str) -> Callable[[dict[str, object]], tuple[tuple[int, str], ...]]:
-    """How `list --sort KEY` orders rows: a field with legal values in project.xml's order, as Bugzilla
-    does (empty first, values project.xml does not list last); any other field alphabetically."""
-    rank = {v: i for i, v in enumerate(project.legal(key))}
-
-    def sort_key(row: dict[str, object]) -> tuple[tuple[int, str], ...]:
-        value = row.get(key, "")
-        values = [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
-        return tuple((rank.get(v, len(rank)), v) for v in values)
-
-    return sort_key
-
-
-def _matches(record: dict[str, object], fieldname: str, wanted: str) -> bool:
-    value = record[fieldname]
-    if isinstance(value, list) and (fieldname in LIST_OF or fieldname == "tags"):  # components, tags: whole values
-        return any(wanted.lower() == v.lower() for v in value)
-    if isinstance(value, list):  # people: part of "Name <address>" will do (`--assigned bob`)
-        return any(wanted.lower() in v.lower() for v in value)
-    if fieldname in SUBSTRING_FILTERS:
-        return wanted.lower() in str(value).lower()
-    return str(value).lower() == wanted.lower()
-
-
-def shortest_names(names: list[str]) -> dict[str, str]:
-    """Each name's shortest unique prefix (7 hex at least), from its neighbours in sorted order."""
-    ordered = sorted(names)
-    out = {}
-    for i, name in enumerate(ordered):
-        n = MIN_SHORT
-        for other in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
-            while n < 40 and other[:n] == name[:n]:
-                n += 1
-        out[name] = name[:n]
-    return out
-
-
 def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
     """(name, record) of every readable issue, and a line for each file that does not parse: from
     the index derived from the branch, or read from the branch itself where the index cannot be
@@ -251,22 +190,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
     records, unreadable = all_records(snap)
-    _check_filters(project, filters, records)
-    shorts = shortest_names([n for n, _ in records])
-    rows = []
-    for name, record in records:
-        is_open = record["status"] not in project.closed
-        if not args.all and args.filter_status is None and not is_open:
-            continue
-        if any(not _matches(record, f, v) for f, v in filters):
-            continue
-        rows.append({"id": name, "short": shorts[name], **record, "open": is_open})
-    for key in reversed((args.sort or "created").split(",")):
-        desc = key.startswith("-")
-        key = key.lstrip("-")
-        if key not in ("id", "short", "created", "modified"):
-            key = field_name(key)
-        rows.sort(key=_sort_key(project, key), reverse=desc)
+    rows = select(project, records, filters, args.sort or "", include_closed=args.all or args.filter_status is not None)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()

@@ -1,4 +1,4 @@
-"""`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, outbox, serve).
+"""`mailtrack`: the gateway's command line (deliver, process, import, requeue, status, outbox, serve, web).
 
 Exit codes follow sysexits.h, which is what MTAs read: `deliver` exits 0 once the mail is kept,
 whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure before it is kept
@@ -300,6 +300,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise Exit(EX_CONFIG, str(e)) from None
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """The read-only web view in the foreground, until SIGTERM or SIGINT."""
+    import dataclasses
+    import signal
+    import threading
+
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+    from mailtrack.config import ConfigError, load
+    from mailtrack.tracker.store import StoreError
+    from mailtrack.web.app import WebApp
+    from mailtrack.web.server import WebServer
+
+    try:
+        config = load(args.config)
+        web = dataclasses.replace(config.web, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    except ConfigError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+    try:
+        app = WebApp(config, args.repo)
+    except StoreError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+    try:
+        server = WebServer(app, web)
+    except OSError as e:
+        raise Exit(EX_OSERR, f"cannot listen on {web.host}:{web.port}: {e.strerror or e}") from None
+
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=server.stop, name="stop web", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"mailtrack: the web view of {app.project} on {server.url}", file=sys.stderr, flush=True)
+    server.run()
+    return EX_OK
+
+
 def cmd_requeue(args: argparse.Namespace) -> int:
     _, _, spool = _open(args)
     failed = [i for queue in spool.queues for i, _ in queue.failures()]
@@ -419,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_outbox)
     sp = sub.add_parser("serve", parents=[common], help="run the listeners, pollers, spool worker and outbox sender")
     sp.set_defaults(func=cmd_serve)
+    sp = sub.add_parser("web", parents=[common], help="serve the read-only web view ([web] host and port)")
+    sp.add_argument("--host", help="listen on this address instead of [web] host")
+    sp.add_argument("--port", type=int, help="listen on this port instead of [web] port (0: any free one)")
+    sp.set_defaults(func=cmd_web)
     return p
 
 

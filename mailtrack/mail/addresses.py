@@ -37,6 +37,11 @@ class Ours:
             return local[len(main_local) + 1 :]
         return None
 
+    def issue_address(self, short: str) -> str:
+        """The address that reaches one issue: `issues+<short>@domain` (where replies about it go)."""
+        local, _, domain = self.main.rpartition("@")
+        return f"{local}+{short}@{domain or 'localhost'}"
+
     def is_control(self, address: str) -> bool:
         return bare(address) == self.control.lower()
 

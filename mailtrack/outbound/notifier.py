@@ -558,4 +558,5 @@ class Notifier:
             "changes": change_list, "comments": comments, "attachments": attachments,
             "issue_address": issue_address, "control_address": gw.control_address, "address": gw.address,
             "width": cfg.wrap, "status": after.status, "resolution": after.resolution,
+            "link": self.config.web.issue_url(short),  # the issue's web page; "" without [web] base_url
         }  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from dulwich.diff_tree import tree_changes
@@ -20,7 +21,7 @@ from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
 from mailtrack.tracker.store import Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIM
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
+TABLES = ("msgid", "issues", "people", "unreadable", "search")  # what a rebuild empties (meta aside)
 
 
 def default_path(snap: Snapshot) -> Path:
@@ -68,9 +70,9 @@ class Index:
                 self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + SEARCH_SCHEMA)
         if self._meta("version") != SCHEMA_VERSION:
-            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM unreadable; DELETE FROM meta;")
+            self.db.executescript("".join(f"DELETE FROM {t};" for t in (*TABLES, "meta")))
             self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
 
     @classmethod
@@ -110,7 +112,7 @@ class Index:
         store = snap.repo.object_store
         if old is not None and old not in store:
             old = None  # the tree we described is gone (a rewritten branch): start over
-            self.db.executescript("DELETE FROM msgid; DELETE FROM issues; DELETE FROM people; DELETE FROM unreadable;")
+            self.db.executescript("".join(f"DELETE FROM {t};" for t in TABLES))
         for change in tree_changes(store, old, new):
             if change.old is not None and change.old.path is not None:
                 self._forget(change.old.path.decode("utf-8", "replace"))
@@ -121,6 +123,7 @@ class Index:
         self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
         self.db.execute("DELETE FROM people WHERE path = ?", (path,))
         self.db.execute("DELETE FROM unreadable WHERE path = ?", (path,))
+        self._unsearch(path)
         where = split_issue_path(path)
         if where is not None and where[1] == "issue.xml":
             self.db.execute("DELETE FROM issues WHERE name = ?", (where[0],))
@@ -137,9 +140,11 @@ class Index:
                 record = issue.record()
                 self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?)", (name, json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
+                self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):
                 comment = Comment.from_bytes(data, filename)
                 mid, people = comment.message_id, [comment.author.email]
+                self._searchable(path, name, "", comment.text)
             else:
                 return
         except FormatError as e:  # it names no Message-ID; `list` reports it
@@ -167,6 +172,13 @@ class Index:
             found.update(row[0] for row in rows)
         return found
 
+    def where(self, snap: Snapshot, message_id: str) -> tuple[str, str] | None:
+        """(issue, path of the issue.xml or comment file) whose record carries this Message-ID; None when none does."""
+        self.sync(snap)
+        row = self.db.execute("SELECT issue, path FROM msgid WHERE message_id = ? ORDER BY path LIMIT 1",
+                              (normalize_msgid(message_id),)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def known(self, snap: Snapshot, email: str) -> bool:
         """Whether this address appears on the branch: a reporter, assignee, owner, Cc or commenter."""
         self.sync(snap)
@@ -181,3 +193,49 @@ class Index:
         """(path, why) of every issue or comment file on the branch that does not parse."""
         self.sync(snap)
         return list(self.db.execute("SELECT path, error FROM unreadable ORDER BY path"))
+
+    # --- full-text search: the FTS5 table `search`, kept by _learn and _forget ---------------------
+
+    def _searchable(self, path: str, issue: str, title: str, text: str) -> None:
+        self.db.execute("INSERT INTO search (path, issue, title, body) VALUES (?, ?, ?, ?)", (path, issue, title, text))
+
+    def _unsearch(self, path: str) -> None:
+        self.db.execute("DELETE FROM search WHERE path = ?", (path,))
+
+    def search(self, snap: Snapshot, query: str, limit: int = 50, offset: int = 0) -> list[Hit]:
+        """The issue and comment files whose words match every word of `query`, best first (SQLite's
+        bm25 rank). The query is words, never FTS5 syntax: each is quoted, so any text is a valid search."""
+        self.sync(snap)
+        match = fts_query(query)
+        if not match:
+            return []
+        rows = self.db.execute(
+            "SELECT issue, path, title, snippet(search, 3, char(1), char(2), ' ... ', 24) FROM search"
+            " WHERE search MATCH ? ORDER BY rank LIMIT ? OFFSET ?", (match, limit, offset))
+        return [Hit(*row) for row in rows]
+
+
+SEARCH_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(path UNINDEXED, issue UNINDEXED, title, body,
+                                                     tokenize = 'unicode61 remove_diacritics 2');
+"""
+MAX_QUERY_WORDS = 16  # a longer query is cut: each word costs a posting list
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the issue, the file that matched, its title (issue.xml only) and a snippet in
+    which char(1) ... char(2) mark the matched words (the caller escapes the text, then marks them)."""
+
+    issue: str
+    path: str
+    title: str
+    snippet: str
+
+
+def fts_query(text: str) -> str:
+    """An FTS5 MATCH expression for words a person typed: each one a quoted string, all of them required.
+    Control characters separate words (FTS5 would take a NUL for the end of the query)."""
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    words = [w for w in printable.split() if w.strip('"')][:MAX_QUERY_WORDS]
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
