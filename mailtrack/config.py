@@ -191,6 +191,8 @@ class AccessConfig:
     unknown_senders: str = "accept"  # accept | hold (in failed, with the reason) | reject (with a reply)
     trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe (on top of the mail; RFC 8601 s. 5)
     require_auth_for_commands: bool = False  # commands need dkim=pass or dmarc=pass from a trusted authserv-id
+    cc_from: list[str] = field(default_factory=lambda: ["known"])  # whose Cc header goes on a new issue's Cc list (gateway.carbons_from_cc)
+    max_cc_per_mail: int = 10  # addresses one mail may put on Cc lists: from its Cc header, and as many by Cc commands
 
     def __post_init__(self) -> None:
         if self.unknown_senders not in ("accept", "hold", "reject"):

@@ -24,6 +24,7 @@ from mailtrack.mail.parse import ParsedMail, issue_title, parse, split_pseudo_he
 from mailtrack.patches.detect import is_patch_mail
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Spool
+from mailtrack.tracker import rights
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.model import Person, now
@@ -197,7 +198,9 @@ class Gateway:
         assert r is not None and job.sender is not None
         text, lines = self._text_and_commands(mail, r, mail.body, new=True)
         attachments = [(a.filename, a.data) for a in mail.attachments]
-        edits = self._cc_edits(mail)
+        edits, left_out = self._cc_edits(mail, job.sender, snap, job.imported)
+        if left_out:
+            text = _with_skipped(text, (left_out,))
         # the commands are checked against the new issue, with its reporter's rights
         issue, ch = new_issue(snap, author, issue_title(mail.subject, self.project), text, edits, created=job.when, message_id=mail.message_id)
         out.issue, out.short = issue.name, issue.name[:7]
@@ -275,11 +278,21 @@ class Gateway:
         out.decide(Action.CHANGED if files else Action.NOTHING, "control mail")
         return Change("; ".join(messages) or "control", files) if files else None
 
-    def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
-        if not self.config.gateway.carbons_from_cc:
-            return []
-        return [Edit("carbons", "+", f"{name} <{addr}>" if name else addr) for name, addr in mail.cc
-                if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
+    def _cc_edits(self, mail: ParsedMail, who: Sender, snap: Snapshot, imported: bool) -> tuple[list[Edit], str]:
+        """The Cc header as Cc edits of a new issue: only from senders `access.cc_from` names (or
+        `imported`, from an archive the admin chose), and at most `access.max_cc_per_mail`
+        addresses; with a note for the issue of what the cap left out."""
+        access = self.config.access
+        cc = [(name, addr) for name, addr in mail.cc
+              if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
+        if not self.config.gateway.carbons_from_cc or not cc:
+            return [], ""
+        if not imported and not rights.may(who, access.cc_from, None, snap, access):  # a stranger's Cc: third parties who asked for nothing
+            log.info("%s: Cc not taken (%d addresses): %s is not in access.cc_from", mail.message_id, len(cc), who.address)
+            return [], ""
+        kept, over = cc[:access.max_cc_per_mail], len(cc) - access.max_cc_per_mail
+        note = f"{over} addresses of the mail's Cc: at most {access.max_cc_per_mail} are taken (access.max_cc_per_mail)" if over > 0 else ""
+        return [Edit("carbons", "+", f"{name} <{addr}>" if name else addr) for name, addr in kept], note
 
     # --- replies ------------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""What one hostile mail may cost: commands per mail, the transcript's size, Cc addresses taken,
+pending patch series, XML depth; each attack through the real `mailtrack deliver`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.cli import deliver, mailtrack
+from helpers.mail import make_mail, outbox, replies, text_of
+from helpers.repos import git, new_issue, read_comments, read_issue, read_names
+from mailtrack.config import AccessConfig
+from mailtrack.worker.commands import MAX_COMMANDS, MAX_SHOWN
+
+MAX_CC = AccessConfig().max_cc_per_mail
+
+
+def tags_mail(lines: int, **kw: str) -> bytes:
+    """A new issue whose first paragraph is `lines` lines `Tags: +tN`."""
+    return make_mail(subject="Tags bomb", body="".join(f"Tags: +t{i}\n" for i in range(lines)) + "\nIt is on fire.\n", **kw)
+
+
+def transcript(repo: Path) -> str:
+    """The text of the one reply in the outbox: the transcript of a mail's commands."""
+    [reply] = [m for m in replies(repo) if m["Subject"].strip().startswith("Processed")]
+    return text_of(reply)
+
+
+def test_ten_thousand_pseudo_headers_cost_one_bounded_transcript(repo: Path) -> None:
+    """10,000 `Tags: +tN` lines (the 129 KB mail that took 180 s and 5.8 GB, and queued a 679 MB
+    transcript): the first MAX_COMMANDS are read, the rest is one error line, nothing is applied
+    (all or none), and the transcript quotes MAX_COMMANDS + 1 lines in a few kilobytes."""
+    raw = tags_mail(10_000)
+    assert len(raw) > 120_000
+    r = deliver(repo, raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    assert [] == read_names(repo)
+    text = transcript(repo)
+    quoted = [ln for ln in text.splitlines() if ln.startswith("> ")]
+    assert MAX_COMMANDS + 1 == len(quoted)
+    assert f"> ({10_000 - MAX_COMMANDS} more command lines)" == quoted[-1]
+    assert f"error: at most {MAX_COMMANDS} commands a mail" in text
+    assert len(text) < 20_000
+
+
+def test_transcript_does_not_grow_with_the_mail(repo: Path) -> None:
+    """The same attack at twice the size queues a transcript of the same size: what a mail's
+    commands cost is bounded by MAX_COMMANDS, not by the square of the mail."""
+    sizes = []
+    for lines, mid in ((10_000, "<a@x>"), (20_000, "<b@x>")):
+        assert 0 == deliver(repo, tags_mail(lines, message_id=mid)).returncode
+        text = transcript(repo)
+        sizes.append(len(text) - len(str(lines - MAX_COMMANDS)))
+    assert sizes[0] == sizes[1]
+
+
+def test_one_long_command_line_is_applied_and_quoted_short(repo: Path) -> None:
+    """One `Tags:` line with 2,000 tags is one command: applied, and the transcript quotes the line
+    and its result cut to MAX_SHOWN characters each."""
+    tags = " ".join(f"+t{i}" for i in range(2000))
+    r = deliver(repo, make_mail(body=f"Tags: {tags}\n\nIt is on fire.\n"))
+    assert 0 == r.returncode
+    [name] = read_names(repo)
+    assert 2000 == len(read_issue(repo, name).tags)
+    text = transcript(repo)
+    assert "more characters)" in text
+    assert all(len(ln) <= MAX_SHOWN + 80 for ln in text.splitlines()), max(map(len, text.splitlines()))
+    assert len(text) < 5_000
+
+
+def test_commands_past_the_cap_on_a_comment_change_nothing(repo: Path) -> None:
+    """MAX_COMMANDS + 1 commands in a reply to an issue: nothing is applied, the comment is not kept
+    either (the mail is refused whole, as for any command error), one summary line says why."""
+    name = new_issue(repo, "Printer on fire")
+    before = (read_issue(repo, name), read_comments(repo, name))
+    (repo / "mailtrack.toml").write_text('[access]\nmaintainers = ["alice@example.org"]\n')
+    body = "".join(f"Tags: +t{i}\n" for i in range(MAX_COMMANDS + 1)) + "\nMore tags.\n"
+    mail = make_mail(subject=f"[repo #{name[:7]}] Printer on fire", body=body, message_id="<c@x>")
+    assert 0 == mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=mail).returncode
+    assert before == (read_issue(repo, name), read_comments(repo, name))
+    text = transcript(repo)
+    assert ("> (1 more command lines)" in text, "refused" in text) == (True, False)
+
+
+# --- Cc: who makes us write to third parties -------------------------------------------------
+
+
+def cc_mail(n: int, **kw: str) -> bytes:
+    return make_mail(Cc=", ".join(f"p{i}@third.example" for i in range(n)), **kw)
+
+
+def third_parties(repo: Path) -> set[str]:
+    """Everyone the outbox writes to at third.example."""
+    return {a.addr_spec for m in outbox(repo) for h in ("To", "Cc", "Bcc") if m[h] for a in m[h].addresses
+            if a.addr_spec.endswith("@third.example")}
+
+
+def test_a_strangers_cc_is_not_taken(repo: Path) -> None:
+    """A stranger's new issue with 500 Cc addresses: the issue is filed with no Cc, and no mail goes
+    to any of the 500 (access.cc_from = ["known"] by default)."""
+    r = deliver(repo, cc_mail(500))
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert [] == read_issue(repo, name).carbons
+    assert set() == third_parties(repo)
+
+
+def test_a_known_senders_cc_is_capped(repo: Path) -> None:
+    """A maintainer's new issue with 500 Cc addresses: the first max_cc_per_mail go on the Cc list,
+    the issue says how many were left out, and only those are written to."""
+    (repo / "mailtrack.toml").write_text('[access]\nmaintainers = ["alice@example.org"]\n')
+    r = mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=cc_mail(500))
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    issue = read_issue(repo, name)
+    assert [f"p{i}@third.example" for i in range(MAX_CC)] == issue.carbons
+    assert f"{500 - MAX_CC} addresses of the mail's Cc: at most {MAX_CC} are taken" in issue.description
+    assert third_parties(repo) <= set(issue.carbons)
+
+
+def test_cc_from_anyone_takes_a_strangers_cc_within_the_cap(repo: Path) -> None:
+    """access.cc_from = ["anyone"]: a stranger's Cc is taken, max_cc_per_mail of them."""
+    (repo / "mailtrack.toml").write_text('[access]\ncc_from = ["anyone"]\nmax_cc_per_mail = 3\n')
+    assert 0 == mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=cc_mail(5)).returncode
+    [name] = read_names(repo)
+    assert ["p0@third.example", "p1@third.example", "p2@third.example"] == read_issue(repo, name).carbons
+
+
+def test_cc_commands_past_the_cap_change_nothing(repo: Path) -> None:
+    """`Cc:` commands adding more than max_cc_per_mail addresses (from the reporter of a new issue,
+    who may change its Cc): the mail is refused with one error line, no issue, nobody written to."""
+    body = "Cc: " + " ".join(f"+p{i}@third.example" for i in range(MAX_CC + 1)) + "\n\nIt is on fire.\n"
+    assert 0 == deliver(repo, make_mail(body=body)).returncode
+    assert [] == read_names(repo)
+    assert set() == third_parties(repo)
+    assert f"at most {MAX_CC} addresses a mail go on Cc lists" in transcript(repo)
+
+
+def test_branch_stays_clean(repo: Path) -> None:
+    """After the attacks above the branch passes the real `git fsck --strict`."""
+    assert 0 == deliver(repo, tags_mail(MAX_COMMANDS + 5)).returncode
+    assert 0 == deliver(repo, cc_mail(50, message_id="<cc@x>")).returncode
+    git(repo, "fsck", "--strict")
