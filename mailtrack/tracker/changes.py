@@ -15,8 +15,8 @@ from mailtrack.tracker.model import (
     Comment,
     Issue,
     Person,
+    attachment_name_problem,
     dedupe,
-    is_reserved_filename,
     make_name,
     now,
 )
@@ -160,10 +160,11 @@ def comment_change(
     files: dict[str, bytes | None] = {}
     names = []
     for filename, data in attachments or []:
-        if "/" in filename or filename in ("", ".", "..") or is_reserved_filename(filename):
-            raise StoreError(f"'{filename}' cannot be an attachment's name")
+        problem = attachment_name_problem(filename)
+        if problem:
+            raise StoreError(f"'{filename}' cannot be an attachment's name: {problem}")
         unique, n = filename, 1
-        while unique in existing or unique in files:
+        while unique in existing or unique in files or attachment_name_problem(unique):
             stem, dot, ext = filename.rpartition(".")
             unique = f"{stem}-{n}.{ext}" if dot and stem else f"{filename}-{n}"
             n += 1

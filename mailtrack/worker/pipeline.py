@@ -27,7 +27,7 @@ from mailtrack.queue.spool import Spool
 from mailtrack.tracker import rights
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
 from mailtrack.tracker.lookup import Index
-from mailtrack.tracker.model import Person, now
+from mailtrack.tracker.model import Person, attachment_name, now
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import admission, commands, patchmail
@@ -197,7 +197,7 @@ class Gateway:
         mail, out, author, r = job.mail, job.out, job.author, job.route
         assert r is not None and job.sender is not None
         text, lines = self._text_and_commands(mail, r, mail.body, new=True)
-        attachments = [(a.filename, a.data) for a in mail.attachments]
+        attachments = [(attachment_name(a.filename), a.data) for a in mail.attachments]
         edits, left_out = self._cc_edits(mail, job.sender, snap, job.imported)
         if left_out:
             text = _with_skipped(text, (left_out,))
@@ -223,7 +223,7 @@ class Gateway:
         mail, out, r = job.mail, job.out, job.route
         assert r is not None and job.sender is not None
         text, lines = self._text_and_commands(mail, r, mail.reply_text, new=False)
-        attachments = [(a.filename, a.data) for a in mail.attachments]
+        attachments = [(attachment_name(a.filename), a.data) for a in mail.attachments]
         applied = commands.apply(lines, snap, job.sender, r.issue, self.config.access) if lines else None
         out.commands = applied
         if applied is not None and not applied.ok:
