@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.cli import deliver, mailtrack
-from helpers.mail import make_mail, outbox, replies, text_of
+from helpers.mail import make_mail, outbox, replies, spool_path, text_of
 from helpers.repos import git, new_issue, read_comments, read_issue, read_names
 from mailtrack.config import AccessConfig
+from mailtrack.patches.format import file_diff
+from mailtrack.tracker.xmlformat import MAX_DEPTH
 from mailtrack.worker.commands import MAX_COMMANDS, MAX_SHOWN
 
 MAX_CC = AccessConfig().max_cc_per_mail
@@ -140,3 +142,24 @@ def test_branch_stays_clean(repo: Path) -> None:
     assert 0 == deliver(repo, tags_mail(MAX_COMMANDS + 5)).returncode
     assert 0 == deliver(repo, cc_mail(50, message_id="<cc@x>")).returncode
     git(repo, "fsck", "--strict")
+
+
+# --- XML depth -----------------------------------------------------------------------------------
+
+
+def test_deeply_nested_xml_in_a_patch_is_refused_with_a_reason(repo: Path) -> None:
+    """A patch mail whose issue.xml nests 50,000 elements (it crashed the worker with RecursionError,
+    three times, into failed, and the sender heard nothing): refused at once, the sender told
+    why, nothing written, nothing in failed."""
+    name = "ab" + "c" * 38
+    deep = b"<issue>\n" + b"<x>" * 50_000 + b"</x>" * 50_000 + b"\n</issue>\n"
+    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: Mallory <mallory@example.org>\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+            "Subject: [PATCH] deep\nMessage-ID: <deep@x>\nTo: issues@localhost\n"
+            "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
+    raw = head.encode() + file_diff(f"{name[:2]}/{name[2:]}/issue.xml", None, deep) + b"-- \n2.39.5\n"
+    before = git(repo, "rev-parse", "issues").strip()
+    r = deliver(repo, raw)
+    assert (0, b"", before) == (r.returncode, r.stderr, git(repo, "rev-parse", "issues").strip())
+    [reply] = replies(repo)
+    assert f"elements nested more than {MAX_DEPTH} deep" in " ".join(text_of(reply).split())
+    assert 0 == sum(1 for p in (spool_path(repo) / "failed").rglob("*") if p.is_file())
