@@ -41,6 +41,8 @@ class GatewayConfig:
     reply_rate_window: int = 3600  # ...within this many seconds
     patch_series_timeout: int = 3600  # seconds a partial patch series waits for its missing parts
     max_patch_series_size: int = 5 * 1024 * 1024  # bytes of one patch series, as mailed
+    max_pending_series: int = 100  # partial patch series kept at once, waiting for their parts; past it, a new one is refused
+    max_pending_series_per_sender: int = 5  # and from one sender
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):

@@ -10,6 +10,7 @@ from helpers.mail import make_mail, outbox, replies, spool_path, text_of
 from helpers.repos import git, new_issue, read_comments, read_issue, read_names
 from mailtrack.config import AccessConfig
 from mailtrack.patches.format import file_diff
+from mailtrack.tracker.store import issue_dir
 from mailtrack.tracker.xmlformat import MAX_DEPTH
 from mailtrack.worker.commands import MAX_COMMANDS, MAX_SHOWN
 
@@ -163,3 +164,44 @@ def test_deeply_nested_xml_in_a_patch_is_refused_with_a_reason(repo: Path) -> No
     [reply] = replies(repo)
     assert f"elements nested more than {MAX_DEPTH} deep" in " ".join(text_of(reply).split())
     assert 0 == sum(1 for p in (spool_path(repo) / "failed").rglob("*") if p.is_file())
+
+
+# --- partial patch series ------------------------------------------------------------------------
+
+
+def series_part(n: int, m: int, frm: str, mid: str, root: str, path: str) -> bytes:
+    """Part n/m of a series from `frm` in the thread of `root` ("" = it starts its own), adding `path`."""
+    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {frm}\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+            f"Subject: [PATCH {n}/{m}] part {n}\nMessage-ID: {mid}\nTo: issues@localhost\n"
+            + (f"In-Reply-To: {root}\nReferences: {root}\n" if root else "")
+            + "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
+    return head.encode() + file_diff(path, None, f"{mid}\n".encode()) + b"-- \n2.39.5\n"
+
+
+def test_partial_series_are_capped_per_sender_and_in_total(repo: Path) -> None:
+    """Partial series (the attack held 2,000, each mail slower than the last): past
+    max_pending_series_per_sender of one sender, or max_pending_series in all, the first mail of
+    one more is refused and its sender told why; the parts of a series already waiting are still
+    taken, and it is applied once complete."""
+    name = new_issue(repo, "Printer on fire")
+    (repo / "mailtrack.toml").write_text("[gateway]\nmax_pending_series = 4\nmax_pending_series_per_sender = 2\n")
+
+    def send(frm: str, mid: str, n: int = 1, root: str = "") -> str:
+        raw = series_part(n, 2, frm, mid, root, f"{issue_dir(name)}/{mid.strip('<>').replace('@', '-')}.txt")
+        r = mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=raw)
+        assert (0, b"") == (r.returncode, r.stderr)
+        return " ".join(" ".join(text_of(m).split()) for m in replies(repo))
+
+    mallory, eve, trent = "Mallory <mallory@example.org>", "Eve <eve@example.org>", "Trent <trent@example.org>"
+    assert ["", ""] == [send(mallory, f"<m{i}@x>") for i in range(2)]
+    said = send(mallory, "<m2@x>")
+    assert "2 partial patch series of yours are waiting for their parts (at most 2)" in said
+    assert ["", ""] == [send(eve, f"<e{i}@x>") for i in range(2)]
+    said = send(trent, "<t0@x>")
+    assert "too many partial patch series are waiting for their parts (4; at most 4)" in said
+    pending = [p for p in (spool_path(repo) / "patches").glob("*/*") if not (p / "done").exists()]
+    assert 4 == len(pending)
+    before = git(repo, "rev-parse", "issues").strip()
+    said = send(mallory, "<m0b@x>", n=2, root="<m0@x>")  # completes a series that waits: taken and applied
+    assert ("processed", True) == ("processed" if "was processed" in said else said, before != git(repo, "rev-parse", "issues").strip())
+    assert "" == send(trent, "<t1@x>")  # one series fewer waits: room again
