@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.cli import deliver, mailtrack
-from helpers.mail import make_mail, outbox, replies, spool_path, text_of
+from helpers.mail import make_mail, outbox, patch_mail, replies, spool_path, text_of
 from helpers.repos import git, new_issue, read_comments, read_issue, read_names
 from mailtrack.config import AccessConfig
 from mailtrack.patches.format import file_diff
@@ -154,10 +154,7 @@ def test_deeply_nested_xml_in_a_patch_is_refused_with_a_reason(repo: Path) -> No
     why, nothing written, nothing in failed."""
     name = "ab" + "c" * 38
     deep = b"<issue>\n" + b"<x>" * 50_000 + b"</x>" * 50_000 + b"\n</issue>\n"
-    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: Mallory <mallory@example.org>\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-            "Subject: [PATCH] deep\nMessage-ID: <deep@x>\nTo: issues@localhost\n"
-            "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
-    raw = head.encode() + file_diff(f"{name[:2]}/{name[2:]}/issue.xml", None, deep) + b"-- \n2.39.5\n"
+    raw = patch_mail(file_diff(f"{name[:2]}/{name[2:]}/issue.xml", None, deep), "[PATCH] deep", mid="<deep@x>")
     before = git(repo, "rev-parse", "issues").strip()
     r = deliver(repo, raw)
     assert (0, b"", before) == (r.returncode, r.stderr, git(repo, "rev-parse", "issues").strip())
@@ -171,11 +168,8 @@ def test_deeply_nested_xml_in_a_patch_is_refused_with_a_reason(repo: Path) -> No
 
 def series_part(n: int, m: int, frm: str, mid: str, root: str, path: str) -> bytes:
     """Part n/m of a series from `frm` in the thread of `root` ("" = it starts its own), adding `path`."""
-    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {frm}\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-            f"Subject: [PATCH {n}/{m}] part {n}\nMessage-ID: {mid}\nTo: issues@localhost\n"
-            + (f"In-Reply-To: {root}\nReferences: {root}\n" if root else "")
-            + "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
-    return head.encode() + file_diff(path, None, f"{mid}\n".encode()) + b"-- \n2.39.5\n"
+    thread = f"In-Reply-To: {root}\nReferences: {root}\n" if root else ""
+    return patch_mail(file_diff(path, None, f"{mid}\n".encode()), f"[PATCH {n}/{m}] part {n}", frm, mid, thread)
 
 
 def test_partial_series_are_capped_per_sender_and_in_total(repo: Path) -> None:

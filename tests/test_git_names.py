@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import deliver, run_cli
-from helpers.mail import replies, text_of
+from helpers.mail import patch_mail, replies, text_of
 from helpers.repos import git, make_repo, new_issue, read_comments, read_names, tip
 from mailtrack.patches.format import file_diff
 from mailtrack.tracker.gitnames import tree_name_problem
@@ -94,10 +94,7 @@ def patch_adding(path: str, data: bytes, mid: str) -> bytes:
     """A `[PATCH]` mail from Mallory adding the file `path` to the issues branch, its paths quoted as git quotes them."""
     diff = file_diff("P", None, data)
     diff = diff.replace(b"a/P", quote_path("a/" + path)).replace(b"b/P", quote_path("b/" + path))
-    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: Mallory <mallory@example.org>\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-            f"Subject: [PATCH] add a file\nMessage-ID: {mid}\nTo: issues@localhost\n"
-            "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
-    return head.encode() + diff + b"-- \n2.39.5\n"
+    return patch_mail(diff, "[PATCH] add a file", mid=mid)
 
 
 @pytest.mark.parametrize("leaf", ["GIT~1", "gitmod~1", "~1234567", ".git", ".gitmodules", "x\\.git", ".g\u200cit", "gi7d29~3"])
