@@ -199,3 +199,12 @@ def test_partial_series_are_capped_per_sender_and_in_total(repo: Path) -> None:
     said = send(mallory, "<m0b@x>", n=2, root="<m0@x>")  # completes a series that waits: taken and applied
     assert ("processed", True) == ("processed" if "was processed" in said else said, before != git(repo, "rev-parse", "issues").strip())
     assert "" == send(trent, "<t1@x>")  # one series fewer waits: room again
+
+
+def test_show_asked_many_times_sends_the_issue_once(repo: Path) -> None:
+    """`show ID` fifty times to the control address: one copy of the issue, one transcript."""
+    name = new_issue(repo, "Printer on fire")
+    body = f"show {name[:7]}\n" * 50
+    assert 0 == deliver(repo, make_mail(to="control@localhost", body=body, message_id="<show@x>")).returncode
+    subjects = sorted(m["Subject"].strip() for m in replies(repo))
+    assert ["Processed: Printer on fire", f"[repo #{name[:7]}] Printer on fire"] == subjects

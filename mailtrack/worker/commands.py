@@ -256,7 +256,8 @@ def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str,
         if name not in states:
             originals[name] = states[name] = snap.issue(name)
         if line.action == LineAction.SHOW:
-            result.shows.append(name)
+            if name not in result.shows:  # one mail per issue, however often the mail asks
+                result.shows.append(name)
             line.result = "the issue is on its way"
             continue
         rules = access.comment if line.action in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE) else access.change
