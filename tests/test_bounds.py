@@ -3,16 +3,24 @@ pending patch series, XML depth; each attack through the real `mailtrack deliver
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers.cli import deliver, mailtrack
 from helpers.mail import make_mail, outbox, patch_mail, replies, spool_path, text_of
 from helpers.repos import git, new_issue, read_comments, read_issue, read_names
 from mailtrack.config import AccessConfig
+from mailtrack.fields import PEOPLE_FIELDS
 from mailtrack.patches.format import file_diff
+from mailtrack.tracker.changes import Edit, apply_edits
+from mailtrack.tracker.model import Issue, Person, dedupe
 from mailtrack.tracker.store import issue_dir
 from mailtrack.tracker.xmlformat import MAX_DEPTH
-from mailtrack.worker.commands import MAX_COMMANDS, MAX_SHOWN
+from mailtrack.worker.commands import MAX_COMMANDS, MAX_SHOWN, MAX_VALUES
 
 MAX_CC = AccessConfig().max_cc_per_mail
 
@@ -57,17 +65,28 @@ def test_transcript_does_not_grow_with_the_mail(repo: Path) -> None:
 
 
 def test_one_long_command_line_is_applied_and_quoted_short(repo: Path) -> None:
-    """One `Tags:` line with 2,000 tags is one command: applied, and the transcript quotes the line
-    and its result cut to MAX_SHOWN characters each."""
-    tags = " ".join(f"+t{i}" for i in range(2000))
+    """One `Tags:` line with MAX_VALUES tags is one command: applied, and the transcript quotes the
+    line and its result cut to MAX_SHOWN characters each."""
+    tags = " ".join(f"+t{i}" for i in range(MAX_VALUES))
     r = deliver(repo, make_mail(body=f"Tags: {tags}\n\nIt is on fire.\n"))
     assert 0 == r.returncode
     [name] = read_names(repo)
-    assert 2000 == len(read_issue(repo, name).tags)
+    assert MAX_VALUES == len(read_issue(repo, name).tags)
     text = transcript(repo)
     assert "more characters)" in text
     assert all(len(ln) <= MAX_SHOWN + 80 for ln in text.splitlines()), max(map(len, text.splitlines()))
     assert len(text) < 5_000
+
+
+def test_values_past_the_cap_change_nothing(repo: Path) -> None:
+    """100 lines of 500 alternating `+x -y` values each (the 446 KB mail that took 254 s before the
+    edits of a list were made linear): past MAX_VALUES values a mail, each line is an error, and
+    nothing is applied."""
+    body = "".join("Tags: " + " ".join(f"+t{j}x{i}" if i % 2 else f"-u{j}x{i}" for i in range(500)) + "\n" for j in range(100))
+    r = deliver(repo, make_mail(body=body + "\nIt is on fire.\n"))
+    assert (0, []) == (r.returncode, read_names(repo))
+    text = transcript(repo)
+    assert 100 - MAX_VALUES // 500 == text.count(f"error: at most {MAX_VALUES} values a mail")
 
 
 def test_commands_past_the_cap_on_a_comment_change_nothing(repo: Path) -> None:
@@ -208,3 +227,38 @@ def test_show_asked_many_times_sends_the_issue_once(repo: Path) -> None:
     assert 0 == deliver(repo, make_mail(to="control@localhost", body=body, message_id="<show@x>")).returncode
     subjects = sorted(m["Subject"].strip() for m in replies(repo))
     assert ["Processed: Printer on fire", f"[repo #{name[:7]}] Printer on fire"] == subjects
+
+
+# --- list edits: linear, and what they always meant ---------------------------------------------
+
+POOL = ["a", "A", "b", "x@y.org", "X@Y.org", "Bob <x@y.org>", "Bob", "bob", "c@d", "Carol <C@D>", "e f"]
+
+
+def spelled_out(issue: Issue, edits: list[Edit]) -> Issue:
+    """What list edits mean, applied the slow way: each edit on the whole list, deduplicated after it."""
+    values: dict[str, list[str]] = {}
+    for e in edits:
+        cur = values.get(e.field, list(getattr(issue, e.field)))
+        items = [Person.parse(v).mailbox if e.field in PEOPLE_FIELDS and Person.parse(v).email else v.strip()
+                 for v in e.value.split(",") if v.strip()]
+        if e.op == "=":
+            new = items
+        elif e.op == "+":
+            new = cur + items
+        else:
+            gone = {Person.parse(i).email.lower() or i for i in items} if e.field in PEOPLE_FIELDS else set(items)
+            new = [v for v in cur if (Person.parse(v).email.lower() or v) not in gone and v not in gone]
+        values[e.field] = dedupe(new)
+    return replace(issue, **values)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["tags", "carbons", "components", "assigned"]), st.lists(st.sampled_from(POOL), max_size=5),
+       st.lists(st.tuples(st.sampled_from("=+-"), st.lists(st.sampled_from(POOL), max_size=3)), min_size=1, max_size=6))
+def test_list_edits_mean_what_they_always_meant(field: str, start: list[str], ops: list[tuple[str, list[str]]]) -> None:
+    """apply_edits (a value added or removed in constant time) gives what each edit applied to the
+    whole list and deduplicated gives, duplicates in the file and people by address included."""
+    issue = replace(Issue(created=datetime(2024, 1, 1, tzinfo=UTC), author=Person("A", "a@b"), title="t", name="0" * 40),
+                    **{field: start})
+    edits = [Edit(field, op, ",".join(vals)) for op, vals in ops]
+    assert getattr(spelled_out(issue, edits), field) == getattr(apply_edits(issue, edits), field)

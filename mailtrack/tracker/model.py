@@ -134,12 +134,17 @@ def _read_person(node: Node | None) -> Person:
     return Person.parse(_text(node))
 
 
+def dedupe_key(value: str) -> str:
+    """What makes two values of a list field the same one: a person's address, else the value."""
+    return Person.parse(value).email.lower() or value.lower() if "@" in value else value
+
+
 def dedupe(values: list[str]) -> list[str]:
     """Values in first-seen order, each once (people compared by address)."""
     seen: set[str] = set()
     out = []
     for v in values:
-        key = Person.parse(v).email.lower() or v.lower() if "@" in v else v
+        key = dedupe_key(v)
         if key not in seen:
             seen.add(key)
             out.append(v)

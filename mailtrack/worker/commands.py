@@ -34,6 +34,7 @@ CONTROL = {
 STOP_WORDS = ("thanks", "thank you", "thankyou", "thx", "--", "quit", "stop")
 MAX_UNKNOWN = 5
 MAX_COMMANDS = 100  # command lines read from one mail; past them, one error line and nothing is applied
+MAX_VALUES = 1000  # values all of a mail's commands add or remove (`Tags: +a -b` is two)
 MAX_SHOWN = 300  # characters of a line, and of what became of it, that the transcript repeats
 
 
@@ -227,12 +228,12 @@ def _edits_for(line: Line, snap: Snapshot, sender: str, issue: Issue) -> list[Ed
 def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str, access: AccessConfig) -> Applied:
     """Check every line on the snapshot; fill in results, errors and refusals; collect the edits.
 
-    At most MAX_COMMANDS lines are read (see `bounded`), and at most `access.max_cc_per_mail`
-    addresses go on Cc lists: a mail past either limit changes nothing.
+    At most MAX_COMMANDS lines are read (see `bounded`), with MAX_VALUES values in all, and at
+    most `access.max_cc_per_mail` addresses go on Cc lists: a mail past a limit changes nothing.
     """
     lines = bounded(lines)
     result = Applied(lines)
-    carbons = 0
+    carbons = values = 0
     states: dict[str, Issue] = {}
     originals: dict[str, Issue] = {}
     project = snap.project()
@@ -279,6 +280,10 @@ def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str,
         try:
             before = states[name]
             edits = _edits_for(line, snap, sender.address, before)
+            values += len(edits)
+            if values > MAX_VALUES:
+                line.error = f"at most {MAX_VALUES} values a mail (each +x or -x counts); send the rest in another mail"
+                continue
             after = apply_edits(before, edits)
             if after.status in project.closed and not after.resolution and before.status not in project.closed:
                 edits.append(Edit("resolution", "=", project.default("resolution")))  # `Status: closed` alone
