@@ -322,7 +322,7 @@ def _show(value: object) -> str:
     return _cut(str(value)) if value else "(none)"
 
 
-HELP = """\
+HELP = f"""\
 Commands go at the very top of a mail to an issue (before the first blank line), one per line:
 
     Status: closed            Resolution: fixed        Type: defect
@@ -343,5 +343,6 @@ To the control address, one command a line (ID: the issue's short name):
     help
 
 '#' starts a comment; 'thanks' or '--' ends the commands; five unknown lines stop them too.
-All the commands of a mail are applied together or not at all.
+All the commands of a mail are applied together or not at all; a mail holds at most
+{MAX_COMMANDS} commands and {MAX_VALUES:,} values (+a -b is two).
 """
