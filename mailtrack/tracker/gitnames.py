@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dulwich.index import HFS_IGNORABLE_CHARS, validate_path_element_hfs, validate_path_element_ntfs
 
-MAX_TREE_NAME = 4096  # bytes: git's core.maxTreeDepth-era `max_tree_entry_len`
+MAX_TREE_NAME = 4096  # bytes: fsck's largePathname limit (`max_tree_entry_len`, git 2.41 and later)
 # The files git gives a meaning in a tree (besides .git), with their NTFS fall-back short-name prefix.
 SPECIAL = (("gitmodules", "gi7eba"), ("gitattributes", "gi7d29"), ("gitignore", "gi250a"), ("mailmap", "maba30"))
 
@@ -60,7 +60,7 @@ def tree_name_problem(name: str) -> str:
     if len(encoded) > MAX_TREE_NAME:
         return f"a file name of {len(encoded)} bytes (git takes at most {MAX_TREE_NAME})"
     if not validate_path_element_ntfs(encoded) or not validate_path_element_hfs(encoded):
-        return f"'{name}' is what git reads as .git"
+        return f"'{name}' is .git (or no name at all) to git on NTFS or HFS+"
     for segment in name.split("\\"):  # git checks each segment after a backslash too
         for needle, short in SPECIAL:
             if _ntfs_special(segment, needle, short) or _hfs_special(segment, needle):
