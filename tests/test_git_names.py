@@ -141,7 +141,7 @@ def test_the_cli_refuses_to_attach_a_hostile_name(repo: Path, tmp_path: Path, le
     assert [] == fsck_complaints(repo)
 
 
-def test_a_mail_attachment_named_like_the_issue_files_is_renamed(repo: Path) -> None:
+def test_a_comment_attachment_named_git_tilde_1_is_kept_renamed(repo: Path) -> None:
     """A plain mail attachment named `GIT~1` on a comment: kept as `attachment-GIT~1`."""
     name = new_issue(repo, "Printer on fire")
     msg = EmailMessage()
