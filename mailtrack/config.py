@@ -46,6 +46,8 @@ class GatewayConfig:
     reply_wait: int = 900  # seconds a reply whose parent we have not seen waits for it (0: never)
     reply_wait_max: int = 1000  # replies waiting at once; past it, a reply is taken at once, as if none waited
     reply_wait_per_sender: int = 20  # of those, from one sender
+    max_pending_series: int = 100  # partial patch series kept at once, waiting for their parts; past it, a new one is refused
+    max_pending_series_per_sender: int = 5  # and from one sender
 
     def __post_init__(self) -> None:
         if self.machine_mail not in ("drop", "keep"):
@@ -245,6 +247,8 @@ class AccessConfig:
     trusted_authserv_ids: list[str] = field(default_factory=list)  # Authentication-Results we believe (on top of the mail; RFC 8601 s. 5)
     require_auth_for_commands: bool = False  # commands need dkim=pass or dmarc=pass from a trusted authserv-id
     verify_dkim: bool = False  # where no trusted authserv-id stamped the mail, verify its DKIM signature ourselves (dkimpy)
+    cc_from: list[str] = field(default_factory=lambda: ["known"])  # whose Cc header goes on a new issue's Cc list (gateway.carbons_from_cc)
+    max_cc_per_mail: int = 10  # addresses one mail may put on Cc lists: from its Cc header, and as many by Cc commands
 
     def __post_init__(self) -> None:
         if self.unknown_senders not in ("accept", "hold", "reject"):

@@ -10,12 +10,15 @@ import pytest
 from helpers.cli import deliver, mailtrack
 from helpers.mail import make_mail, outbox, spool_path
 from helpers.repos import git, read_issue, read_names
+from helpers.tracker import ANYONES_CC
 
 
 def test_deliver_new_issue_end_to_end(repo: Path) -> None:
     """`mailtrack deliver` turns a mail into one commit by the sender, queues a threaded acknowledgement
     to the sender and a notification to the Cc'd person (the first mail of a fresh gateway too)."""
-    r = deliver(repo, make_mail(subject="Re: Fwd: Printer on fire", Cc="Bob <bob@example.org>"))
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)  # a first mail: its sender is a stranger
+    r = mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml",
+                  input=make_mail(subject="Re: Fwd: Printer on fire", Cc="Bob <bob@example.org>"))
     assert (0, b"") == (r.returncode, r.stderr)
     [name] = read_names(repo)
     issue = read_issue(repo, name)

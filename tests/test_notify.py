@@ -21,7 +21,7 @@ from helpers.ports import free_port, wait_for
 from helpers.repos import git, make_repo, read_comments, read_issue, read_names
 from helpers.servers import Server
 from helpers.sink import Sink
-from helpers.tracker import ALICE, BOB, CONFIG, DAN, EVERYONE, Tracker, body, by_rcpt, everyone_but, h, reasons
+from helpers.tracker import ALICE, ANYONES_CC, BOB, CONFIG, DAN, EVERYONE, Tracker, body, by_rcpt, everyone_but, h, reasons
 from mailtrack.config import Config, GatewayConfig, NotifyConfig
 from mailtrack.mail.addresses import Ours
 from mailtrack.outbound.notifier import Notifier, is_machine_address
@@ -426,7 +426,8 @@ def test_first_mail_delivered_on_a_fresh_installation_is_notified(repo: Path, si
     """With no notifier state yet, `mailtrack deliver` of a new issue with a Cc: the Cc'd person hears of it."""
     t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="repo")))
     assert not (t.spool.root / "notify-state.json").exists()
-    r = mailtrack("deliver", repo=repo, input=make_mail(Cc="Bob <bob@example.org>"))
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)
+    r = mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=make_mail(Cc="Bob <bob@example.org>"))
     assert (0, b"") == (r.returncode, r.stderr)
     [name] = read_names(repo)
     mails = by_rcpt(t.caught())
@@ -441,7 +442,8 @@ def test_first_mail_processed_on_a_fresh_installation_is_notified(repo: Path, si
     """With no notifier state yet, `mailtrack process` of a spooled mail notifies its change."""
     t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="repo")))
     t.spool.accept(make_mail(Cc="Bob <bob@example.org>"), source="test")
-    r = mailtrack("process", repo=repo)
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)
+    r = mailtrack("process", repo=repo, config=repo / "mailtrack.toml")
     assert (0, "processed 1 mail(s), queued 1 notification(s)") == (r.returncode, r.stderr.decode().strip())
     assert {"alice@example.org": None, "bob@example.org": "cc"} == reasons(t.caught())
 
@@ -451,7 +453,7 @@ def test_mail_spooled_before_the_first_serve_is_notified(tmp_path: Path, sink: S
     repo = make_repo(tmp_path / "gw")
     t = Tracker(repo, sink, Config(gateway=GatewayConfig(project="proj")))
     t.spool.accept(make_mail(Cc="Bob <bob@example.org>"), source="test")
-    server = Server(repo, free_port())
+    server = Server(repo, free_port(), ANYONES_CC)
     server.start()
     try:
         wait_for(lambda: t.spool.counts()["processed"] == 1 and t.spool.counts()["outbox/new"] >= 2, timeout=30,

@@ -21,8 +21,18 @@ from mailtrack.mail.parse import ParsedMail
 from mailtrack.patches.detect import FILE_MODE, MAX_PATCHES
 from mailtrack.patches.diff import FilePatch, Patch, apply_hunks, parse_patch
 from mailtrack.tracker import rights
+from mailtrack.tracker.gitnames import tree_name_problem
 from mailtrack.tracker.merge import merge_issue, merge_project
-from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename, is_reserved_filename, now, written_at
+from mailtrack.tracker.model import (
+    Comment,
+    Issue,
+    Person,
+    Project,
+    attachment_name_problem,
+    is_comment_filename,
+    now,
+    written_at,
+)
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir, issue_of, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
@@ -31,10 +41,16 @@ from mailtrack.tracker.xmlformat import FormatError
 def path_problem(path: str, project_ok: bool) -> str:
     """Why `path` may not be written on the issues branch; "" when it may."""
     parts = path.split("/")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):  # a quoted path may hold a newline: never a name of ours
+        return f"{path!r}: a control character in the path"
     if any(p in ("", ".", "..") for p in parts) or "\\" in path or "\0" in path:
         return f"{path}: not a plain path inside the issues branch"
     if any(p.lower().startswith(".git") for p in parts):
         return f"{path}: touches .git"
+    for part in parts:
+        problem = tree_name_problem(part)
+        if problem:
+            return f"{path}: a name git refuses in a tree ({problem})"
     if path == "project.xml":
         return "" if project_ok else "project.xml: you may not change the project (its maintainers may)"
     where = split_issue_path(path)
@@ -43,8 +59,9 @@ def path_problem(path: str, project_ok: bool) -> str:
     leaf = where[1]
     if leaf == "issue.xml" or is_comment_filename(leaf):
         return ""
-    if leaf.startswith(".") or is_reserved_filename(leaf) or len(leaf) > 200:
-        return f"{path}: not a legal attachment name"
+    problem = attachment_name_problem(leaf)
+    if problem:
+        return f"{path}: not a legal attachment name ({problem})"
     return ""
 
 

@@ -6,6 +6,8 @@ with it. A generation holds its parts as `<n>.eml`; once taken it keeps only a `
 the Message-IDs it took (so a redelivery or a late cover letter is known) and what they answer.
 A generation that was refused (timed out, too large, refused by the rights) claims none of its
 Message-IDs: its mails, sent again or requeued from failed after a fix, make a new attempt.
+Partial series are capped in number, in total and per sender (`over_cap`): each mail's work here
+grows with what waits, so what waits is bounded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mailtrack.patches.detect import patch_numbers, thread_root
 from mailtrack.queue.spool import write_durably
 
 REFUSED = "refused"  # the line in a `done` file that marks a refused attempt
+SENDER = "sender"  # the file of a generation naming who sends it (for the per-sender cap)
 
 
 @dataclass
@@ -95,9 +98,38 @@ class Staging:
         return base / str(int(gens[-1].folder.name) + 1 if gens else 0)
 
     @staticmethod
-    def keep(folder: Path, n: int, raw: bytes) -> None:
+    def keep(folder: Path, n: int, raw: bytes, sender: str = "") -> None:
+        """Keep part `n` in its generation; the first part also records who sends the series."""
         folder.mkdir(parents=True, exist_ok=True)
+        if sender and not (folder / SENDER).exists():
+            write_durably(folder / SENDER, sender.lower().encode() + b"\n")
         write_durably(folder / f"{n:04d}.eml", raw)
+
+    def _pending(self) -> Iterator[Path]:
+        """The generations waiting for parts: not done, holding at least one."""
+        for folder in self.root.glob("*/*"):
+            if folder.is_dir() and not (folder / "done").exists() and next(folder.glob("*.eml"), None) is not None:
+                yield folder
+
+    def _sender_of(self, folder: Path) -> str:
+        try:
+            return (folder / SENDER).read_text("utf-8").strip()
+        except OSError:  # kept by a version that did not record it: its first part says
+            first = next(iter(sorted(folder.glob("*.eml"))), None)
+            return self.parse(first.read_bytes()).from_addr.lower() if first is not None else ""
+
+    def over_cap(self, sender: str, per_sender: int, total: int) -> str:
+        """Why a new partial series from `sender` may not be kept ("" when it may): at most `total`
+        partial series wait at once, and `per_sender` of one sender."""
+        pending = list(self._pending())
+        if len(pending) >= total:
+            return (f"too many partial patch series are waiting for their parts ({len(pending)}; at most {total}):"
+                    " send this series again later")
+        mine = sum(1 for f in pending if self._sender_of(f) == sender.lower())
+        if mine >= per_sender:
+            return (f"{mine} partial patch series of yours are waiting for their parts (at most {per_sender}):"
+                    " send their missing parts (or wait until they time out), then this series again")
+        return ""
 
     @staticmethod
     def held_bytes(folder: Path) -> int:

@@ -15,8 +15,8 @@ from mailtrack.tracker.model import (
     Comment,
     Issue,
     Person,
-    dedupe,
-    is_reserved_filename,
+    attachment_name_problem,
+    dedupe_key,
     make_name,
     now,
     split_people,
@@ -73,31 +73,81 @@ def _person(value: str) -> str:
     return p.mailbox if p.email else value.strip()
 
 
+def _names(value: str) -> set[str]:
+    """What a `-` edit may name a list value by: its address (or itself), or itself."""
+    return {Person.parse(value).email.lower() or value, value}
+
+
+class _Listing:
+    """A list field under edit: first-seen order, each value once (model.dedupe's key), and every
+    add or removal in constant time, so a mail of many edits costs what it holds, not its square.
+    The index by name that removals need is built on the first removal."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.items: dict[str, str] = {}  # dedupe key -> value, in order
+        self.named: dict[str, set[str]] | None = None  # a name of a value (see _names) -> dedupe keys
+        self.assign(values)
+
+    def assign(self, values: list[str]) -> None:
+        self.items.clear()
+        self.named = None
+        for v in values:
+            self.add(v)
+
+    def add(self, value: str) -> None:
+        key = dedupe_key(value)
+        if key in self.items:
+            return
+        self.items[key] = value
+        if self.named is not None:
+            for name in _names(value):
+                self.named.setdefault(name, set()).add(key)
+
+    def remove(self, gone: set[str]) -> None:
+        """Drop every value one of whose names is in `gone`."""
+        if self.named is None:
+            self.named = {}
+            for key, value in self.items.items():
+                for name in _names(value):
+                    self.named.setdefault(name, set()).add(key)
+        for name in gone:
+            for key in self.named.pop(name, set()):
+                if key in self.items and name in _names(self.items[key]):
+                    del self.items[key]
+
+    def values(self) -> list[str]:
+        return list(self.items.values())
+
+
 def apply_edits(issue: Issue, edits: list[Edit]) -> Issue:
     """The issue with the edits applied, in order (not yet validated)."""
     values: dict[str, object] = {}
+    lists: dict[str, _Listing] = {}
     for e in edits:
-        current = values.get(e.field, getattr(issue, e.field))
         if e.field in LIST_FIELDS:
             items = [_person(v) for v in split_people(e.value)] if e.field in PEOPLE_FIELDS else _split(e.value)
-            cur = list(current)  # type: ignore[call-overload]
-            if e.op == "=":
-                new = items
+            gone = {Person.parse(i).email.lower() or i for i in items} if e.field in PEOPLE_FIELDS else set(items)
+            if e.field not in lists:  # the first edit of the field acts on the list as the file holds it
+                cur: list[str] = list(getattr(issue, e.field))
+                new = items if e.op == "=" else cur + items if e.op == "+" else [v for v in cur if not _names(v) & gone]
+                lists[e.field] = _Listing(new)
+            elif e.op == "=":
+                lists[e.field].assign(items)
             elif e.op == "+":
-                new = cur + items
+                for v in items:
+                    lists[e.field].add(v)
             else:
-                gone = {Person.parse(i).email.lower() or i for i in items} if e.field in PEOPLE_FIELDS else set(items)
-                new = [v for v in cur if (Person.parse(v).email.lower() or v) not in gone and v not in gone]
-            values[e.field] = dedupe(new)
+                lists[e.field].remove(gone)
+            continue
+        if e.op != "=":
+            raise StoreError(f"{e.field} holds one value: use {e.field}=VALUE")
+        if e.field == "title":
+            values[e.field] = clean_title(e.value)
+        elif e.field == "description":
+            values[e.field] = clean_text(e.value)
         else:
-            if e.op != "=":
-                raise StoreError(f"{e.field} holds one value: use {e.field}=VALUE")
-            if e.field == "title":
-                values[e.field] = clean_title(e.value)
-            elif e.field == "description":
-                values[e.field] = clean_text(e.value)
-            else:
-                values[e.field] = clean_text(e.value).strip()
+            values[e.field] = clean_text(e.value).strip()
+    values.update({f: listing.values() for f, listing in lists.items()})
     return replace(issue, **values)  # type: ignore[arg-type]
 
 
@@ -161,10 +211,11 @@ def comment_change(
     files: dict[str, bytes | None] = {}
     names = []
     for filename, data in attachments or []:
-        if "/" in filename or filename in ("", ".", "..") or is_reserved_filename(filename):
-            raise StoreError(f"'{filename}' cannot be an attachment's name")
+        problem = attachment_name_problem(filename)
+        if problem:
+            raise StoreError(f"'{filename}' cannot be an attachment's name: {problem}")
         unique, n = filename, 1
-        while unique in existing or unique in files:
+        while unique in existing or unique in files or attachment_name_problem(unique):
             stem, dot, ext = filename.rpartition(".")
             unique = f"{stem}-{n}.{ext}" if dot and stem else f"{filename}-{n}"
             n += 1

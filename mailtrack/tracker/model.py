@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS, PEOPLE_FIELDS, TEXT_FIELDS, TIME_FIELDS
+from mailtrack.tracker.gitnames import tree_name_problem
 from mailtrack.tracker.xmlformat import FormatError, Node, clean_text, dumps, loads
 
 NAME_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -217,12 +218,17 @@ def _read_person(node: Node | None) -> Person:
     return Person.parse(_text(node))
 
 
+def dedupe_key(value: str) -> str:
+    """What makes two values of a list field the same one: a person's address, else the value."""
+    return Person.parse(value).email.lower() or value.lower() if "@" in value else value
+
+
 def dedupe(values: list[str]) -> list[str]:
     """Values in first-seen order, each once (people compared by address)."""
     seen: set[str] = set()
     out = []
     for v in values:
-        key = Person.parse(v).email.lower() or v.lower() if "@" in v else v
+        key = dedupe_key(v)
         if key not in seen:
             seen.add(key)
             out.append(v)
@@ -425,6 +431,39 @@ def is_reserved_filename(filename: str) -> bool:
     """Names an attachment may never take: they mean something else in an issue directory."""
     lower = filename.lower()
     return lower in RESERVED_NAMES or (lower.startswith("comment_") and lower.endswith(".xml"))
+
+
+MAX_ATTACHMENT_NAME = 255  # bytes of an attachment's name: what file systems take
+
+
+def attachment_name_problem(filename: str) -> str:
+    """Why an attachment in an issue directory may not be called `filename`; "" when it may.
+
+    The one rule for every way in (mail, patch mails, the CLI): a name a git tree may hold
+    (tracker.gitnames, as `git fsck` judges it), no control character (a newline), no hidden
+    file, none of the format's own names, and short enough to be checked out.
+    """
+    problem = tree_name_problem(filename)
+    if problem:
+        return problem
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        return f"{filename!r} holds a control character"
+    if filename.startswith("."):
+        return f"'{filename}' is a hidden file"
+    if is_reserved_filename(filename):
+        return f"'{filename}' is a name the issue's own files take"
+    if len(filename.encode("utf-8", "surrogateescape")) > MAX_ATTACHMENT_NAME:
+        return f"a name of more than {MAX_ATTACHMENT_NAME} bytes"
+    return ""
+
+
+def attachment_name(filename: str) -> str:
+    """`filename`, or, when an attachment may not take it, `attachment-<filename>` (or
+    `attachment.bin` when even that may not be): for names that came with a mail."""
+    if not attachment_name_problem(filename):
+        return filename
+    prefixed = "attachment-" + filename.lstrip(".")
+    return prefixed if not attachment_name_problem(prefixed) else "attachment.bin"
 
 
 # --- project ----------------------------------------------------------------------------------

@@ -8,14 +8,16 @@ writing it again gives the same bytes. Unknown elements are just nodes and survi
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element
 
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, fromstring
+from defusedxml.ElementTree import ParseError, iterparse
 
 DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
+MAX_DEPTH = 32  # elements within elements: the format needs four; unknown extensions get the rest
 
 # Characters XML 1.0 cannot carry at all; mail bodies sometimes hold them.
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -86,12 +88,18 @@ def _from_element(el: Element) -> Node:
 
 
 def loads(data: bytes, root_tag: str | None = None) -> Node:
-    """Parse a file safely: no DTD, no entity expansion, no external entities."""
+    """Parse a file safely: no DTD, no entity expansion, no external entities, and elements nested
+    at most MAX_DEPTH deep (counted while reading: a deeper file stops there, a FormatError)."""
+    depth = 0
     try:
-        el = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        events = iterparse(io.BytesIO(data), ("start", "end"), forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        for event, _ in events:
+            depth += 1 if event == "start" else -1
+            if depth > MAX_DEPTH:
+                raise FormatError(f"elements nested more than {MAX_DEPTH} deep")
     except (ParseError, DefusedXmlException) as e:
         raise FormatError(f"not a readable XML file: {e}") from None
-    node = _from_element(el)
+    node = _from_element(events.root)
     if root_tag is not None and node.tag != root_tag:
         raise FormatError(f"expected a <{root_tag}> file, found <{node.tag}>")
     return node

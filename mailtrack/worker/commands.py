@@ -33,6 +33,9 @@ CONTROL = {
 }  # fmt: skip
 STOP_WORDS = ("thanks", "thank you", "thankyou", "thx", "--", "quit", "stop")
 MAX_UNKNOWN = 5
+MAX_COMMANDS = 100  # command lines read from one mail; past them, one error line and nothing is applied
+MAX_VALUES = 1000  # values all of a mail's commands add or remove (`Tags: +a -b` is two)
+MAX_SHOWN = 300  # characters of a line, and of what became of it, that the transcript repeats
 
 
 class LineAction(StrEnum):
@@ -68,6 +71,22 @@ class Line:
         if self.refused:
             return f"refused: {self.refused}"
         return self.result or "ok"
+
+    @property
+    def shown_text(self) -> str:
+        """The line as the transcript quotes it: at most MAX_SHOWN characters."""
+        return _cut(self.text)
+
+    @property
+    def shown_status(self) -> str:
+        """What became of the line, as the transcript says it: at most MAX_SHOWN characters."""
+        return _cut(self.status)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[:MAX_SHOWN]}... ({len(text) - MAX_SHOWN} more characters)"
 
 
 @dataclass
@@ -158,6 +177,16 @@ def control_lines(text: str) -> list[Line]:
     return lines
 
 
+def bounded(lines: list[Line]) -> list[Line]:
+    """At most MAX_COMMANDS lines; the rest become one error line (so nothing of the mail is
+    applied, all or none), and the cost of a mail's commands grows with the mail, not its square."""
+    if len(lines) <= MAX_COMMANDS:
+        return lines
+    extra = len(lines) - MAX_COMMANDS
+    return [*lines[:MAX_COMMANDS], Line(f"({extra} more command lines)", action=LineAction.NOTE,
+                                        error=f"at most {MAX_COMMANDS} commands a mail; send the rest in another mail")]
+
+
 # --- rights (asked of mailtrack.tracker.rights) ---------------------------------------------
 
 
@@ -197,8 +226,14 @@ def _edits_for(line: Line, snap: Snapshot, sender: str, issue: Issue) -> list[Ed
 
 
 def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str, access: AccessConfig) -> Applied:
-    """Check every line on the snapshot; fill in results, errors and refusals; collect the edits."""
+    """Check every line on the snapshot; fill in results, errors and refusals; collect the edits.
+
+    At most MAX_COMMANDS lines are read (see `bounded`), with MAX_VALUES values in all, and at
+    most `access.max_cc_per_mail` addresses go on Cc lists: a mail past a limit changes nothing.
+    """
+    lines = bounded(lines)
     result = Applied(lines)
+    carbons = values = 0
     states: dict[str, Issue] = {}
     originals: dict[str, Issue] = {}
     project = snap.project()
@@ -222,7 +257,8 @@ def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str,
         if name not in states:
             originals[name] = states[name] = snap.issue(name)
         if line.action == LineAction.SHOW:
-            result.shows.append(name)
+            if name not in result.shows:  # one mail per issue, however often the mail asks
+                result.shows.append(name)
             line.result = "the issue is on its way"
             continue
         rules = access.comment if line.action in (LineAction.SUBSCRIBE, LineAction.UNSUBSCRIBE) else access.change
@@ -244,18 +280,27 @@ def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str,
         try:
             before = states[name]
             edits = _edits_for(line, snap, sender.address, before)
+            values += len(edits)
+            if values > MAX_VALUES:
+                line.error = f"at most {MAX_VALUES} values a mail (each +x or -x counts); send the rest in another mail"
+                continue
             after = apply_edits(before, edits)
             if after.status in project.closed and not after.resolution and before.status not in project.closed:
                 edits.append(Edit("resolution", "=", project.default("resolution")))  # `Status: closed` alone
                 after = apply_edits(before, edits)
             if after.version and tags is None:
                 tags = snap.tags()
-            new_errors = [e for e in project.validate(after, tags) if e not in project.validate(before, tags)]
+            stale = set(project.validate(before, tags))  # once: an issue may carry many stale errors
+            new_errors = [e for e in project.validate(after, tags) if e not in stale]
         except StoreError as e:
             line.error = str(e)
             continue
         if new_errors:
             line.error = "; ".join(new_errors)
+            continue
+        carbons += len(set(after.carbons) - set(before.carbons))
+        if carbons > access.max_cc_per_mail:
+            line.error = f"at most {access.max_cc_per_mail} addresses a mail go on Cc lists (access.max_cc_per_mail)"
             continue
         changes = changed_fields(before, after)
         line.result = ", ".join(f"{f}: {_show(getattr(before, f))} -> {_show(getattr(after, f))}" for f in changes) or "no change"
@@ -270,12 +315,14 @@ def apply(lines: list[Line], snap: Snapshot, sender: Sender, default_issue: str,
 
 
 def _show(value: object) -> str:
+    """A field's value for a transcript line: a long list gives its first items and a count."""
     if isinstance(value, list):
-        return ", ".join(value) if value else "(none)"
-    return str(value) if value else "(none)"
+        shown = ", ".join(value[:10]) + (f" (and {len(value) - 10} more)" if len(value) > 10 else "")
+        return _cut(shown) if value else "(none)"
+    return _cut(str(value)) if value else "(none)"
 
 
-HELP = """\
+HELP = f"""\
 Commands go at the very top of a mail to an issue (before the first blank line), one per line:
 
     Status: closed            Resolution: fixed        Type: defect
@@ -296,5 +343,6 @@ To the control address, one command a line (ID: the issue's short name):
     help
 
 '#' starts a comment; 'thanks' or '--' ends the commands; five unknown lines stop them too.
-All the commands of a mail are applied together or not at all.
+All the commands of a mail are applied together or not at all; a mail holds at most
+{MAX_COMMANDS} commands and {MAX_VALUES:,} values (+a -b is two).
 """

@@ -74,10 +74,16 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
     if folder is None:
         out.decide(Action.DUPLICATE, f"patch {n}/{m} of that series was received already")
         return out
+    if not stage.have(folder):  # the first mail of a new partial series: within the caps?
+        gw_cfg = gw.config.gateway
+        why = stage.over_cap(mail.from_addr, gw_cfg.max_pending_series_per_sender, gw_cfg.max_pending_series)
+        if why:
+            out.decide(Action.REJECTED, why)
+            return _refuse_one(gw, mail, out, dry_run, n)
     if dry_run:
         out.decide(Action.PENDING, f"patch {n}/{m} of a series")
         return out
-    stage.keep(folder, n, mail.raw)
+    stage.keep(folder, n, mail.raw, mail.from_addr)
     expire(gw, keep=folder)
     held = stage.held_bytes(folder)
     limit = gw.config.gateway.max_patch_series_size

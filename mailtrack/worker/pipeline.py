@@ -28,9 +28,10 @@ from mailtrack.queue.layout import ID_RE, Layout, id_time
 from mailtrack.queue.optouts import OptOuts
 from mailtrack.queue.spool import Claim, Spool
 from mailtrack.queue.waiting import Note, Waiting
+from mailtrack.tracker import rights
 from mailtrack.tracker.changes import Edit, comment_change, edit_issue, new_issue
 from mailtrack.tracker.lookup import Index, normalize_msgid
-from mailtrack.tracker.model import Person, now, written_at
+from mailtrack.tracker.model import Person, attachment_name, now, written_at
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
 from mailtrack.worker import admission, commands, patchmail
@@ -276,8 +277,10 @@ class Gateway:
         mail, out, author, r = job.mail, job.out, job.author, job.route
         assert r is not None and job.sender is not None
         text, lines = self._text_and_commands(mail, r, mail.body, new=True)
-        attachments = [(a.filename, a.data) for a in mail.attachments]
-        edits = self._cc_edits(mail)
+        attachments = [(attachment_name(a.filename), a.data) for a in mail.attachments]
+        edits, left_out = self._cc_edits(mail, job.sender, snap, job.imported)
+        if left_out:
+            text = _with_skipped(text, (left_out,))
         # the commands are checked against the new issue, with its reporter's rights
         issue, ch = new_issue(snap, author, issue_title(mail.subject, self.project), text, edits, created=job.when, message_id=mail.message_id)
         out.issue, out.short = issue.name, issue.name[:7]
@@ -300,7 +303,7 @@ class Gateway:
         mail, out, r = job.mail, job.out, job.route
         assert r is not None and job.sender is not None
         text, lines = self._text_and_commands(mail, r, mail.reply_text, new=False)
-        attachments = [(a.filename, a.data) for a in mail.attachments]
+        attachments = [(attachment_name(a.filename), a.data) for a in mail.attachments]
         applied = commands.apply(lines, snap, job.sender, r.issue, self.config.access) if lines else None
         out.commands = applied
         if applied is not None and not applied.ok:
@@ -357,11 +360,21 @@ class Gateway:
                    "control mail" + "".join(f"; {s}" for s in subscriptions) + _refused_note(applied))
         return Change("; ".join(messages) or "control", files) if files else None
 
-    def _cc_edits(self, mail: ParsedMail) -> list[Edit]:
-        if not self.config.gateway.carbons_from_cc:
-            return []
-        return [Edit("carbons", "+", Person(name, addr).mailbox) for name, addr in mail.cc
-                if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
+    def _cc_edits(self, mail: ParsedMail, who: Sender, snap: Snapshot, imported: bool) -> tuple[list[Edit], str]:
+        """The Cc header as Cc edits of a new issue: only from senders `access.cc_from` names (or
+        `imported`, from an archive the admin chose), and at most `access.max_cc_per_mail`
+        addresses; with a note for the issue of what the cap left out."""
+        access = self.config.access
+        cc = [(name, addr) for name, addr in mail.cc
+              if addr and not self.ours.is_ours(addr) and addr.lower() != mail.from_addr.lower()]
+        if not self.config.gateway.carbons_from_cc or not cc:
+            return [], ""
+        if not imported and not rights.may(who, access.cc_from, None, snap, access):  # a stranger's Cc: third parties who asked for nothing
+            log.info("%s: Cc not taken (%d addresses): %s is not in access.cc_from", mail.message_id, len(cc), who.address)
+            return [], ""
+        kept, over = cc[:access.max_cc_per_mail], len(cc) - access.max_cc_per_mail
+        note = f"{over} addresses of the mail's Cc: at most {access.max_cc_per_mail} are taken (access.max_cc_per_mail)" if over > 0 else ""
+        return [Edit("carbons", "+", Person(name, addr).mailbox) for name, addr in kept], note
 
     # --- replies ------------------------------------------------------------------------------
 

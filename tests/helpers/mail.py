@@ -77,3 +77,12 @@ def two_issues(gw: Gateway, repo: Path) -> tuple[str, str]:
 def held_mail(subject: str, message_id: str = "<same@example.test>") -> bytes:
     """A mail the gateway holds (it has no From), so it ends in the spool's failed queue."""
     return f"To: issues@tracker.localhost\nSubject: {subject}\nMessage-ID: {message_id}\n\nbody\n".encode()
+
+
+def patch_mail(diff: bytes, subject: str = "[PATCH] a patch", frm: str = "Mallory <mallory@example.org>",
+               mid: str = "<patch@example.org>", extra: str = "") -> bytes:
+    """A patch mail as `git format-patch` writes one: `diff` under its `---`; `extra` adds header lines."""
+    head = (f"From {'0' * 40} Mon Sep 17 00:00:00 2001\nFrom: {frm}\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+            f"Subject: {subject}\nMessage-ID: {mid}\nTo: issues@tracker.localhost\n{extra}"
+            "MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n---\n")
+    return head.encode() + diff + b"-- \n2.39.5\n"

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from helpers.sink import Sink
-from mailtrack.config import Config, GatewayConfig, NotifyConfig
+from mailtrack.config import AccessConfig, Config, GatewayConfig, NotifyConfig
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
 from mailtrack.queue.spool import Spool
@@ -23,7 +23,9 @@ DAN = Person("Dan Assignee", "dan@example.org")
 CONFIG = Config(
     gateway=GatewayConfig(project="proj", own_addresses=["robot@localhost"]),
     notify=NotifyConfig(watchers=["Walt Watcher <walt@example.org>", "noreply@example.org", "alice@example.org"]),
+    access=AccessConfig(cc_from=["anyone"]),  # the Cc of a first mail (a stranger's) is taken: what notices are about
 )
+ANYONES_CC = '[access]\ncc_from = ["anyone"]\n'  # the same, as TOML for a process of its own
 EVERYONE = {"bob@example.org": "cc", "dan@example.org": "assignee", "oscar@example.org": "owner",
             "olga@example.org": "component-owner", "walt@example.org": "watcher"}
 
