@@ -14,8 +14,15 @@ import pytest
 from helpers.cli import deliver, mailtrack
 from helpers.mail import make_mail, outbox, spool_path
 from helpers.repos import git, read_comments, read_issue, read_names
+from helpers.tracker import ANYONES_CC
 from mailtrack.mail.parse import parse
 from mailtrack.tracker.model import Person
+
+
+def deliver_with_cc(repo: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`mailtrack deliver` of a stranger's first mail whose Cc the test is about: taken (access.cc_from)."""
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)
+    return mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=raw)
 
 REPORT = "<report@example.net>"
 
@@ -45,7 +52,7 @@ def _commits(repo: Path) -> int:
 def test_sender_without_a_name_hears_only_the_acknowledgement(repo: Path) -> None:
     """`From: alice@example.net` (swaks, scripts, many MTAs) opens an issue by `mailtrack deliver`: she gets
     the acknowledgement and no "someone opened issue" of her own; Bob (Cc) gets the notification."""
-    r = deliver(repo, make_mail(frm="alice@example.net", Cc="Bob <bob@example.org>"))
+    r = deliver_with_cc(repo, make_mail(frm="alice@example.net", Cc="Bob <bob@example.org>"))
     assert (0, b"") == (r.returncode, r.stderr)
     got = sorted((m["To"].addresses[0].addr_spec, m["Auto-Submitted"]) for m in outbox(repo))
     assert [("alice@example.net", "auto-replied"), ("bob@example.org", "auto-generated")] == got
@@ -96,7 +103,7 @@ def test_a_written_mailbox_reads_back_the_same_under_every_parser(person: Person
 def test_a_cc_name_with_a_comma_stays_one_person(repo: Path) -> None:
     """`Cc: "Smith, John" <john@example.org>` is one carbon, written quoted (it was two: "Smith" and
     "John <john@example.org>"), and the notification reaches him under his whole name."""
-    deliver(repo, make_mail(frm="alice@example.net", Cc='"Smith, John" <john@example.org>, Bob <bob@example.org>'))
+    deliver_with_cc(repo, make_mail(frm="alice@example.net", Cc='"Smith, John" <john@example.org>, Bob <bob@example.org>'))
     [name] = read_names(repo)
     assert ['"Smith, John" <john@example.org>', "Bob <bob@example.org>"] == read_issue(repo, name).carbons
     to = sorted(str(m["To"]) for m in outbox(repo) if m["Auto-Submitted"] == "auto-generated")
