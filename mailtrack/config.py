@@ -8,6 +8,7 @@ This module imports nothing heavy: `mailtrack deliver` reads it once per mail.
 from __future__ import annotations
 
 import ipaddress
+import platform
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -209,6 +210,23 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Several gateways, one tracker: the issues branch shared through an ordinary git remote."""
+
+    remote: str = ""  # a git URL or a path of a (bare) repository every gateway pushes to; "" = no sync
+    interval: float = 30.0  # seconds between fetches in `mailtrack serve`
+    gateway_id: str = ""  # names this gateway in its commits (Gateway-Id:); "" = the host name
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ConfigError(f"sync.interval must be more than 0, not {self.interval}")
+        if not self.gateway_id:
+            object.__setattr__(self, "gateway_id", platform.node() or "gateway")
+        if len(self.gateway_id.split()) != 1 or len(self.gateway_id) > 100:
+            raise ConfigError(f"sync.gateway_id must be one word of 100 characters at most, not {self.gateway_id!r}")
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """The read-only web view (`mailtrack web`; `serve` too when enabled)."""
 
@@ -276,6 +294,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def _check(value: Any, typ: Any, where: str) -> Any:

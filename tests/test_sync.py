@@ -1,0 +1,134 @@
+"""Several gateways, one remote (issue 15): tracker/sync.py's rounds against real bare repositories on
+disk, the duplicate of one mail dropped in the merge, `mailtrack sync` and `status`, checked with git."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import mailtrack
+from helpers.mail import make_mail
+from helpers.repos import git, issues_repo, make_repo, tip, tree
+from mailtrack.config import Config, GatewayConfig, SyncConfig
+from mailtrack.mail.ids import gateway_of, gateway_trailer
+from mailtrack.queue.spool import Spool
+from mailtrack.tracker.lookup import Index
+from mailtrack.tracker.model import Person
+from mailtrack.tracker.store import Store
+from mailtrack.tracker.sync import SyncState, ahead_behind, sync_round
+from mailtrack.worker.pipeline import Gateway
+
+BOT = Person("mailtrack", "issues@tracker.localhost")
+
+
+OPENED: list[Gateway] = []
+
+
+@pytest.fixture(autouse=True)
+def _close() -> Iterator[None]:
+    yield
+    while OPENED:
+        g = OPENED.pop()
+        g.close()
+        g.store.close()
+
+
+def gateway(repo: Path, remote: Path, gid: str) -> Gateway:
+    """A gateway on `repo` sharing `remote`, its commits marked `gid` (closed after the test)."""
+    store = Store.open(repo, durable=True)
+    store.trailers = (gateway_trailer(gid),)
+    config = Config(gateway=GatewayConfig(project="proj"), sync=SyncConfig(remote=str(remote), gateway_id=gid))
+    OPENED.append(Gateway(config, store, Spool(repo / ".git" / "mailtrack" / "spool")))
+    return OPENED[-1]
+
+
+def three(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A bare remote holding the issues branch and two gateway repositories cloned from it."""
+    first = issues_repo(tmp_path / "first")
+    remote = make_repo(tmp_path / "remote.git", bare=True)
+    git(first, "push", "-q", str(remote), "issues")
+    repos = []
+    for name in ("a", "b"):
+        r = make_repo(tmp_path / name)
+        git(r, "fetch", "-q", str(remote), "issues:issues")
+        repos.append(r)
+    return remote, repos
+
+
+def test_a_round_pushes_local_commits_and_a_refused_push_merges_first(tmp_path: Path) -> None:
+    """Two gateways commit apart; each round ends level; git sees one history with both, fsck clean."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    assert ga.handle(make_mail("From A", message_id="<a1@example.org>")).commit
+    assert gb.handle(make_mail("From B", message_id="<b1@example.org>")).commit
+    first = sync_round(ga.store, str(remote), BOT)
+    assert (True, 1, 0) == (first.level, first.pushed, first.refused)
+    second = sync_round(gb.store, str(remote), BOT)  # refused once, merged, pushed
+    assert (True, 1, 1, 1) == (second.level, second.pushed, second.refused, second.merged)
+    third = sync_round(ga.store, str(remote), BOT)  # a fast-forward, nothing to push
+    assert (True, 0) == (third.level, third.pushed)
+    assert tree(a) == tree(b) == tree(remote)
+    assert tip(a) == tip(b) == tip(remote)
+    git(remote, "fsck", "--strict")
+    log = git(remote, "log", "--format=%s%n%b", "issues")
+    assert "Gateway-Id: gw-a" in log and "Gateway-Id: gw-b" in log
+    merge = git(remote, "log", "--merges", "--format=%B", "-1", "issues")
+    assert "gw-b" == gateway_of(merge.encode())
+    assert SyncState.read(ga.store).last_error == ""
+    assert (0, 0) == ahead_behind(ga.store, SyncState.read(ga.store))
+
+
+def test_the_same_mail_on_two_gateways_is_kept_once(tmp_path: Path) -> None:
+    """One mail to both gateways: after the merge one issue carries its Message-ID, on both sides
+    the same, the other dropped in the merge commit; a reply that went to the dropped issue moves
+    over; the index of either side finds the one record."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    mail = make_mail("Printer on fire", message_id="<dup@example.org>")
+    first = ga.handle(mail)
+    second = gb.handle(mail)
+    assert first.commit and second.commit
+    reply = make_mail("Re: Printer on fire", "Still burning.\n", message_id="<r1@example.org>", In_Reply_To="<dup@example.org>")
+    assert gb.handle(reply).commit
+    sync_round(ga.store, str(remote), BOT)
+    sync_round(gb.store, str(remote), BOT)
+    sync_round(ga.store, str(remote), BOT)
+    assert tree(a) == tree(b) == tree(remote)
+    git(remote, "fsck", "--strict")
+    names = git(remote, "ls-tree", "-r", "--name-only", "issues").split()
+    records = [p for p in names if p.endswith("issue.xml")]
+    assert 1 == len(records)
+    kept = records[0].rsplit("/", 1)[0]
+    assert 1 == sum(1 for p in names if p.startswith(kept + "/comment_"))  # the reply, moved over
+    assert "duplicate <dup@example.org>" in git(remote, "log", "--merges", "--format=%B", "issues")
+    for g in (ga, gb):
+        snap = g.store.snapshot()
+        with contextlib.closing(Index.for_snapshot(snap)) as index:  # the gateway's own, which saw its side first
+            assert kept.replace("/", "") == index.lookup(snap, "<dup@example.org>")
+            assert kept.replace("/", "") == index.lookup(snap, "<r1@example.org>")
+
+
+def test_mailtrack_sync_exits_75_while_the_remote_is_away_and_0_once_level(tmp_path: Path) -> None:
+    """`mailtrack sync`: 75 with the remote renamed away (the error kept for status), 0 when it is back."""
+    remote, (a, _b) = three(tmp_path)
+    config = tmp_path / "a.toml"
+    config.write_text(f'[gateway]\nproject = "proj"\n[sync]\nremote = "{remote}"\ngateway_id = "gw-a"\n')
+    away = remote.with_name("away.git")
+    remote.rename(away)
+    r = mailtrack("deliver", repo=a, config=config, input=make_mail("Offline", message_id="<o1@example.org>"), text=True)
+    assert 0 == r.returncode, r.stderr
+    r = mailtrack("sync", repo=a, config=config, text=True)
+    assert 75 == r.returncode, r.stderr
+    assert "cannot push to" in r.stderr
+    status = mailtrack("status", repo=a, config=config, text=True).stdout
+    assert "cannot push to" in status and "ahead          2" in status  # never level yet: all of its history
+    away.rename(remote)
+    r = mailtrack("sync", repo=a, config=config, text=True)
+    assert 0 == r.returncode, r.stderr
+    assert tip(a) == tip(remote)
+    status = mailtrack("status", repo=a, config=config, text=True).stdout
+    assert "last error     (none)" in status and "ahead          0" in status
+    assert "Gateway-Id: gw-a" in git(remote, "log", "-1", "--format=%B", "issues")
