@@ -6,8 +6,9 @@ by field against the merge base (lists as sets; a field changed differently on b
 the value with the later `modified` time); project.xml likewise, element by element.
 
 A mail recorded on both sides (two gateways got it) would be there twice after the union: the
-record with the earlier (created time, path) stays, the same choice on every clone, and the merge
-drops the other (`_duplicates`); a dropped issue's comments and attachments move to the one kept.
+record `theirs` holds (the remote's, which every gateway merges into its own: the same choice on
+every gateway, and the one whose gateway may have notified it already) stays, and the merge drops
+ours (`_duplicates`); a dropped issue's comments and attachments move to the one kept.
 """
 
 from __future__ import annotations
@@ -177,9 +178,9 @@ def _added(objects: BaseObjectStore, base: ObjectID | None, tree: ObjectID) -> d
     return out
 
 
-def _records(store: Store, added: dict[bytes, ObjectID]) -> dict[str, tuple[object, str]]:
-    """The records (issue.xml, comments) among the added files: Message-ID -> ((created, path), path)."""
-    out: dict[str, tuple[object, str]] = {}
+def _records(store: Store, added: dict[bytes, ObjectID]) -> dict[str, str]:
+    """The records (issue.xml, comments) among the added files: Message-ID -> path."""
+    out: dict[str, str] = {}
     for path_b, sha in added.items():
         path = path_b.decode("utf-8", "replace")
         where = split_issue_path(path)
@@ -191,39 +192,36 @@ def _records(store: Store, added: dict[bytes, ObjectID]) -> dict[str, tuple[obje
         except FormatError:
             continue  # it names no Message-ID we could read
         if record.message_id:
-            out[record.message_id.strip().lower()] = ((record.created.timestamp(), path), path)
+            out[record.message_id.strip().lower()] = path
     return out
 
 
 def _duplicates(store: Store, ours: ObjectID, theirs: ObjectID, our_added: dict[bytes, ObjectID],
                 their_added: dict[bytes, ObjectID], files: dict[str, bytes | None], notes: list[str]) -> None:
-    """A Message-ID that both sides recorded since the base keeps its earlier record; drop the other."""
+    """A Message-ID that both sides recorded since the base keeps the record of theirs; drop ours."""
     mine, yours = _records(store, our_added), _records(store, their_added)
     for mid in sorted(mine.keys() & yours.keys()):
-        (our_key, our_path), (their_key, their_path) = mine[mid], yours[mid]
+        our_path, their_path = mine[mid], yours[mid]
         if our_path == their_path:
             continue  # one path: the field-wise merge made it one record
-        kept, dropped = (our_path, their_path) if our_key <= their_key else (their_path, our_path)  # type: ignore[operator]
-        dropped_side = our_added if dropped == our_path else their_added
+        kept, dropped = their_path, our_path
         notes.append(f"duplicate {mid}: kept {kept}, dropped {dropped}")
         moves = [dropped.encode()]
         where = split_issue_path(dropped)
         if where is not None and where[1] == "issue.xml":  # the whole issue goes; what it gathered moves over
             prefix = issue_dir(where[0]).encode() + b"/"
             kept_dir = kept.rsplit("/", 1)[0] + "/"
-            for entry in store.repo.object_store.iter_tree_contents(ours if dropped == our_path else theirs):
-                if entry.path is None or not entry.path.startswith(prefix) or entry.path == dropped.encode():
+            objects = store.repo.object_store
+            subtree = tree_lookup_path(objects.__getitem__, ours, prefix[:-1])[1]  # its directory only
+            for entry in objects.iter_tree_contents(subtree):
+                if entry.path is None or entry.path == b"issue.xml":
                     continue
-                moves.append(entry.path)
-                target = kept_dir + entry.path[len(prefix):].decode("utf-8", "replace")
+                moves.append(prefix + entry.path)
+                target = kept_dir + entry.path.decode("utf-8", "replace")
                 if target not in files and not _exists(store, ours, target.encode()):
                     files[target] = _blob(store, entry.sha)
         for path_b in moves:
-            path = path_b.decode("utf-8", "replace")
-            if path_b in dropped_side and dropped_side is their_added:
-                files.pop(path, None)  # theirs: never brought over
-            else:
-                files[path] = None  # ours (or there before): removed in the merge
+            files[path_b.decode("utf-8", "replace")] = None  # removed in the merge
 
 
 def _exists(store: Store, tree: ObjectID, path: bytes) -> bool:
