@@ -4,16 +4,18 @@ disk, the duplicate of one mail dropped in the merge, `mailtrack sync` and `stat
 from __future__ import annotations
 
 import contextlib
+import email
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers.cli import mailtrack
+from helpers.cli import mailtrack, run_cli
 from helpers.mail import make_mail
 from helpers.repos import git, issues_repo, make_repo, tip, tree
-from mailtrack.config import Config, GatewayConfig, SyncConfig
+from mailtrack.config import Config, GatewayConfig, NotifyConfig, SyncConfig
 from mailtrack.mail.ids import gateway_of, gateway_trailer
+from mailtrack.outbound.notifier import Notifier
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.model import Person
@@ -132,3 +134,33 @@ def test_mailtrack_sync_exits_75_while_the_remote_is_away_and_0_once_level(tmp_p
     status = mailtrack("status", repo=a, config=config, text=True).stdout
     assert "last error     (none)" in status and "ahead          0" in status
     assert "Gateway-Id: gw-a" in git(remote, "log", "-1", "--format=%B", "issues")
+
+
+def test_each_gateway_notifies_its_own_commits_and_unmarked_local_ones_once_on_the_remote(tmp_path: Path) -> None:
+    """A notifies its mail and a CLI commit in its repository, B only its mail; neither before the remote holds it."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    notifiers = {}
+    for g, gid in ((ga, "gw-a"), (gb, "gw-b")):
+        config = Config(gateway=GatewayConfig(project="proj"), notify=NotifyConfig(watchers=["watch@example.org"]),
+                        sync=SyncConfig(remote=str(remote), gateway_id=gid))
+        notifiers[gid] = Notifier(config, g.spool)
+        notifiers[gid].begin(g.store)
+    assert gb.handle(make_mail("From B", message_id="<b1@example.org>")).commit
+    assert 0 == notifiers["gw-b"].notify(gb.store)  # not on the remote yet
+    sync_round(gb.store, str(remote), BOT)
+    assert 0 == run_cli(a, "new", "From the CLI", "-m", "typed in").code  # unmarked, in A's own repository
+    assert ga.handle(make_mail("From A", message_id="<a1@example.org>")).commit
+    sync_round(ga.store, str(remote), BOT)
+    sync_round(gb.store, str(remote), BOT)
+
+    def titles(gid: str, g: Gateway) -> list[str]:
+        before = {p.name for p in g.spool.outbox.new.iterdir()} if g.spool.outbox.new.exists() else set()
+        notifiers[gid].notify(g.store)
+        new = [p for p in g.spool.outbox.new.iterdir() if p.name not in before]
+        return sorted(m.split("] ", 1)[-1] for m in (email.message_from_bytes(p.read_bytes())["Subject"] for p in new)
+                      if "From" in m)
+
+    assert ["From A", "From the CLI"] == titles("gw-a", ga)
+    assert ["From B"] == titles("gw-b", gb)
+    assert [] == titles("gw-a", ga) == titles("gw-b", gb)  # once
