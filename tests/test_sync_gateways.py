@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import mailtrack
 from helpers.mail import make_mail
 from helpers.ports import free_port, wait_for
 from helpers.repos import git, issues_repo, make_repo, tip, tree
@@ -23,6 +24,22 @@ from mailtrack.tracker.store import Store
 MAILS = 60  # per gateway
 DUPLICATES = 6  # mails sent to two gateways each
 WATCHER = "watch@example.org"
+# Gateway 1 kills itself (-9) in the middle of its second push, its pack half sent to git receive-pack.
+KILL_MID_PUSH = """
+import os, signal, dulwich.repo
+_generate, _pushes = dulwich.repo.Repo.generate_pack_data, [0]
+def _cut(self, *args, **kwargs):
+    _pushes[0] += 1
+    count, objects = _generate(self, *args, **kwargs)
+    if _pushes[0] < 2:
+        return count, objects
+    def some():
+        for obj in objects:
+            yield obj
+            os.kill(os.getpid(), signal.SIGKILL)
+    return count, some()
+dulwich.repo.Repo.generate_pack_data = _cut
+"""
 
 
 def send(port: int, n: str) -> None:
@@ -45,7 +62,25 @@ def test_three_gateways_one_remote(tmp_path: Path) -> None:
     remote = make_repo(tmp_path / "remote.git", bare=True)
     git(first, "push", "-q", str(remote), "issues")
     sink = Sink().start()
-    servers = []
+    servers: list[Server] = []
+    extras: list[str] = []
+    killed: list[int | None] = []
+
+    def send_to(i: int, n: str) -> None:
+        """Send to gateway i; one that died (the kill) is restarted, without the fault, and sent to again."""
+        for _ in range(3):
+            proc = servers[i].proc
+            assert proc is not None
+            if proc.poll() is not None:
+                killed.append(servers[i].finish())
+                servers[i] = Server(servers[i].repo, servers[i].port, extras[i])
+                servers[i].start()
+            try:
+                return send(servers[i].port, n)
+            except (OSError, smtplib.SMTPException):
+                wait_for(lambda p=proc: p.poll() is not None, timeout=30, what="the gateway that failed us to be gone")
+        pytest.fail(f"gateway {i} did not take mail {n}")
+
     try:
         for i in range(3):
             repo = make_repo(tmp_path / f"gw{i}")
@@ -53,28 +88,33 @@ def test_three_gateways_one_remote(tmp_path: Path) -> None:
             extra = (f'[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nretry_initial = 1\n'
                      f'[notify]\nwatchers = ["{WATCHER}"]\n'
                      f'[sync]\nremote = "{remote}"\ninterval = 0.5\ngateway_id = "gw{i}"\n')
-            servers.append(Server(repo, free_port(), extra))
+            extras.append(extra)
+            servers.append(Server(repo, free_port(), extra, inject=KILL_MID_PUSH if i == 1 else ""))
             servers[-1].start()
         sent: list[str] = []
         for k in range(MAILS):
-            for i, server in enumerate(servers):
-                send(server.port, f"{i}-{k}")
+            for i in range(3):
+                send_to(i, f"{i}-{k}")
                 sent.append(f"<m{i}-{k}@example.org>")
             if k == MAILS // 3:  # the remote goes away for a while
                 remote.rename(tmp_path / "away.git")
             if k == MAILS // 2:
                 time.sleep(1.5)  # a few sync rounds fail meanwhile
                 (tmp_path / "away.git").rename(remote)
-                servers[1].proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-                servers[1].finish()
-                time.sleep(0.2)
-                servers[1] = Server(servers[1].repo, servers[1].port, servers[1].config.read_text().split("\n[[listen]]")[0]
-                                    .split('project = "proj"\n', 1)[1])
-                servers[1].start()
         for d in range(DUPLICATES):  # the same mail through two gateways (both MX hosts got it)
-            send(servers[d % 3].port, f"dup-{d}")
-            send(servers[(d + 1) % 3].port, f"dup-{d}")
+            send_to(d % 3, f"dup-{d}")
+            send_to((d + 1) % 3, f"dup-{d}")
             sent.append(f"<mdup-{d}@example.org>")
+        for n in range(30):  # it took all its mail in fewer pushes: one more mail each, until it pushes again
+            if killed:
+                break
+            send_to(1, f"more-{n}")
+            sent.append(f"<mmore-{n}@example.org>")
+            time.sleep(0.5)
+        if not killed:  # it died after the last mail: the restart happens here
+            send_to(1, "last")
+            sent.append("<mlast@example.org>")
+        assert [-signal.SIGKILL] == killed
 
         def settled() -> bool:
             tips = {tip(s.repo) for s in servers} | {tip(remote)}
@@ -86,6 +126,10 @@ def test_three_gateways_one_remote(tmp_path: Path) -> None:
         assert 1 == len({tree(s.repo) for s in servers} | {tree(remote)})
         for repo in [remote, *(s.repo for s in servers)]:
             git(repo, "fsck", "--strict")
+        assert [] == sorted(str(p) for p in remote.rglob("*.lock"))  # the kill left no lock in the shared remote
+        for s in servers:
+            status = mailtrack("status", repo=s.repo, config=s.config, text=True).stdout
+            assert ("ahead          0", "behind         0") == tuple(line.split("  (")[0].strip() for line in status.splitlines()[1:3])
         notices = [r.message for r in sink.received if WATCHER in r.recipients]
         per_issue = collections.Counter(m["Message-ID"] for m in notices)
         assert len(sent) == len(per_issue)  # one notification per mail's issue...
