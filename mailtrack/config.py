@@ -128,8 +128,12 @@ class ImapConfig:
     backoff_initial: float = 1.0  # reconnect delays: doubled after each failure, up to max
     backoff_max: float = 300.0
     state_dir: str = ""  # default: <spool>/imap-state
+    claim_folder: str = ""  # several pollers on one mailbox: this poller's own folder (Claimed/mx1); mail is MOVEd there first
+    claim_timeout: float = 600.0  # mail left this long in another poller's folder beside it (Claimed/*) is taken over
 
     def __post_init__(self) -> None:
+        if self.claim_folder and self.claim_folder in (self.folder, self.processed_folder, self.failed_folder):
+            raise ConfigError("claim_folder must name a folder of its own (or be empty)")
         if self.security not in ("tls", "starttls", "plain"):
             raise ConfigError(f"security must be tls, starttls or plain, not {self.security!r}")
         if self.action not in ("move", "flag"):
