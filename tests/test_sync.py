@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import email
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from helpers.cli import mailtrack, run_cli
 from helpers.mail import make_mail
 from helpers.repos import git, issues_repo, make_repo, tip, tree
-from mailtrack.config import Config, GatewayConfig, NotifyConfig, SyncConfig
+from mailtrack.config import Config, ConfigError, GatewayConfig, NotifyConfig, SyncConfig
 from mailtrack.mail.ids import gateway_of, gateway_trailer
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.queue.spool import Spool
@@ -113,6 +114,7 @@ def test_the_same_mail_on_two_gateways_is_kept_once(tmp_path: Path) -> None:
             assert kept.replace("/", "") == index.lookup(snap, "<r1@example.org>")
 
 
+@pytest.mark.slow  # five mailtrack processes
 def test_mailtrack_sync_exits_75_while_the_remote_is_away_and_0_once_level(tmp_path: Path) -> None:
     """`mailtrack sync`: 75 with the remote renamed away (the error kept for status), 0 when it is back."""
     remote, (a, _b) = three(tmp_path)
@@ -164,3 +166,31 @@ def test_each_gateway_notifies_its_own_commits_and_unmarked_local_ones_once_on_t
     assert ["From A", "From the CLI"] == titles("gw-a", ga)
     assert ["From B"] == titles("gw-b", gb)
     assert [] == titles("gw-a", ga) == titles("gw-b", gb)  # once
+
+
+def test_a_new_gateway_starts_from_the_remotes_branch(tmp_path: Path) -> None:
+    """`mailtrack sync` in a repository without the issues branch takes the remote's: level, one root."""
+    remote, _ = three(tmp_path)
+    fresh = make_repo(tmp_path / "fresh")
+    config = tmp_path / "fresh.toml"
+    config.write_text(f'[sync]\nremote = "{remote}"\ngateway_id = "gw-new"\n')
+    r = mailtrack("sync", repo=fresh, config=config, text=True)
+    assert 0 == r.returncode, r.stderr
+    assert tip(fresh) == tip(remote)
+    assert 1 == len(git(fresh, "rev-list", "--max-parents=0", "issues").split())
+
+
+def test_sync_config_is_checked() -> None:
+    """gateway_id defaults to the host name and must be one word; interval must be positive."""
+    assert SyncConfig().gateway_id == (platform.node() or "gateway")
+    with pytest.raises(ConfigError, match="one word"):
+        SyncConfig(gateway_id="two words")
+    with pytest.raises(ConfigError, match="interval"):
+        SyncConfig(interval=0)
+
+
+def test_mailtrack_sync_without_a_remote_is_a_configuration_error(tmp_path: Path) -> None:
+    """No [sync] remote: exit 78 and a one-line reason."""
+    repo = issues_repo(tmp_path / "repo")
+    r = mailtrack("sync", repo=repo, text=True)
+    assert (78, "mailtrack: no [sync] remote is configured: this gateway shares its branch with no other\n") == (r.returncode, r.stderr)

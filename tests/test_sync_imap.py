@@ -30,6 +30,7 @@ def spools(tmp_path: Path) -> Iterator[list[Spool]]:
     yield [Spool(tmp_path / f"spool{i}") for i in range(2)]
 
 
+@pytest.mark.slow  # 40 mails through two pollers
 def test_two_pollers_on_one_mailbox_take_each_mail_once(dovecot: DovecotServer, imap_user: str, spools: list[Spool]) -> None:
     """40 mails, two pollers polling at once: the two spools hold every Message-ID once between them."""
     for n in range(40):
@@ -53,6 +54,7 @@ def test_two_pollers_on_one_mailbox_take_each_mail_once(dovecot: DovecotServer, 
             p.close()
 
 
+@pytest.mark.slow  # waits out claim_timeout
 def test_what_a_dead_poller_claimed_is_taken_over_after_the_timeout(dovecot: DovecotServer, imap_user: str, spools: list[Spool]) -> None:
     """Mail left in Claimed/dead stays there until claim_timeout has passed since it was first seen, then is spooled here."""
     for n in range(3):
