@@ -8,6 +8,7 @@ This module imports nothing heavy: `mailtrack deliver` reads it once per mail.
 from __future__ import annotations
 
 import ipaddress
+import platform
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -129,8 +130,12 @@ class ImapConfig:
     backoff_initial: float = 1.0  # reconnect delays: doubled after each failure, up to max
     backoff_max: float = 300.0
     state_dir: str = ""  # default: <spool>/imap-state
+    claim_folder: str = ""  # several pollers on one mailbox: this poller's own folder (Claimed/mx1); mail is MOVEd there first
+    claim_timeout: float = 600.0  # mail left this long in another poller's folder beside it (Claimed/*) is taken over
 
     def __post_init__(self) -> None:
+        if self.claim_folder and self.claim_folder in (self.folder, self.processed_folder, self.failed_folder):
+            raise ConfigError("claim_folder must name a folder of its own (or be empty)")
         if self.security not in ("tls", "starttls", "plain"):
             raise ConfigError(f"security must be tls, starttls or plain, not {self.security!r}")
         if self.action not in ("move", "flag"):
@@ -211,6 +216,23 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Several gateways, one tracker: the issues branch shared through an ordinary git remote."""
+
+    remote: str = ""  # a git URL or a path of a (bare) repository every gateway pushes to; "" = no sync
+    interval: float = 30.0  # seconds between fetches in `mailtrack serve`
+    gateway_id: str = ""  # names this gateway in its commits (Gateway-Id:); "" = the host name
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ConfigError(f"sync.interval must be more than 0, not {self.interval}")
+        if not self.gateway_id:
+            object.__setattr__(self, "gateway_id", platform.node() or "gateway")
+        if len(self.gateway_id.split()) != 1 or len(self.gateway_id) > 100:
+            raise ConfigError(f"sync.gateway_id must be one word of 100 characters at most, not {self.gateway_id!r}")
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """The read-only web view (`mailtrack web`; `serve` too when enabled)."""
 
@@ -280,6 +302,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def _check(value: Any, typ: Any, where: str) -> Any:

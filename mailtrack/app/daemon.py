@@ -5,6 +5,8 @@ spool, then the notifier turns the new commits into mail and the sender carries 
 (or SIGINT) closes the listening sockets at once (from a helper thread: the worker may be busy
 with a mail), stops the pollers, lets sessions already in DATA get their reply and the worker
 finish the mail at hand, and exits 0; whatever is still spooled is processed on the next start.
+With [sync] remote, the worker also pushes new commits and fetches every `interval` (`Syncer`:
+tracker/sync.py does the round), and notifies once the remote holds the change.
 The worker never dies on an error of its environment (a full disk, a vanished file): it logs,
 backs off and goes on.
 """
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 
@@ -28,7 +31,8 @@ from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
 from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.model import Person, Project
-from mailtrack.tracker.store import Store
+from mailtrack.tracker.store import Store, StoreError
+from mailtrack.tracker.sync import SyncState, sync_round
 from mailtrack.web.app import WebApp
 from mailtrack.web.server import WebServer
 from mailtrack.worker import runner
@@ -49,10 +53,50 @@ def where(lc: ListenConfig) -> str:
     return f"{lc.protocol} {'unix:' + lc.socket if lc.socket else f'{lc.host}:{lc.port}'}"
 
 
+class Syncer:
+    """When `serve` runs a sync round: new commits of ours at once, else every `interval`; after a
+    failed round, again after a backoff (doubled up to the interval)."""
+
+    def __init__(self, config: Config, store: Store, author: Person) -> None:
+        self.config, self.store, self.author = config, store, author
+        self.next_fetch = 0.0
+        self.retry_at = 0.0
+        self.backoff = ERROR_BACKOFF[0]
+
+    def due(self) -> bool:
+        if not self.config.sync.remote:
+            return False
+        now = time.monotonic()
+        if now < self.retry_at:
+            return False
+        tip = self.store.tip()
+        return now >= self.next_fetch or (tip is not None and tip.decode() != SyncState.read(self.store).level)
+
+    def run(self) -> bool:
+        """One round; True when it ended level. Errors are logged (and kept for `mailtrack status`)."""
+        interval = self.config.sync.interval
+        try:
+            result = sync_round(self.store, self.config.sync.remote, self.author)
+        except StoreError as e:
+            log.warning("sync with %s: %s; again in %.0fs", self.config.sync.remote, e, self.backoff)
+            self.retry_at = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, interval)
+            return False
+        log.info("sync: %s", result)
+        self.backoff = ERROR_BACKOFF[0]
+        self.next_fetch = time.monotonic() + interval
+        self.retry_at = 0.0 if result.level else time.monotonic() + self.backoff
+        return result.level
+
+
 def serve(config: Config, store: Store, spool: Spool) -> int:
     gw = config.gateway
+    author = Person(gw.name or "mailtrack", gw.address)
+    syncer = Syncer(config, store, author)
+    if store.tip() is None and syncer.due():  # a new gateway of several: start from the shared branch
+        syncer.run()
     if store.tip() is None:
-        store.init(Project(closed_statuses=["closed"]), Person(gw.name or "mailtrack", gw.address))
+        store.init(Project(closed_statuses=["closed"]), author)
         log.info("created the %s branch", store.branch)
     spool.recover()
     gateway = Gateway(config, store, spool)
@@ -124,6 +168,8 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                     work(gateway, claim, pollers)
                     if stop.is_set():  # finish the mail at hand, leave the rest spooled
                         break
+                if syncer.due():
+                    syncer.run()
                 try:
                     if notifier.notify(store):
                         sender.wake()
@@ -137,7 +183,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
                 backoff = min(backoff * 2, ERROR_BACKOFF[1])
                 continue
             backoff = ERROR_BACKOFF[0]
-            wake.wait(IDLE_SECONDS)
+            wake.wait(min(IDLE_SECONDS, config.sync.interval) if config.sync.remote else IDLE_SECONDS)
             wake.clear()
     finally:
         stop.set()

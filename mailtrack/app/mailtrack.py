@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +72,11 @@ def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store
         spool = Spool(spool_dir)
     except OSError as e:
         raise Exit(EX_TEMPFAIL, f"cannot use the spool {spool_dir}: {e.strerror}") from None
+    if config.sync.remote:  # several gateways share the branch: each commit names the gateway that made it
+        # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+        from mailtrack.mail.ids import gateway_trailer
+
+        store.trailers = (gateway_trailer(config.sync.gateway_id),)
     return config, store, spool
 
 
@@ -366,8 +372,50 @@ def _spool_id(given: str, ids: list[str], what: str) -> str:
     return candidates[0]
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """One sync round with [sync] remote: 0 when level with it, 75 when it could not be reached."""
+    config, store, spool = _open(args)
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+    from mailtrack.outbound.notifier import Notifier
+    from mailtrack.tracker.model import Person
+    from mailtrack.tracker.store import StoreError
+    from mailtrack.tracker.sync import sync_round
+
+    if not config.sync.remote:
+        raise Exit(EX_CONFIG, "no [sync] remote is configured: this gateway shares its branch with no other")
+    gw = config.gateway
+    notifier = Notifier(config, spool)
+    notifier.begin(store)
+    try:
+        result = sync_round(store, config.sync.remote, Person(gw.name or "mailtrack", gw.address))
+    except StoreError as e:
+        raise Exit(EX_TEMPFAIL, f"sync with {config.sync.remote}: {_one_line(str(e))}") from None
+    notifier.notify(store)  # what the remote now holds; `serve` or `outbox send` sends it
+    print(f"sync with {config.sync.remote}: {result}")
+    return EX_OK if result.level else EX_TEMPFAIL
+
+
+def _sync_status(config: Config, store: Store) -> None:
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
+    from mailtrack.tracker.sync import SyncState, ahead_behind
+
+    state = SyncState.read(store)
+    ahead, behind = ahead_behind(store, state)
+
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "never"
+
+    print(f"sync {config.sync.remote} as {config.sync.gateway_id}")
+    print(f"  {'ahead':<14} {ahead}  (commits of ours the remote lacks)")
+    print(f"  {'behind':<14} {behind}  (commits of the remote's, as last fetched, we lack)")
+    print(f"  {'last sync':<14} {when(state.last_sync)}")
+    print(f"  {'last error':<14} {state.last_error or '(none)'}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config, store, spool = _open(args, durable=False)
+    if config.sync.remote:
+        _sync_status(config, store)
     counts = spool.counts()
     print(f"spool {spool.root}")
     for queue, n in counts.items():
@@ -453,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", nargs="?", choices=["list", "show", "retry", "send"], default="list")
     sp.add_argument("id", nargs="?", metavar="ID", help="show: a spool ID (as the listing gives it), or a unique prefix of one")
     sp.set_defaults(func=cmd_outbox)
+    sp = sub.add_parser("sync", parents=[common], help="one round with [sync] remote: push, fetch and merge, push again",
+                        epilog="exit status: 0 level with the remote; 75 the remote could not be reached (or kept moving); 78 no [sync] remote")
+    sp.set_defaults(func=cmd_sync)
     sp = sub.add_parser("serve", parents=[common], help="run the listeners, pollers, spool worker and outbox sender")
     sp.set_defaults(func=cmd_serve)
     sp = sub.add_parser("web", parents=[common], help="serve the read-only web view ([web] host and port)")

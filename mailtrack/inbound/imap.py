@@ -54,6 +54,8 @@ from mailtrack.config import KEPT_KEYWORD, ImapConfig
 from mailtrack.mail.ids import header_message_id
 from mailtrack.queue.spool import Spool, write_durably
 
+CLAIM_PREFIX = "$MailtrackClaim-"  # a poller's claim on a mail (claim_folder): the keyword names the poller
+
 log = logging.getLogger(__name__)
 
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
@@ -91,6 +93,8 @@ class ImapPoller:
         digest = hashlib.sha256(config.mailbox.encode()).hexdigest()[:8]
         self.state_path = state_dir / f"imap-{_slug(config.mailbox)}-{digest}.json"
         self.filed_path = self.state_path.with_suffix(".failed.json")
+        self.claims_path = self.state_path.with_suffix(".claims.json")  # others' claimed mail: when first seen
+        self._polled = config.claim_folder or config.folder  # where mail is fetched from
         legacy = state_dir / f"imap-{_slug(config.label)}.json"  # the name up to 0.x: by label
         if not self.state_path.exists() and legacy.exists():
             os.rename(legacy, self.state_path)
@@ -303,7 +307,7 @@ class ImapPoller:
             elif verdict == "processed":
                 message_id = filed.pop(spool_id)
                 if message_id:
-                    done = self.config.processed_folder if self.config.action == "move" else self.config.folder
+                    done = self.config.processed_folder if self.config.action == "move" else self._polled
                     moved += self._move_kept(client, message_id, [self.config.failed_folder], done)
             else:  # gone from the spool (deleted by hand, pruned): nothing more to follow
                 filed.pop(spool_id)
@@ -335,7 +339,7 @@ class ImapPoller:
 
     def _filed_folders(self) -> list[str]:
         """Where a kept mail may be: the polled folder, then the processed folder."""
-        return [self.config.folder] + ([self.config.processed_folder] if self.config.action == "move" else [])
+        return [self._polled] + ([self.config.processed_folder] if self.config.action == "move" else [])
 
     def _move_kept(self, client: IMAPClient, message_id: str, folders: list[str], target: str) -> int:
         """Move the mail marked kept with this Message-ID from the first of `folders` that has it."""
@@ -347,7 +351,7 @@ class ImapPoller:
             client.select_folder(folder)
             uids = client.search(["HEADER", "Message-ID", message_id, "KEYWORD", KEPT_KEYWORD, "UNDELETED"])
             if uids:
-                if self.config.action == "flag" and target == self.config.folder:
+                if self.config.action == "flag" and target == self._polled:
                     client.add_flags(uids, [self.config.flag])  # filed away there: not fetched again
                 self._move(client, uids, target)
                 moved += len(uids)
@@ -360,7 +364,9 @@ class ImapPoller:
         config = self.config
         # SELECT again each time: it syncs our view (a SEARCH right after another client's APPEND
         # may miss it otherwise) and tells a recreated folder by its new UIDVALIDITY.
-        uidvalidity = int(client.select_folder(config.folder)[b"UIDVALIDITY"])
+        if config.claim_folder:
+            self._claim(client)
+        uidvalidity = int(client.select_folder(self._polled)[b"UIDVALIDITY"])
         state = self._load_state()
         if state.uidvalidity != uidvalidity:
             if state.uidvalidity:
@@ -411,7 +417,80 @@ class ImapPoller:
                 spool_id,
                 header_message_id(raw),
             )
+        if config.claim_folder:  # IDLE watches the shared folder, where new mail lands
+            client.select_folder(config.folder)
         return count
+
+    # --- several pollers on one mailbox (claim_folder) ------------------------------------------
+
+    def _claim(self, client: IMAPClient) -> None:
+        """Claim the new mail of the shared folder, then move it to ours (claim_folder).
+
+        MOVE alone does not claim: two sessions of Dovecot moving one mail at once may both get a
+        copy. The claim is a conditional STORE (CONDSTORE, RFC 7162) of our keyword on a mail that
+        carries no claim: of two pollers, the second finds it modified since it looked, and leaves
+        it. Mail another poller claimed (in the shared folder, or in its folder beside ours,
+        Claimed/*) for longer than claim_timeout is taken over by a conditional STORE too."""
+        config = self.config
+        for needed in ("CONDSTORE", "MOVE"):
+            if not client.has_capability(needed):
+                raise IMAPClientError(f"claim_folder needs a server that offers {needed}; {config.host} does not")
+        parent, sep, _ = config.claim_folder.rpartition("/")
+        folders = [config.folder]
+        if sep:
+            for _flags, _delimiter, name in client.list_folders(parent + "/", "%"):
+                folder = name if isinstance(name, str) else name.decode("utf-8", "replace")
+                if folder != config.claim_folder:
+                    folders.append(folder)
+        seen, current, now = self._load_claims(), {}, time.time()
+        for folder in folders:
+            uidvalidity = int(client.select_folder(folder)[b"UIDVALIDITY"])
+            uids = client.search(["UNDELETED", "UNKEYWORD", KEPT_KEYWORD])  # kept: in its claimant's spool already
+            for uid, data in (client.fetch(uids, ["FLAGS", "MODSEQ"]) if uids else {}).items():
+                flags = [f.decode() if isinstance(f, bytes) else str(f) for f in data.get(b"FLAGS", ())]
+                claims = [f for f in flags if f.lower().startswith(CLAIM_PREFIX.lower())]
+                if self._claim_keyword in claims:  # ours, not moved yet (we stopped in between)
+                    self._claimed(client, uid)
+                    continue
+                if claims or folder != config.folder:  # another poller's: only once it is late
+                    key = f"{folder} {uidvalidity} {uid} {' '.join(claims)}"
+                    current[key] = first = seen.get(key, now)
+                    if now - first < config.claim_timeout:
+                        continue
+                    log.warning("%s: taking over UID %d of %s, claimed (%s) %.0fs ago", config.label, uid, folder,
+                                " ".join(claims) or "moved", now - first)
+                keep = [f for f in flags if f not in claims and f.lower() != "\\recent"]
+                if self._store_if_unchanged(client, uid, data.get(b"MODSEQ", (0,))[0], [*keep, self._claim_keyword]):
+                    self._claimed(client, uid)
+        self._save_claims(current)
+
+    @property
+    def _claim_keyword(self) -> str:
+        """The keyword that says this poller claimed a mail: named after its claim folder's last part."""
+        return CLAIM_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", self.config.claim_folder.rpartition("/")[2])[:60]
+
+    @staticmethod
+    def _store_if_unchanged(client: IMAPClient, uid: int, modseq: int, flags: list[str]) -> bool:
+        """UID STORE (UNCHANGEDSINCE modseq) FLAGS: True when the server took it (no MODIFIED)."""
+        # imapclient has no UNCHANGEDSINCE: the command goes through its imaplib connection
+        imap = client._imap
+        imap.untagged_responses.pop("MODIFIED", None)
+        typ, _data = imap.uid("STORE", str(uid), f"(UNCHANGEDSINCE {int(modseq)}) FLAGS.SILENT", f"({' '.join(flags)})")
+        modified = imap.untagged_responses.pop("MODIFIED", None)
+        return bool(typ == "OK" and not modified)
+
+    def _claimed(self, client: IMAPClient, uid: int) -> None:
+        client.move([uid], self.config.claim_folder)
+
+    def _load_claims(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.claims_path.read_text("utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _save_claims(self, claims: dict[str, float]) -> None:
+        write_durably(self.claims_path, json.dumps(claims).encode())
 
     def _pending(self) -> list[str]:
         """Search criteria for mail not yet filed away."""
@@ -503,6 +582,8 @@ class ImapPoller:
         client = self._open()
         try:
             self._ensure_folder(client, config.folder)
+            if config.claim_folder:
+                self._ensure_folder(client, config.claim_folder)
             if config.action == "move":
                 self._ensure_folder(client, config.processed_folder)
             self._idle_ok = client.has_capability("IDLE")

@@ -8,8 +8,9 @@
   Message-ID is one of ours (`is_our_message_id`) is our mail come back, whatever its other headers
   say (a list that rewrites From and strips our headers passes the Message-ID on).
 - Our header fields: `LOOP_HEADER` on everything we send, `SERIES_HEADER` on `push --mail`.
-- Commit trailers: `IMPORTED_TRAILER` (`mailtrack import`: the notifier skips it) and
-  `Verified-By:` (who vouched for the sender).
+- Commit trailers: `IMPORTED_TRAILER` (`mailtrack import`: the notifier skips it),
+  `Verified-By:` (who vouched for the sender) and `Gateway-Id:` (`gateway_trailer`: which gateway
+  made the commit, when gateways share a remote; `gateway_of` reads it back).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ REASON_HEADER = "X-Mailtrack-Reason"  # why this recipient gets it (reporter, as
 
 IMPORTED_TRAILER = "Imported-By: mailtrack import"
 VERIFIED_TRAILER = "Verified-By"
+GATEWAY_TRAILER = "Gateway-Id"
 
 # Our own mails' Message-IDs: <mailtrack.<issue name>.<what>@<domain>>
 OUR_MSGID = re.compile(r"^<mailtrack\.([0-9a-f]{40})\.[^@>]*@[^>]*>$")
@@ -102,3 +104,17 @@ def commit_trailers(verified: str = "", imported: bool = False) -> list[str]:
 def is_imported(commit_message: bytes) -> bool:
     """Whether a commit was made by `mailtrack import` (its people must not hear of it)."""
     return IMPORTED_TRAILER.encode() in commit_message.splitlines()
+
+
+def gateway_trailer(gateway_id: str) -> str:
+    """The trailer that names the gateway which made a commit (`[sync] gateway_id`)."""
+    return f"{GATEWAY_TRAILER}: {gateway_id}"
+
+
+def gateway_of(commit_message: bytes) -> str | None:
+    """The gateway named in a commit's trailers, or None for a commit no gateway made (the CLI, git)."""
+    prefix = f"{GATEWAY_TRAILER}: ".encode()
+    for line in reversed(commit_message.splitlines()):
+        if line.startswith(prefix):
+            return line[len(prefix):].strip().decode("utf-8", "replace") or None
+    return None

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formataddr
 from pathlib import Path
@@ -56,6 +56,7 @@ from mailtrack.mail.ids import (
     LOOP_HEADER,
     REASON_HEADER,
     STATUS_HEADER,
+    gateway_of,
     is_imported,
     our_message_id,
 )
@@ -65,6 +66,7 @@ from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename
 from mailtrack.tracker.store import Snapshot, Store, split_issue_path
+from mailtrack.tracker.sync import SyncState
 from mailtrack.tracker.xmlformat import FormatError
 
 log = logging.getLogger(__name__)
@@ -138,13 +140,14 @@ def _tree_of(repo: Repo, commit: bytes) -> ObjectID | None:
     return obj.tree if isinstance(obj, Commit) else None
 
 
-def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
+def derive_notices(repo: Repo, old: bytes | None, new: bytes, skip: Callable[[Commit], bool] | None = None) -> list[Notice]:
     """What each commit of old..new did to each issue, oldest first (`old` None: from the root).
 
     Only the paths that differ between the two tips count (a change made and undone in the
     range is no news); each is given to the commits of the range that wrote it, found by
     diffing each commit against its parents. A merge tells only what it made itself (a field
-    merged from both sides), not what it brought from a side whose own commits tell it.
+    merged from both sides), not what it brought from a side whose own commits tell it. `skip`:
+    commits another gateway tells (`Notifier.not_ours`).
     """
     store = repo.object_store
     new_tree = _tree_of(repo, new)
@@ -162,6 +165,8 @@ def derive_notices(repo: Repo, old: bytes | None, new: bytes) -> list[Notice]:
     for order, commit in enumerate(commits):
         if is_imported(commit.message):
             continue  # old mail brought in by `mailtrack import`: nobody is told
+        if skip is not None and skip(commit):
+            continue
         parent_trees = [_tree_of(repo, p) for p in commit.parents]
         first = parent_trees[0] if parent_trees else None
         for change in tree_changes(store, first, commit.tree):
@@ -384,7 +389,7 @@ class Notifier:
         if self._begin(store):
             return 0
         ref = store.ref.decode()
-        tip = store.tip()
+        tip = self.upto(store)
         state = self.read_state() or {}
         queued = 0
         pending = state.get("pending")
@@ -394,6 +399,9 @@ class Notifier:
         last = state.get("tip")
         if tip is None or (last and tip.decode() == last):
             return queued
+        if last and tip != store.tip() and self._behind(store, last, tip):
+            return queued  # [sync]: the remote does not hold what we notified last yet
+
         return queued + self._notify_range(store, ref, last, tip.decode(), set())
 
     def _notify_range(self, store: Store, ref: str, old: str | None, new: str, done: set[str]) -> int:
@@ -419,12 +427,48 @@ class Notifier:
             log.info("queued %d notification(s) for %s..%s", len(mails), (old or "(root)")[:10], new[:10])
         return len(mails)
 
+    # --- several gateways, one remote ([sync]) ------------------------------------------------
+
+    def upto(self, store: Store) -> ObjectID | None:
+        """How far to notify: the tip; with [sync], only what the remote holds (`SyncState.level`),
+        where a duplicate of a change that reached two gateways has been dropped or kept."""
+        tip = store.tip()
+        if not self.config.sync.remote or tip is None:
+            return tip
+        level = SyncState.read(store).level
+        return ObjectID(level.encode()) if level and ObjectID(level.encode()) in store.repo.object_store else None
+
+    def _behind(self, store: Store, last: str, upto: bytes) -> bool:
+        """Whether the last notified commit is not in `upto`'s history (it waits to reach the remote)."""
+        old = ObjectID(last.encode())
+        if old not in store.repo.object_store:
+            return False
+        return any(True for _ in store.repo.get_walker(include=[old], exclude=[ObjectID(upto)]))
+
+    def not_ours(self, store: Store, old: bytes | None, new: bytes) -> Callable[[Commit], bool] | None:
+        """With [sync], the commits another gateway tells: those it marked (Gateway-Id), and the
+        unmarked ones that came from the remote (a CLI push there: not ours to tell)."""
+        if not self.config.sync.remote:
+            return None
+        me = self.config.sync.gateway_id
+        fetched = SyncState.read(store).fetched
+        foreign: set[bytes] = set()
+        if fetched and ObjectID(fetched.encode()) in store.repo.object_store:
+            walk = store.repo.get_walker(include=[ObjectID(fetched.encode())], exclude=[ObjectID(old)] if old else None)
+            foreign = {e.commit.id for e in walk}
+
+        def skip(commit: Commit) -> bool:
+            marked = gateway_of(commit.message)
+            return marked != me if marked is not None else commit.id in foreign
+
+        return skip
+
     def mails(self, store: Store, old: bytes | None, new: bytes) -> list[Outgoing]:
         """The notifications for the change from `old` to `new`, rendered, in commit order."""
         tip_snap = store.snapshot(new)
         project = tip_snap.project()
         out: list[Outgoing] = []
-        for notice in derive_notices(store.repo, old, new):
+        for notice in derive_notices(store.repo, old, new, self.not_ours(store, old, new)):
             snap = store.snapshot(notice.commit)
             try:
                 after = snap.issue(notice.issue)

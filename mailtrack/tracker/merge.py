@@ -4,6 +4,11 @@ Two clones or two gateways that wrote to the branch independently are merged fil
 issues, comments and attachments are a union; an issue.xml changed on both sides is merged field
 by field against the merge base (lists as sets; a field changed differently on both sides takes
 the value with the later `modified` time); project.xml likewise, element by element.
+
+A mail recorded on both sides (two gateways got it) would be there twice after the union: the
+record `theirs` holds (the remote's, which every gateway merges into its own: the same choice on
+every gateway, and the one whose gateway may have notified it already) stays, and the merge drops
+ours (`_duplicates`); a dropped issue's comments and attachments move to the one kept.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from dataclasses import fields, replace
 from typing import Any
 
 from dulwich.diff_tree import TreeChange, tree_changes
+from dulwich.errors import NotTreeError
 from dulwich.graph import find_merge_base
+from dulwich.object_store import BaseObjectStore, tree_lookup_path
 from dulwich.objects import ObjectID
 
 from mailtrack.fields import ISSUE_FIELDS, LIST_FIELDS
-from mailtrack.tracker.model import Component, Issue, Person, Project
-from mailtrack.tracker.store import Store, split_issue_path
+from mailtrack.tracker.model import Comment, Component, Issue, Person, Project, is_comment_filename
+from mailtrack.tracker.store import Store, issue_dir, split_issue_path
+from mailtrack.tracker.xmlformat import FormatError
 
 _NOT_MERGED = {"created", "author", "modified", "extensions", "name"}
 
@@ -157,7 +165,71 @@ def merge_trees(store: Store, base: ObjectID | None, ours: ObjectID, theirs: Obj
             notes += [f"project {x}" for x in n]
         else:  # comments and attachments are never rewritten: a clash is not ours to settle
             notes.append(f"{path}: kept ours")
+    _duplicates(store, ours, theirs, _added(objects, base, ours), _added(objects, base, theirs), files, notes)
     return files, notes
+
+
+def _added(objects: BaseObjectStore, base: ObjectID | None, tree: ObjectID) -> dict[bytes, ObjectID]:
+    """The files added since `base` (path -> blob)."""
+    out: dict[bytes, ObjectID] = {}
+    for c in tree_changes(objects, base, tree):
+        if (c.old is None or c.old.sha is None) and c.new is not None and c.new.path is not None and c.new.sha is not None:
+            out[c.new.path] = c.new.sha
+    return out
+
+
+def _records(store: Store, added: dict[bytes, ObjectID]) -> dict[str, str]:
+    """The records (issue.xml, comments) among the added files: Message-ID -> path."""
+    out: dict[str, str] = {}
+    for path_b, sha in added.items():
+        path = path_b.decode("utf-8", "replace")
+        where = split_issue_path(path)
+        if where is None or not (where[1] == "issue.xml" or is_comment_filename(where[1])):
+            continue
+        data = _blob(store, sha) or b""
+        try:
+            record = Issue.from_bytes(data, where[0]) if where[1] == "issue.xml" else Comment.from_bytes(data, where[1])
+        except FormatError:
+            continue  # it names no Message-ID we could read
+        if record.message_id:
+            out[record.message_id.strip().lower()] = path
+    return out
+
+
+def _duplicates(store: Store, ours: ObjectID, theirs: ObjectID, our_added: dict[bytes, ObjectID],
+                their_added: dict[bytes, ObjectID], files: dict[str, bytes | None], notes: list[str]) -> None:
+    """A Message-ID that both sides recorded since the base keeps the record of theirs; drop ours."""
+    mine, yours = _records(store, our_added), _records(store, their_added)
+    for mid in sorted(mine.keys() & yours.keys()):
+        our_path, their_path = mine[mid], yours[mid]
+        if our_path == their_path:
+            continue  # one path: the field-wise merge made it one record
+        kept, dropped = their_path, our_path
+        notes.append(f"duplicate {mid}: kept {kept}, dropped {dropped}")
+        moves = [dropped.encode()]
+        where = split_issue_path(dropped)
+        if where is not None and where[1] == "issue.xml":  # the whole issue goes; what it gathered moves over
+            prefix = issue_dir(where[0]).encode() + b"/"
+            kept_dir = kept.rsplit("/", 1)[0] + "/"
+            objects = store.repo.object_store
+            subtree = tree_lookup_path(objects.__getitem__, ours, prefix[:-1])[1]  # its directory only
+            for entry in objects.iter_tree_contents(subtree):
+                if entry.path is None or entry.path == b"issue.xml":
+                    continue
+                moves.append(prefix + entry.path)
+                target = kept_dir + entry.path.decode("utf-8", "replace")
+                if target not in files and not _exists(store, ours, target.encode()):
+                    files[target] = _blob(store, entry.sha)
+        for path_b in moves:
+            files[path_b.decode("utf-8", "replace")] = None  # removed in the merge
+
+
+def _exists(store: Store, tree: ObjectID, path: bytes) -> bool:
+    try:
+        tree_lookup_path(store.repo.object_store.__getitem__, tree, path)
+    except (KeyError, NotTreeError):
+        return False
+    return True
 
 
 def is_ancestor(store: Store, ancestor: bytes, commit: bytes) -> bool:

@@ -274,6 +274,7 @@ class Store:
         self._lock_fd = -1
         self._lock_depth = 0
         self._blocked = ""  # the ref lock that last stopped a move, for the error
+        self.trailers: tuple[str, ...] = ()  # added to every commit this store writes (a gateway's Gateway-Id)
         if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
             self.repo.object_store.fsync_object_files = True
 
@@ -392,6 +393,10 @@ class Store:
         c.author_time, c.author_timezone = stamp, offset
         c.commit_time, c.commit_timezone = (int(time.time()), 0) if when else (stamp, offset)
         c.encoding = b"UTF-8"
+        if self.trailers:  # into the trailer paragraph the message ends with, else one of their own
+            last = message.rstrip("\n").rsplit("\n\n", 1)[-1]
+            glue = "\n" if "\n\n" in message.strip() and all(": " in line for line in last.splitlines()) else "\n\n"
+            message = message.rstrip("\n") + glue + "\n".join(self.trailers)
         c.message = message.rstrip("\n").encode("utf-8") + b"\n"
         store.add_object(c)
         return c.id
