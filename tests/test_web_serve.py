@@ -65,7 +65,9 @@ def test_serve_runs_the_web_view_when_enabled(tmp_path: Path) -> None:
     note_listener(f"the web view of serve on 127.0.0.1:{web_port}")
     server = Server(repo, free_port(), f"[web]\nenabled = true\nport = {web_port}\n")
     server.start()
-    try:
+    try:  # serve says it listens for mail first, then starts the web view and says so
+        wait_for(lambda: any(f"the web view on http://127.0.0.1:{web_port}/" in line for line in server.log),
+                 timeout=30, what="serve's line saying the web view listens")
         assert 0 == run_cli(repo, "new", "Seen on the web", "-m", "x").code
         page = wait_for(lambda: "Seen on the web" in _get(web_port) and _get(web_port), what="the issue on the web page")
         assert "Issues of proj" in page
