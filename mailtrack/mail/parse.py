@@ -82,7 +82,9 @@ REPLY_PREFIX_RE = re.compile(
     re.IGNORECASE,
 )
 LIST_PREFIX_RE = re.compile(r"^\s*\[[^\[\]#=]*\]\s*")  # "[dev-list] ": no '#' (tag), no '=' (cmd)
-ADDR_RE = re.compile(r"[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
+# An address in a header value, found from the start of a word only (the look-behind): unanchored, a
+# search tried every position of a long word with no "@" to its end, O(n^2) (100 KB: 23 s).
+ADDR_RE = re.compile(r"(?<![^\s<>()\[\]\\,;:\"])[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
 CONTENT_TYPE_RE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 MSG_ID_RE = re.compile(r"<([^<>\s]+)>")
 COMMENT_NAME_RE = re.compile(r"^[^\s()<>]+@[^\s()<>]+\s*\(([^()]*)\)$")  # From: addr (Name)

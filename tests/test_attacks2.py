@@ -1,0 +1,54 @@
+"""The second round of attacks on issue 12's gateway: what one hostile mail may cost when its
+header and body lines are long, through the real `mailtrack deliver`.
+
+A line may be of any length (the listener keeps it whole, as Postfix does): every pattern run on it
+must cost time linear in it. The subprocess timeouts below are no speed measure: they only stop a
+run that would otherwise take hours (the quadratic forms took 23 s for 100 KB, about 40 minutes a
+megabyte)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers.cli import mailtrack_command
+from helpers.repos import read_issue, read_names
+from mailtrack.mail.parse import ADDR_RE
+
+MEGABYTE = 1 << 20
+HANG = 300  # seconds: far more than any linear run takes, far less than the quadratic forms did
+
+
+def deliver_in_time(repo: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`mailtrack deliver` of `raw`, stopped (a failure) if it hangs."""
+    return subprocess.run(mailtrack_command("--repo", str(repo), "deliver"), input=raw, capture_output=True, timeout=HANG, check=False)
+
+
+def test_address_headers_a_megabyte_long_are_read(repo: Path) -> None:
+    """Return-Path, Delivered-To, To, Cc and Reply-To, each holding a word of a megabyte with no "@": the
+    address pattern searched every position of the word to its end (O(n^2): 23 s for 100 KB). The
+    mail is an issue like any other."""
+    word = "a" * MEGABYTE
+    head = f"Return-Path: {word} <alice@example.org>\n"  # an address after it: no null path, no bounce
+    head += "".join(f"{name}: {word}\n" for name in ("Delivered-To", "Reply-To", "Cc"))
+    raw = (f"From: Alice <alice@example.org>\nTo: issues@tracker.localhost, {word}\n{head}"
+           "Subject: Long words\nMessage-ID: <long-words@example.org>\n\nIt is on fire.\n").encode()
+    r = deliver_in_time(repo, raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert "Long words" == read_issue(repo, name).title
+
+
+SLOW_ADDR_RE = re.compile(r"[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")  # the pattern before, unanchored
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab@ <>"\\,;:()[].\t\u00e9', max_size=30))
+def test_the_address_pattern_finds_what_it_always_found(text: str) -> None:
+    """Searched from word starts only, the pattern finds the same address as the old one did."""
+    old, new = SLOW_ADDR_RE.search(text), ADDR_RE.search(text)
+    assert (old and old.group(0)) == (new and new.group(0))
