@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from helpers.cli import mailtrack_command
 from helpers.repos import read_issue, read_names
 from mailtrack.mail.parse import ADDR_RE
+from mailtrack.mail.quotes import PSEUDO_HEADER_RE
 
 MEGABYTE = 1 << 20
 HANG = 300  # seconds: far more than any linear run takes, far less than the quadratic forms did
@@ -52,3 +53,27 @@ def test_the_address_pattern_finds_what_it_always_found(text: str) -> None:
     """Searched from word starts only, the pattern finds the same address as the old one did."""
     old, new = SLOW_ADDR_RE.search(text), ADDR_RE.search(text)
     assert (old and old.group(0)) == (new and new.group(0))
+
+
+def test_a_pseudo_header_a_megabyte_long_is_read(repo: Path) -> None:
+    """A first line `Tags: b<a megabyte of spaces>c`: the value was matched lazily before `\\s*$`,
+    which read the rest of the spaces again at each one (O(n^2)). It is one command, refused (no
+    tag holds a space) with the transcript's reason, and the issue is made."""
+    raw = (b"From: Alice <alice@example.org>\nTo: issues@tracker.localhost\nSubject: Long value\n"
+           b"Message-ID: <long-value@example.org>\n\nTags: b" + b" " * MEGABYTE + b"c\n\nIt is on fire.\n")
+    r = deliver_in_time(repo, raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert "Long value" == read_issue(repo, name).title
+
+
+SLOW_PSEUDO_HEADER_RE = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]+(\S.*?)\s*$")  # the pattern before
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet="Tags:- \t\x0b\rb\u00a0\u2028", max_size=20))
+def test_pseudo_headers_are_what_they_always_were(line: str) -> None:
+    """On a stripped line (split_pseudo_headers strips each), the greedy value is the lazy value
+    that stopped before trailing space: the same field and value, or no match for both."""
+    old, new = SLOW_PSEUDO_HEADER_RE.match(line.strip()), PSEUDO_HEADER_RE.match(line.strip())
+    assert (old and old.groups()) == (new and new.groups())

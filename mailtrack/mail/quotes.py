@@ -25,7 +25,8 @@ import re
 
 MAX_CONTEXT = 10  # quoted lines kept above an answer
 ELIDED = "> [...]"
-PSEUDO_HEADER_RE = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]+(\S.*?)\s*$")
+# matched on a stripped line: a lazy value before `\s*$` retried the rest at each space, O(n^2)
+PSEUDO_HEADER_RE = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]+(\S.*)$")
 
 QUOTE_RE = re.compile(r"^>")
 SIGNATURE_RE = re.compile(r"^\\?--\s*$")  # html2text writes "\--"
