@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from helpers.cli import mailtrack_command
 from helpers.repos import read_issue, read_names
-from mailtrack.mail.parse import ADDR_RE
+from mailtrack.mail.parse import ADDR_RE, LIST_PREFIX_RE, REPLY_PREFIX_RE, clean_subject
 from mailtrack.mail.quotes import PSEUDO_HEADER_RE
 
 MEGABYTE = 1 << 20
@@ -77,3 +77,35 @@ def test_pseudo_headers_are_what_they_always_were(line: str) -> None:
     that stopped before trailing space: the same field and value, or no match for both."""
     old, new = SLOW_PSEUDO_HEADER_RE.match(line.strip()), PSEUDO_HEADER_RE.match(line.strip())
     assert (old and old.groups()) == (new and new.groups())
+
+
+def test_a_subject_of_a_million_prefixes_is_read(repo: Path) -> None:
+    """A subject of a million `Re: ` and `[list] ` prefixes (6 MB): each prefix stripped copied the
+    rest of the subject (O(n^2): 9 s a megabyte, and the subject is cleaned several times a mail).
+    The issue is made, its title what follows the prefixes."""
+    subject = "Re: [list] " * (1 << 19) + "Printer on fire"
+    raw = (f"From: Alice <alice@example.org>\nTo: issues@tracker.localhost\nSubject: {subject}\n"
+           "Message-ID: <prefixes@example.org>\n\nIt is on fire.\n").encode()
+    r = deliver_in_time(repo, raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert "Printer on fire" == read_issue(repo, name).title
+
+
+def slow_clean_subject(subject: str) -> str:
+    """clean_subject as it was: strip one prefix of each kind, copy, again."""
+    text = " ".join(subject.split())
+    while True:
+        shorter = LIST_PREFIX_RE.sub("", REPLY_PREFIX_RE.sub("", text, count=1), count=1)
+        if shorter == text:
+            break
+        text = shorter
+    return re.sub(r"\s*\(fwd\)\s*$", "", text, flags=re.IGNORECASE).strip()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["Re:", "re :", "AW: ", "Re[2]:", "Fwd:", "[list]", "[a b]", "[proj #abcd]", "[x=y]", " ", "x",
+                                 "(fwd)", "回复：", "[", "]", ":", "Re"]), max_size=8).map("".join))
+def test_subjects_are_cleaned_as_they_always_were(subject: str) -> None:
+    """Prefixes stripped by position give what stripping and copying gave."""
+    assert slow_clean_subject(subject) == clean_subject(subject)

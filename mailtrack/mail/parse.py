@@ -82,6 +82,7 @@ REPLY_PREFIX_RE = re.compile(
     re.IGNORECASE,
 )
 LIST_PREFIX_RE = re.compile(r"^\s*\[[^\[\]#=]*\]\s*")  # "[dev-list] ": no '#' (tag), no '=' (cmd)
+_REPLY_PREFIX_AT, _LIST_PREFIX_AT = (re.compile(p.pattern.removeprefix("^"), p.flags) for p in (REPLY_PREFIX_RE, LIST_PREFIX_RE))  # match(text, pos)
 # An address in a header value, found from the start of a word only (the look-behind): unanchored, a
 # search tried every position of a long word with no "@" to its end, O(n^2) (100 KB: 23 s).
 ADDR_RE = re.compile(r"(?<![^\s<>()\[\]\\,;:\"])[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
@@ -239,12 +240,15 @@ def clean_subject(subject: str) -> str:
     An issue tag ("[proj #abc1234]") and command brackets ("[status=closed]") are kept.
     """
     text = " ".join(subject.split())
+    start = 0  # where the prefixes end: the subject is not copied once per prefix (O(n^2) for "Re: Re: ...")
     while True:
-        shorter = LIST_PREFIX_RE.sub("", REPLY_PREFIX_RE.sub("", text, count=1), count=1)
-        if shorter == text:
+        reply = _REPLY_PREFIX_AT.match(text, start)
+        start = reply.end() if reply else start
+        listed = _LIST_PREFIX_AT.match(text, start)
+        start = listed.end() if listed else start
+        if not reply and not listed:
             break
-        text = shorter
-    return re.sub(r"\s*\(fwd\)\s*$", "", text, flags=re.IGNORECASE).strip()
+    return re.sub(r"\s*\(fwd\)\s*$", "", text[start:], flags=re.IGNORECASE).strip()
 
 
 def _tag_re(project: str) -> re.Pattern[str]:
