@@ -109,3 +109,17 @@ def slow_clean_subject(subject: str) -> str:
 def test_subjects_are_cleaned_as_they_always_were(subject: str) -> None:
     """Prefixes stripped by position give what stripping and copying gave."""
     assert slow_clean_subject(subject) == clean_subject(subject)
+
+
+def test_a_body_of_many_attributions_is_read(repo: Path) -> None:
+    """320,000 `On Mon, Jane wrote:` lines each above a quote (7.7 MB): each attribution looked for
+    the next line that is not blank in a copy of all the lines after it (O(n^2): 4.7 s a megabyte,
+    twice a mail). The issue is made, its text the sender's own (the attributions and quotes cut)."""
+    body = "On Mon, Jane wrote:\n> x\n" * 320_000 + "\nIt is on fire.\n"
+    raw = (f"From: Alice <alice@example.org>\nTo: issues@tracker.localhost\nSubject: Attributions\n"
+           f"Message-ID: <attributions@example.org>\n\n{body}").encode()
+    r = deliver_in_time(repo, raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    issue = read_issue(repo, name)
+    assert ("Attributions", "It is on fire.") == (issue.title, issue.description.strip().splitlines()[-1])

@@ -108,7 +108,10 @@ def _attributions(lines: list[str], kinds: list[str]) -> None:
         ) and bool(ATTRIBUTION_RE.match(before + " " + line.strip()))
         if not (wrapped or ATTRIBUTION_RE.match(line.strip())):
             continue
-        if next((k for k in kinds[i + 1 :] if k != "b"), "q") != "q":
+        after = i + 1  # the next line that is not blank, found without copying the rest (O(n^2) for many attributions)
+        while after < len(kinds) and kinds[after] == "b":
+            after += 1
+        if after < len(kinds) and kinds[after] != "q":
             continue
         kinds[i] = "a"
         if wrapped:
