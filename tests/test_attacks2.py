@@ -12,10 +12,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.cli import mailtrack_command
+from helpers.cli import mailtrack, mailtrack_command
 from helpers.repos import read_issue, read_names
 from mailtrack.mail.parse import ADDR_RE, LIST_PREFIX_RE, REPLY_PREFIX_RE, clean_subject
 from mailtrack.mail.quotes import PSEUDO_HEADER_RE
@@ -123,3 +124,46 @@ def test_a_body_of_many_attributions_is_read(repo: Path) -> None:
     [name] = read_names(repo)
     issue = read_issue(repo, name)
     assert ("Attributions", "It is on fire.") == (issue.title, issue.description.strip().splitlines()[-1])
+
+
+# --- To, Cc and Reply-To read as strictly as the From ---------------------------------------------
+
+ANYONES_CC = '[access]\ncc_from = ["anyone"]\n'
+
+
+@pytest.mark.parametrize(("cc", "carbons"), [
+    ('"bob@example.net"@evil.example', ['"bob@example.net"@evil.example']),  # a mailbox at evil.example, not bob
+    ("bob@example.net <mallory@evil.example>", []),  # no mailbox: neither bob nor mallory
+    ("=?utf-8?b?Ym9iQGV4YW1wbGUubmV0?= <m@evil.example>", ['"bob@example.net" <m@evil.example>']),  # a name, not an address
+    ("carol@example.org, dan@example.org <eve@evil.example>, frank@example.org", ["carol@example.org", "frank@example.org"]),
+    ('"Smith, J" <j@example.org>, Team: k@example.org, l@example.org;', ['"Smith, J" <j@example.org>', "k@example.org", "l@example.org"]),
+    ("m@example.org <m@example.org>", ["m@example.org"]),  # the old nameless form: one mailbox, no doubt which
+])  # fmt: skip
+def test_cc_tricks_put_on_the_cc_list_only_the_mailboxes_the_field_holds(repo: Path, cc: str, carbons: list[str]) -> None:
+    """The Cc was split by email.utils.getaddresses and searched for anything like an address: the
+    quoted local part `"bob@example.net"@evil.example` put bob on the issue's Cc list (and so on
+    every notice) although the mail went to evil.example, and `bob@example.net <mallory@...>` put on
+    both. Read with the strict RFC 5322 parser, as the From is, each element is the mailbox it is
+    or nothing."""
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)
+    raw = (f"From: Mallory <mallory@evil.example>\nTo: issues@tracker.localhost\nCc: {cc}\nSubject: Cc trick\n"
+           "Message-ID: <cc-trick@evil.example>\n\nIt is on fire.\n").encode()
+    r = mailtrack("deliver", repo=repo, config=repo / "mailtrack.toml", input=raw)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert carbons == read_issue(repo, name).carbons
+
+
+def test_a_cc_of_a_million_hostile_elements_is_read_in_bounded_time(repo: Path) -> None:
+    """The strict parser costs some 10 us a character and copies the rest of its input at each step
+    (32 KB of `(a),`: 9 s): 4 MB of `(a),` in each of To, Cc and Reply-To is split linearly and read
+    only up to its first MAX_LIST_PARSED characters. The issue is made, its Cc the one address first."""
+    (repo / "mailtrack.toml").write_text(ANYONES_CC)
+    junk = "(a)," * MEGABYTE
+    raw = (f"From: Alice <alice@example.org>\nTo: issues@tracker.localhost, {junk}\nCc: Bob <bob@example.org>, {junk}\n"
+           f"Reply-To: {junk}\nSubject: Junk lists\nMessage-ID: <junk-lists@example.org>\n\nIt is on fire.\n").encode()
+    r = subprocess.run(mailtrack_command("--repo", str(repo), "--config", str(repo / "mailtrack.toml"), "deliver"), input=raw,
+                       capture_output=True, timeout=HANG, check=False)
+    assert (0, b"") == (r.returncode, r.stderr)
+    [name] = read_names(repo)
+    assert ["Bob <bob@example.org>"] == read_issue(repo, name).carbons
