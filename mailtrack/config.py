@@ -81,6 +81,8 @@ class ListenConfig:
     max_recipients: int = 100
     timeout: float = 300.0  # seconds of client silence before we hang up
     idle_timeout: float = 60.0  # seconds a session may go without delivering a mail (NOOP, RSET... do not count; 0: no limit)
+    max_postmaster_mails: int = 1000  # unread mails kept for postmaster@ (<spool>/postmaster/new); past it, RCPT gets 452
+    max_postmaster_bytes: int = 100 * 1024 * 1024  # and their bytes
 
     def __post_init__(self) -> None:
         if self.protocol not in ("smtp", "lmtp"):

@@ -236,6 +236,33 @@ def test_postmaster_forward_to_an_address_of_ours_is_refused(spool: Spool) -> No
         SmtpListener(ListenConfig(), spool, ADDRESSES, postmaster_forward="issues+x@example.test")
 
 
+def test_a_flood_to_postmaster_is_bounded_and_the_tracker_still_takes_mail(start: StartListener, spool: Spool) -> None:
+    """Anyone may write to postmaster, and nothing empties its Maildir but the admin: a stranger's
+    flood would fill the disk (and the outbox, with postmaster_forward). Past max_postmaster_mails
+    unread mails, or max_postmaster_bytes of them, RCPT to postmaster is a 452 (mailbox full, try
+    later) and nothing more is kept or forwarded; the tracker's own address takes mail all the same,
+    and once the admin has read the mail (new -> cur), postmaster takes mail again."""
+    listener = start(max_postmaster_mails=3, postmaster_forward="admin@example.org")
+    box = spool.root / "postmaster"
+    with smtplib.SMTP("127.0.0.1", listener.config.port) as client:
+        for i in range(3):
+            assert {} == client.send_message(message(f"flood {i}", to="postmaster@example.test"))
+        client.mail(FROM)
+        assert 452 == client.rcpt("postmaster@example.test")[0]
+        assert 250 == client.rcpt("issues@example.test")[0]
+        client.rset()
+        assert {} == client.send_message(message("a report"))
+    assert (3, 3, [["a report"]]) == (len(kept(box / "new")), len(list((spool.root / "outbox" / "env").iterdir())),
+                                      [header(r, "Subject") for r in kept(spool.root / "incoming" / "new")])
+    for path in (box / "new").iterdir():
+        path.rename(box / "cur" / (path.name + ":2,S"))
+    heavy = start(max_postmaster_bytes=2000, spool_=spool)
+    with smtplib.SMTP("127.0.0.1", heavy.config.port) as client:
+        assert {} == client.send_message(message("after reading", to="postmaster@example.test", X_Pad="x" * 3000))
+        client.mail(FROM)
+        assert 452 == client.rcpt("postmaster@example.test")[0]
+
+
 @pytest.mark.network
 def test_postmaster_mail_in_serve_is_shown_by_status_and_never_becomes_an_issue(repo: Path) -> None:
     """Through a real `mailtrack serve`: mail to postmaster@ is taken (250), `mailtrack process`

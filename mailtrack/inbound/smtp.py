@@ -14,7 +14,9 @@ client's retry after a cut connection is recognised as the same mail.
 Mail to our postmaster (`Ours.is_postmaster`: RFC 5321 requires it) is kept for the admin in the
 spool's postmaster Maildir (`Spool.keep_for_postmaster`), never given to the worker, and also
 queued to `gateway.postmaster_forward` when one is set; a mail to postmaster and to the tracker
-is kept in both places, each copy listing only its own recipients.
+is kept in both places, each copy listing only its own recipients. Anyone may write there and only
+the admin empties it: past `max_postmaster_mails` unread mails or `max_postmaster_bytes`, RCPT to
+postmaster is a `452 4.2.2` (mailbox full).
 
 Lines of any length are taken and kept whole, as Postfix does (it joins what `line_length_limit`
 cut up); only the whole mail is bounded (`max_message_size`, `552`). aiosmtpd itself answers a
@@ -149,6 +151,11 @@ class SpoolHandler:
             return f"550 5.1.1 <{address}>: recipient not accepted here"
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return "452 4.5.3 Too many recipients"
+        config = self._config
+        if self._addresses.is_postmaster(address) and await asyncio.to_thread(
+                self._spool.postmaster_full, config.max_postmaster_mails, config.max_postmaster_bytes):
+            log.warning("refused <%s> from %r: the postmaster Maildir is full (max_postmaster_mails, max_postmaster_bytes)", address, session.peer)
+            return f"452 4.2.2 <{address}>: mailbox full, try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"

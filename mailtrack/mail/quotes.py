@@ -25,7 +25,8 @@ import re
 
 MAX_CONTEXT = 10  # quoted lines kept above an answer
 ELIDED = "> [...]"
-PSEUDO_HEADER_RE = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]+(\S.*?)\s*$")
+# matched on a stripped line: a lazy value before `\s*$` retried the rest at each space, O(n^2)
+PSEUDO_HEADER_RE = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]+(\S.*)$")
 
 QUOTE_RE = re.compile(r"^>")
 SIGNATURE_RE = re.compile(r"^\\?--\s*$")  # html2text writes "\--"
@@ -107,7 +108,10 @@ def _attributions(lines: list[str], kinds: list[str]) -> None:
         ) and bool(ATTRIBUTION_RE.match(before + " " + line.strip()))
         if not (wrapped or ATTRIBUTION_RE.match(line.strip())):
             continue
-        if next((k for k in kinds[i + 1 :] if k != "b"), "q") != "q":
+        after = i + 1  # the next line that is not blank, found without copying the rest (O(n^2) for many attributions)
+        while after < len(kinds) and kinds[after] == "b":
+            after += 1
+        if after < len(kinds) and kinds[after] != "q":
             continue
         kinds[i] = "a"
         if wrapped:

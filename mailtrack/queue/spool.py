@@ -579,6 +579,22 @@ class Spool:
         log.warning("kept %s for the postmaster in %s, from %s, Message-ID %s", spool_id, box, source or "?", header_message_id(raw))
         return spool_id
 
+    def postmaster_full(self, max_mails: int, max_bytes: int) -> bool:
+        """Whether the postmaster Maildir holds `max_mails` unread mails or `max_bytes` of them: mail
+        from anyone lands there and no worker empties it, so it is bounded (the count is read, and
+        stops, at `max_mails`)."""
+        try:
+            with os.scandir(self.layout.postmaster / "new") as entries:
+                count = size = 0
+                for entry in entries:
+                    count += 1
+                    size += entry.stat().st_size
+                    if count >= max_mails or size >= max_bytes:
+                        return True
+        except FileNotFoundError:
+            pass
+        return False
+
     def postmaster_mail(self) -> dict[str, int]:
         """How many mails the postmaster Maildir holds: {"new": unread, "cur": read}."""
         box = self.layout.postmaster
