@@ -2,8 +2,9 @@
 
 Never the truth, always rebuildable: it records which tree it describes and is brought up to
 date by diffing that tree against the tree asked for, so a mail costs a look at the paths that
-changed since the last one, never a walk over the whole branch. Delete the file and it is built
-again from the branch on next use.
+changed since the last one, never a walk over the whole branch. When the trees between were
+written by this process (`store.Trees.written`), no diff at all: the files it wrote are learnt.
+Delete the file and it is built again from the branch on next use.
 """
 
 from __future__ import annotations
@@ -101,7 +102,13 @@ class Index:
         try:
             current = self._meta("tree") or None
             if current != target:
-                self._apply(snap, ObjectID(current.encode()) if current else None, snap.tree)
+                old = ObjectID(current.encode()) if current else None
+                ours = _written_since(snap, old)
+                if ours is not None:
+                    for base, files in ours:
+                        self._learn_files(snap, base, files)
+                else:
+                    self._apply(snap, old, snap.tree)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tree', ?)", (target,))
             self.db.execute("COMMIT")
         except BaseException:
@@ -113,11 +120,21 @@ class Index:
         if old is not None and old not in store:
             old = None  # the tree we described is gone (a rewritten branch): start over
             self.db.executescript("".join(f"DELETE FROM {t};" for t in TABLES))
-        for change in tree_changes(store, old, new):
+        for change in tree_changes(snap.trees, old, new):  # type: ignore[arg-type]  # reads trees by id only
             if change.old is not None and change.old.path is not None:
                 self._forget(change.old.path.decode("utf-8", "replace"))
             if change.new is not None and change.new.path is not None and change.new.sha is not None:
                 self._learn(change.new.path.decode("utf-8", "replace"), store[change.new.sha].as_raw_string())
+
+    def _learn_files(self, snap: Snapshot, base: ObjectID | None, files: dict[str, bytes | None]) -> None:
+        """What a commit of `files` over the tree `base` changes, as _apply would find it by a diff:
+        a path the base held is forgotten first (only those: forgetting costs a search of the index)."""
+        was = Snapshot.of_tree(snap.repo, base, snap.trees)
+        for path, content in files.items():
+            if was.read(path) is not None:
+                self._forget(path)
+            if content is not None:
+                self._learn(path, content)
 
     def _forget(self, path: str) -> None:
         self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
@@ -213,6 +230,21 @@ class Index:
             "SELECT issue, path, title, snippet(search, 3, char(1), char(2), ' ... ', 24) FROM search"
             " WHERE search MATCH ? ORDER BY rank LIMIT ? OFFSET ?", (match, limit, offset))
         return [Hit(*row) for row in rows]
+
+
+def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[tuple[ObjectID | None, dict[str, bytes | None]]] | None:
+    """(base tree, files) of each commit this process wrote from `tree` to the snapshot's, oldest
+    first; None when some tree between was not written here (then the index diffs trees)."""
+    written = snap.trees.written
+    chain: list[tuple[ObjectID | None, dict[str, bytes | None]]] = []
+    at = snap.tree
+    while at != tree:
+        if at is None or at not in written or len(chain) >= len(written):  # a tree written twice: no loop
+            return None
+        base, files = written[at]
+        chain.append((base, files))
+        at = base
+    return chain[::-1]
 
 
 SEARCH_SCHEMA = """
