@@ -19,16 +19,19 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
+from mailtrack.tracker.query import NOT_LEAN
 from mailtrack.tracker.store import Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
                                   PRIMARY KEY (message_id, path));
 CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
-CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL,
+                                   lean TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
@@ -71,10 +74,12 @@ class Index:
                 self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
-        self.db.executescript(SCHEMA + SEARCH_SCHEMA)
-        if self._meta("version") != SCHEMA_VERSION:
-            self.db.executescript("".join(f"DELETE FROM {t};" for t in (*TABLES, "meta")))
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if self._meta("version") != SCHEMA_VERSION:  # made by another version: made again, from the branch
+            self.db.executescript("".join(f"DROP TABLE IF EXISTS {t};" for t in (*TABLES, "meta")) + SCHEMA + SEARCH_SCHEMA)
             self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+        else:
+            self.db.executescript(SCHEMA + SEARCH_SCHEMA)
 
     @classmethod
     def for_snapshot(cls, snap: Snapshot, *, read_only: bool = False) -> Index:
@@ -155,7 +160,9 @@ class Index:
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
                 record = issue.record()
-                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?)", (name, json.dumps(record)))
+                lean = {k: v for k, v in record.items() if k not in NOT_LEAN}
+                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?, ?, ?, ?)",
+                                (name, issue.status, record["created"], json.dumps(lean), json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
                 self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):
@@ -201,10 +208,18 @@ class Index:
         self.sync(snap)
         return self.db.execute("SELECT 1 FROM people WHERE email = ? LIMIT 1", (email.lower(),)).fetchone() is not None
 
-    def records(self, snap: Snapshot) -> list[tuple[str, dict[str, object]]]:
-        """(name, summary fields) of every issue, as of the snapshot."""
+    def records(self, snap: Snapshot, *, lean: bool = False, closed: list[str] | None = None) -> list[tuple[str, dict[str, object]]]:
+        """(name, summary fields) of every issue, as of the snapshot, in the order they were created.
+        `lean`: without the NOT_LEAN fields; `closed`: not the issues with one of these statuses."""
         self.sync(snap)
-        return [(n, json.loads(r)) for n, r in self.db.execute("SELECT name, record FROM issues")]
+        where = f" WHERE status NOT IN ({','.join('?' * len(closed))})" if closed else ""
+        rows = self.db.execute(f"SELECT name, {'lean' if lean else 'record'} FROM issues{where} ORDER BY created, rowid", closed or [])
+        return [(n, json.loads(r)) for n, r in rows]
+
+    def names(self, snap: Snapshot) -> list[str]:
+        """Every issue's name, sorted, as of the snapshot."""
+        self.sync(snap)
+        return [n for (n,) in self.db.execute("SELECT name FROM issues ORDER BY name")]
 
     def unreadable(self, snap: Snapshot) -> list[tuple[str, str]]:
         """(path, why) of every issue or comment file on the branch that does not parse."""

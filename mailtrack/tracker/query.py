@@ -20,6 +20,7 @@ FILTERS = {
     "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
     "title": "title", "summary": "summary", "description": "description", "author": "author",
 }  # fmt: skip
+NOT_LEAN = ("description", "summary")  # what a lean record (lookup.Index.records) leaves out: texts of any length
 SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people in lists; the rest match a whole value
 
 Records = list[tuple[str, dict[str, object]]]
@@ -83,10 +84,12 @@ def shortest_names(names: list[str]) -> dict[str, str]:
 
 
 def select(project: Project, records: Records, filters: list[tuple[str, str]], sort: str = "",
-           include_closed: bool = False, shorts: dict[str, str] | None = None) -> list[dict[str, object]]:
+           include_closed: bool = False, shorts: dict[str, str] | None = None, ordered: bool = False) -> list[dict[str, object]]:
     """The rows a list shows: open issues (all with `include_closed`) matching every filter, sorted by
     `sort` (comma-separated fields, '-' for descending; default: created). `shorts`: the records'
-    shortest_names when the caller has them already. BadFilter, or StoreError for an unknown sort field."""
+    shortest_names when the caller has them already (of every issue, when `records` holds only some).
+    `ordered`: the records come in created order already (`Index.records`), so that sort costs nothing.
+    BadFilter, or StoreError for an unknown sort field."""
     check_filters(project, filters, records)
     if shorts is None:
         shorts = shortest_names([n for n, _ in records])
@@ -98,6 +101,8 @@ def select(project: Project, records: Records, filters: list[tuple[str, str]], s
         if any(not matches(record, f, v) for f, v in filters):
             continue
         rows.append({"id": name, "short": shorts[name], **record, "open": is_open})
+    if ordered and sort in ("", "created"):
+        return rows
     for key in reversed((sort or "created").split(",")):
         desc = key.startswith("-")
         key = key.lstrip("-")
