@@ -22,6 +22,7 @@ from typing import NoReturn
 from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 
+from mailtrack.fields import canonical
 from mailtrack.tracker.changes import (
     Edit,
     close_edits,
@@ -194,7 +195,8 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
     include_closed = args.all or args.filter_status is not None
     # the index answers with the open issues only, and without long texts, where the list needs neither
-    lean = args.format in (None, "table", "id") and not any(f in NOT_LEAN for f, _ in filters)
+    needed = {f for f, _ in filters} | {canonical(k.lstrip("-")) for k in (args.sort or "").split(",")}
+    lean = args.format in (None, "table", "id") and not needed & {*NOT_LEAN}
     records, unreadable, names = all_records(snap, lean=lean, closed=None if include_closed else project.closed)
     shorts = shortest_names(names) if names is not None else None
     rows = select(project, records, filters, args.sort or "", include_closed=include_closed, shorts=shorts,

@@ -23,7 +23,7 @@ from mailtrack.tracker.query import NOT_LEAN
 from mailtrack.tracker.store import Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIM
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
-TABLES = ("msgid", "issues", "people", "unreadable", "search")  # what a rebuild empties (meta aside)
+TABLES = ("msgid", "issues", "people", "unreadable", "search", "search_rows")  # what a rebuild empties (meta aside)
 
 
 def default_path(snap: Snapshot) -> Path:
@@ -110,8 +110,8 @@ class Index:
                 old = ObjectID(current.encode()) if current else None
                 ours = _written_since(snap, old)
                 if ours is not None:
-                    for base, files in ours:
-                        self._learn_files(snap, base, files)
+                    for files in ours:
+                        self._learn_files(files)
                 else:
                     self._apply(snap, old, snap.tree)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tree', ?)", (target,))
@@ -131,13 +131,11 @@ class Index:
             if change.new is not None and change.new.path is not None and change.new.sha is not None:
                 self._learn(change.new.path.decode("utf-8", "replace"), store[change.new.sha].as_raw_string())
 
-    def _learn_files(self, snap: Snapshot, base: ObjectID | None, files: dict[str, bytes | None]) -> None:
-        """What a commit of `files` over the tree `base` changes, as _apply would find it by a diff:
-        a path the base held is forgotten first (only those: forgetting costs a search of the index)."""
-        was = Snapshot.of_tree(snap.repo, base, snap.trees)
+    def _learn_files(self, files: dict[str, bytes | None]) -> None:
+        """What a commit of `files` changes, as _apply would find it by a diff:
+        each path forgotten (a path the index never knew costs a few lookups), then learnt again."""
         for path, content in files.items():
-            if was.read(path) is not None:
-                self._forget(path)
+            self._forget(path)
             if content is not None:
                 self._learn(path, content)
 
@@ -229,10 +227,14 @@ class Index:
     # --- full-text search: the FTS5 table `search`, kept by _learn and _forget ---------------------
 
     def _searchable(self, path: str, issue: str, title: str, text: str) -> None:
-        self.db.execute("INSERT INTO search (path, issue, title, body) VALUES (?, ?, ?, ?)", (path, issue, title, text))
+        row = self.db.execute("INSERT INTO search (path, issue, title, body) VALUES (?, ?, ?, ?)", (path, issue, title, text)).lastrowid
+        self.db.execute("INSERT OR REPLACE INTO search_rows VALUES (?, ?)", (path, row))
 
     def _unsearch(self, path: str) -> None:
-        self.db.execute("DELETE FROM search WHERE path = ?", (path,))
+        """Forget a file's words: by the row `search_rows` names (FTS5 would scan every row for a path)."""
+        for (row,) in self.db.execute("SELECT row FROM search_rows WHERE path = ?", (path,)).fetchall():
+            self.db.execute("DELETE FROM search WHERE rowid = ?", (row,))
+        self.db.execute("DELETE FROM search_rows WHERE path = ?", (path,))
 
     def search(self, snap: Snapshot, query: str, limit: int = 50, offset: int = 0) -> list[Hit]:
         """The issue and comment files whose words match every word of `query`, best first (SQLite's
@@ -247,24 +249,24 @@ class Index:
         return [Hit(*row) for row in rows]
 
 
-def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[tuple[ObjectID | None, dict[str, bytes | None]]] | None:
-    """(base tree, files) of each commit this process wrote from `tree` to the snapshot's, oldest
-    first; None when some tree between was not written here (then the index diffs trees)."""
+def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[dict[str, bytes | None]] | None:
+    """The files of each commit this process wrote from `tree` to the snapshot's, oldest first;
+    None when some tree between was not written here (then the index diffs trees)."""
     written = snap.trees.written
-    chain: list[tuple[ObjectID | None, dict[str, bytes | None]]] = []
+    chain: list[dict[str, bytes | None]] = []
     at = snap.tree
     while at != tree:
         if at is None or at not in written or len(chain) >= len(written):  # a tree written twice: no loop
             return None
-        base, files = written[at]
-        chain.append((base, files))
-        at = base
+        at, files = written[at]
+        chain.append(files)
     return chain[::-1]
 
 
 SEARCH_SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(path UNINDEXED, issue UNINDEXED, title, body,
                                                      tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS search_rows (path TEXT PRIMARY KEY, row INTEGER NOT NULL);
 """
 MAX_QUERY_WORDS = 16  # a longer query is cut: each word costs a posting list
 

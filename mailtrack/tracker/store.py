@@ -48,7 +48,7 @@ LOCK_NAME = "mailtrack.lock"  # <git dir>/mailtrack.lock: the flock every writer
 LOCK_WAIT = 30.0  # seconds a writer waits for another writer of ours to let go of the flock
 STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be proved to own is stale
 MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
-TREES_KEPT = 4096  # parsed trees a Store keeps in memory (the root, fan-outs, issue directories)
+TREES_KEPT = 200_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~50 MB
 WRITES_KEPT = 64  # commits' trees whose files a Store remembers writing, for the index (`Trees.written`)
 
 
@@ -132,11 +132,13 @@ class Trees:
     what is kept is never stale, whoever writes the branch. Also what this process wrote
     (`written`: a tree's base tree and the files written over it), so that the index learns a
     commit of ours from its files instead of diffing trees. A tree handed out must not be changed.
-    Bounded: past TREES_KEPT the older half is dropped."""
+    Bounded: past TREES_KEPT entries in all, the trees kept longest are dropped; a tree written
+    over drops its base (the branch has moved on from it)."""
 
     def __init__(self, objects: BaseObjectStore) -> None:
         self.objects = objects
         self._kept: dict[bytes, Tree] = {}
+        self._entries = 0  # of the trees kept
         self._commit_trees: dict[bytes, ObjectID] = {}
         self.written: dict[bytes, tuple[ObjectID | None, dict[str, bytes | None]]] = {}
 
@@ -154,10 +156,16 @@ class Trees:
         return sha in self._kept or ObjectID(sha) in self.objects
 
     def keep(self, tree: Tree) -> None:
-        if len(self._kept) >= TREES_KEPT:
-            for old in list(self._kept)[: TREES_KEPT // 2]:
-                del self._kept[old]
+        self.drop(tree.id)
         self._kept[tree.id] = tree
+        self._entries += len(tree)
+        while self._entries > TREES_KEPT and len(self._kept) > 1:
+            self.drop(next(iter(self._kept)))
+
+    def drop(self, sha: bytes) -> None:
+        gone = self._kept.pop(sha, None)  # another thread may have dropped it first
+        if gone is not None:
+            self._entries -= len(gone)
 
     def commit_tree(self, commit: bytes) -> ObjectID:
         tree = self._commit_trees.get(commit)
@@ -170,13 +178,13 @@ class Trees:
         return tree
 
     def remember_commit(self, commit: bytes, tree: ObjectID) -> None:
-        if len(self._commit_trees) >= TREES_KEPT:
+        if len(self._commit_trees) >= WRITES_KEPT * 64:
             self._commit_trees.clear()
         self._commit_trees[commit] = tree
 
     def wrote(self, base: ObjectID | None, files: dict[str, bytes | None], tree: ObjectID) -> None:
-        if len(self.written) >= WRITES_KEPT:
-            del self.written[next(iter(self.written))]
+        while len(self.written) >= WRITES_KEPT:
+            self.written.pop(next(iter(self.written)), None)
         self.written[tree] = (base, dict(files))
 
     def write(self, base: ObjectID | None, changes: list[tuple[bytes, int, ObjectID | None]], root: bool = True) -> ObjectID | None:
@@ -208,9 +216,10 @@ class Trees:
                 tree.add(name, DIR_MODE, sub)
         if not len(tree) and not root:
             return None
-        if tree.id not in self._kept:
-            self.objects.add_object(tree)
-            self.keep(tree)
+        self.objects.add_object(tree)  # always: one kept may have been pruned since (dulwich skips what it has loose)
+        if base is not None:
+            self.drop(base)
+        self.keep(tree)
         return tree.id
 
 
@@ -224,13 +233,6 @@ class Snapshot:
         self.trees = trees if trees is not None else Trees(repo.object_store)
         self.tree: ObjectID | None = self.trees.commit_tree(commit) if commit else None
         self._project: Project | None = None
-
-    @classmethod
-    def of_tree(cls, repo: Repo, tree: ObjectID | None, trees: Trees) -> Snapshot:
-        """The files of a tree that is no commit's (a base a commit was written over)."""
-        snap = cls(repo, None, trees)
-        snap.tree = tree
-        return snap
 
     def _entry(self, path: str) -> tuple[int, ObjectID] | None:
         if self.tree is None:
