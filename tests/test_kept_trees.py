@@ -26,7 +26,7 @@ def tables(index: Index) -> dict[str, list[tuple[object, ...]]]:
     """Every row the index derives from the branch (FTS rows by file, as a search finds them)."""
     queries = {
         "msgid": "SELECT message_id, path, issue FROM msgid",
-        "issues": "SELECT name, status, created, lean, record FROM issues",
+        "issues": "SELECT name, status, created, record FROM issues",
         "people": "SELECT email, path FROM people",
         "unreadable": "SELECT path, error FROM unreadable",
         "search": "SELECT path, issue, title, body FROM search",

@@ -22,7 +22,6 @@ from typing import NoReturn
 from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 
-from mailtrack.fields import canonical
 from mailtrack.tracker.changes import (
     Edit,
     close_edits,
@@ -32,7 +31,7 @@ from mailtrack.tracker.changes import (
     reopen_edits,
 )
 from mailtrack.tracker.model import Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.query import FILTERS, NOT_LEAN, select
+from mailtrack.tracker.query import FILTERS, TABLE_FIELDS, fields_needed, select
 from mailtrack.tracker.query import shortest_names as shortest_names  # moved there; still importable from here
 from mailtrack.tracker.store import Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
@@ -165,9 +164,9 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def all_records(snap: Snapshot, *, lean: bool = False, closed: list[str] | None = None
+def all_records(snap: Snapshot, *, fields: tuple[str, ...] | None = None, closed: list[str] | None = None
                 ) -> tuple[list[tuple[str, dict[str, object]]], list[str], list[str] | None]:
-    """(name, record) of every readable issue (`lean`, `closed`: see Index.records) in created order,
+    """(name, record) of every readable issue (`fields`, `closed`: see Index.records) in created order,
     a line for each file that does not parse, and every issue's name, sorted: from the index derived
     from the branch. Where the index cannot be kept (a read-only repository), read from the branch
     itself: all records, full, in no order, and None for the names."""
@@ -177,7 +176,7 @@ def all_records(snap: Snapshot, *, lean: bool = False, closed: list[str] | None 
 
     try:
         with Index.for_snapshot(snap) as index:
-            records = index.records(snap, lean=lean, closed=closed)
+            records = index.records(snap, fields=fields, closed=closed)
             return records, [f"{path}: {why}" for path, why in index.unreadable(snap)], index.names(snap)
     except (OSError, sqlite3.Error):
         records, bad = [], []
@@ -194,10 +193,10 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
     include_closed = args.all or args.filter_status is not None
-    # the index answers with the open issues only, and without long texts, where the list needs neither
-    needed = {f for f, _ in filters} | {canonical(k.lstrip("-")) for k in (args.sort or "").split(",")}
-    lean = args.format in (None, "table", "id") and not needed & {*NOT_LEAN}
-    records, unreadable, names = all_records(snap, lean=lean, closed=None if include_closed else project.closed)
+    # the index answers with the open issues only, and only the fields the table or the IDs need
+    shown = {None: TABLE_FIELDS, "table": TABLE_FIELDS, "id": ()}.get(args.format)
+    fields = fields_needed(filters, args.sort or "", shown) if shown is not None else None
+    records, unreadable, names = all_records(snap, fields=fields, closed=None if include_closed else project.closed)
     shorts = shortest_names(names) if names is not None else None
     rows = select(project, records, filters, args.sort or "", include_closed=include_closed, shorts=shorts,
                   ordered=names is not None)

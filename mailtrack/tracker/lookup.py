@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,17 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
-from mailtrack.tracker.query import NOT_LEAN
 from mailtrack.tracker.store import Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
                                   PRIMARY KEY (message_id, path));
 CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
 CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL,
-                                   lean TEXT NOT NULL, record TEXT NOT NULL);
+                                   record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
@@ -158,9 +158,8 @@ class Index:
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
                 record = issue.record()
-                lean = {k: v for k, v in record.items() if k not in NOT_LEAN}
-                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?, ?, ?, ?)",
-                                (name, issue.status, record["created"], json.dumps(lean), json.dumps(record)))
+                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?, ?, ?)",
+                                (name, issue.status, record["created"], json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
                 self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):
@@ -206,12 +205,17 @@ class Index:
         self.sync(snap)
         return self.db.execute("SELECT 1 FROM people WHERE email = ? LIMIT 1", (email.lower(),)).fetchone() is not None
 
-    def records(self, snap: Snapshot, *, lean: bool = False, closed: list[str] | None = None) -> list[tuple[str, dict[str, object]]]:
+    def records(self, snap: Snapshot, *, fields: Sequence[str] | None = None,
+                closed: list[str] | None = None) -> list[tuple[str, dict[str, object]]]:
         """(name, summary fields) of every issue, as of the snapshot, in the order they were created.
-        `lean`: without the NOT_LEAN fields; `closed`: not the issues with one of these statuses."""
+        `fields`: only these fields of each record (SQLite picks them: the rest is never parsed);
+        `closed`: not the issues with one of these statuses."""
         self.sync(snap)
         where = f" WHERE status NOT IN ({','.join('?' * len(closed))})" if closed else ""
-        rows = self.db.execute(f"SELECT name, {'lean' if lean else 'record'} FROM issues{where} ORDER BY created, rowid", closed or [])
+        picked = "record"
+        if fields is not None:
+            picked = "json_object(" + ", ".join(f"'{f}', json_extract(record, '$.{f}')" for f in fields if f.isidentifier()) + ")"
+        rows = self.db.execute(f"SELECT name, {picked} FROM issues{where} ORDER BY created, rowid", closed or [])
         return [(n, json.loads(r)) for n, r in rows]
 
     def names(self, snap: Snapshot) -> list[str]:
