@@ -48,7 +48,7 @@ LOCK_NAME = "mailtrack.lock"  # <git dir>/mailtrack.lock: the flock every writer
 LOCK_WAIT = 30.0  # seconds a writer waits for another writer of ours to let go of the flock
 STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be proved to own is stale
 MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
-TREES_KEPT = 200_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~50 MB
+TREES_KEPT = 60_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~15 MB
 WRITES_KEPT = 64  # commits' trees whose files a Store remembers writing, for the index (`Trees.written`)
 
 
