@@ -78,3 +78,24 @@ def test_a_store_keeping_few_trees_writes_what_git_reads(tmp_path: Path, monkeyp
     assert shown.stdout == b"<issue>again</issue>"
     subprocess.run(["git", "-C", str(tmp_path / "b"), "fsck", "--strict"], capture_output=True, check=True)
     assert store.snapshot().read(first) == b"<issue>again</issue>"
+
+
+def test_files_too_big_to_remember_are_diffed_and_the_index_still_matches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "WRITTEN_BYTES", 10)  # no commit's files are remembered
+    repo = issues_repo(tmp_path / "r")
+    gw = make_gateway(repo)
+    gw.handle(make_mail("First report", message_id="<b1@example.org>"))
+    diffs: list[object] = []
+    real = Index._apply
+    monkeypatch.setattr(Index, "_apply", lambda self, *a: (diffs.append(a), real(self, *a)))
+    gw.handle(make_mail("Re: First report", body="okapi\n", message_id="<b2@example.org>", In_Reply_To="<b1@example.org>"))
+    snap = gw.store.snapshot()
+    assert gw.store.trees.written == {}
+    assert gw.index.lookup(snap, "<b2@example.org>") == gw.index.lookup(snap, "<b1@example.org>") is not None
+    assert diffs, "the index did not diff trees for a commit it was not told about"
+    learnt = tables(gw.index)
+    gw.close()
+    with Index(None) as rebuilt:
+        rebuilt.sync(Store.open(repo).snapshot())
+        assert tables(rebuilt) == learnt

@@ -20,7 +20,7 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
-from mailtrack.tracker.store import Snapshot, split_issue_path
+from mailtrack.tracker.store import WRITES_KEPT, Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
 SCHEMA_VERSION = "8"
@@ -260,9 +260,10 @@ def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[dict[str, byte
     chain: list[dict[str, bytes | None]] = []
     at = snap.tree
     while at != tree:
-        if at is None or at not in written or len(chain) >= len(written):  # a tree written twice: no loop
+        step = written.get(at) if at is not None else None
+        if step is None or len(chain) >= WRITES_KEPT:  # a tree written twice: no loop
             return None
-        at, files = written[at]
+        at, files = step
         chain.append(files)
     return chain[::-1]
 

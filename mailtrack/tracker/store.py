@@ -50,6 +50,7 @@ STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be pro
 MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
 TREES_KEPT = 60_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~15 MB
 WRITES_KEPT = 64  # commits' trees whose files a Store remembers writing, for the index (`Trees.written`)
+WRITTEN_BYTES = 32 << 20  # and at most these many bytes of their files (attachments are big)
 
 
 class StoreError(Exception):
@@ -141,6 +142,7 @@ class Trees:
         self._entries = 0  # of the trees kept
         self._commit_trees: dict[bytes, ObjectID] = {}
         self.written: dict[bytes, tuple[ObjectID | None, dict[str, bytes | None]]] = {}
+        self._written_bytes = 0
 
     def __getitem__(self, sha: bytes) -> ShaFile:
         """The object `sha` (KeyError when there is none); a tree is read once."""
@@ -183,9 +185,18 @@ class Trees:
         self._commit_trees[commit] = tree
 
     def wrote(self, base: ObjectID | None, files: dict[str, bytes | None], tree: ObjectID) -> None:
-        while len(self.written) >= WRITES_KEPT:
-            self.written.pop(next(iter(self.written)), None)
-        self.written[tree] = (base, dict(files))
+        size = sum(len(c) for c in files.values() if c is not None)
+        while self.written and (len(self.written) >= WRITES_KEPT or self._written_bytes + size > WRITTEN_BYTES):
+            self._forget_written(next(iter(self.written)))
+        if size <= WRITTEN_BYTES:  # else not remembered: the index diffs trees for that commit
+            self._forget_written(tree)
+            self.written[tree] = (base, dict(files))
+            self._written_bytes += size
+
+    def _forget_written(self, tree: bytes) -> None:
+        gone = self.written.pop(tree, None)  # another thread may have dropped it first
+        if gone is not None:
+            self._written_bytes -= sum(len(c) for c in gone[1].values() if c is not None)
 
     def write(self, base: ObjectID | None, changes: list[tuple[bytes, int, ObjectID | None]], root: bool = True) -> ObjectID | None:
         """The tree `base` with `changes` (path, mode, blob id; None deletes) applied, its new trees
