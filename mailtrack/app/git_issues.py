@@ -31,7 +31,7 @@ from mailtrack.tracker.changes import (
     reopen_edits,
 )
 from mailtrack.tracker.model import Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.query import FILTERS, select
+from mailtrack.tracker.query import FILTERS, TABLE_FIELDS, fields_needed, select
 from mailtrack.tracker.query import shortest_names as shortest_names  # moved there; still importable from here
 from mailtrack.tracker.store import Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
@@ -164,17 +164,20 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
-    """(name, record) of every readable issue, and a line for each file that does not parse: from
-    the index derived from the branch, or read from the branch itself where the index cannot be
-    kept (a read-only repository)."""
+def all_records(snap: Snapshot, *, fields: tuple[str, ...] | None = None, closed: list[str] | None = None
+                ) -> tuple[list[tuple[str, dict[str, object]]], list[str], list[str] | None]:
+    """(name, record) of every readable issue (`fields`, `closed`: see Index.records) in created order,
+    a line for each file that does not parse, and every issue's name, sorted: from the index derived
+    from the branch. Where the index cannot be kept (a read-only repository), read from the branch
+    itself: all records, full, in no order, and None for the names."""
     import sqlite3
 
     from mailtrack.tracker.lookup import Index  # only the commands that list: sqlite3 stays out of the others
 
     try:
         with Index.for_snapshot(snap) as index:
-            return index.records(snap), [f"{path}: {why}" for path, why in index.unreadable(snap)]
+            records = index.records(snap, fields=fields, closed=closed)
+            return records, [f"{path}: {why}" for path, why in index.unreadable(snap)], index.names(snap)
     except (OSError, sqlite3.Error):
         records, bad = [], []
         for name in snap.issue_names():
@@ -182,15 +185,21 @@ def all_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], li
                 records.append((name, snap.issue(name).record()))
             except FormatError as e:
                 bad.append(f"{issue_dir(name)}/issue.xml: {e}")
-        return records, bad
+        return records, bad, None
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
     snap = store.require()
     project = snap.project()
     filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
-    records, unreadable = all_records(snap)
-    rows = select(project, records, filters, args.sort or "", include_closed=args.all or args.filter_status is not None)
+    include_closed = args.all or args.filter_status is not None
+    # the index answers with the open issues only, and only the fields the table or the IDs need
+    shown = {None: TABLE_FIELDS, "table": TABLE_FIELDS, "id": ()}.get(args.format)
+    fields = fields_needed(filters, args.sort or "", shown) if shown is not None else None
+    records, unreadable, names = all_records(snap, fields=fields, closed=None if include_closed else project.closed)
+    shorts = shortest_names(names) if names is not None else None
+    rows = select(project, records, filters, args.sort or "", include_closed=include_closed, shorts=shorts,
+                  ordered=names is not None)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()

@@ -2,8 +2,9 @@
 
 Never the truth, always rebuildable: it records which tree it describes and is brought up to
 date by diffing that tree against the tree asked for, so a mail costs a look at the paths that
-changed since the last one, never a walk over the whole branch. Delete the file and it is built
-again from the branch on next use.
+changed since the last one, never a walk over the whole branch. When the trees between were
+written by this process (`store.Trees.written`), no diff at all: the files it wrote are learnt.
+Delete the file and it is built again from the branch on next use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +20,23 @@ from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
-from mailtrack.tracker.store import Snapshot, split_issue_path
+from mailtrack.tracker.store import WRITES_KEPT, Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "8"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
                                   PRIMARY KEY (message_id, path));
 CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
-CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL,
+                                   record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
-TABLES = ("msgid", "issues", "people", "unreadable", "search")  # what a rebuild empties (meta aside)
+TABLES = ("msgid", "issues", "people", "unreadable", "search", "search_rows")  # what a rebuild empties (meta aside)
 
 
 def default_path(snap: Snapshot) -> Path:
@@ -70,10 +74,12 @@ class Index:
                 self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
-        self.db.executescript(SCHEMA + SEARCH_SCHEMA)
-        if self._meta("version") != SCHEMA_VERSION:
-            self.db.executescript("".join(f"DELETE FROM {t};" for t in (*TABLES, "meta")))
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if self._meta("version") != SCHEMA_VERSION:  # made by another version: made again, from the branch
+            self.db.executescript("".join(f"DROP TABLE IF EXISTS {t};" for t in (*TABLES, "meta")) + SCHEMA + SEARCH_SCHEMA)
             self.db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+        else:
+            self.db.executescript(SCHEMA + SEARCH_SCHEMA)
 
     @classmethod
     def for_snapshot(cls, snap: Snapshot, *, read_only: bool = False) -> Index:
@@ -101,7 +107,13 @@ class Index:
         try:
             current = self._meta("tree") or None
             if current != target:
-                self._apply(snap, ObjectID(current.encode()) if current else None, snap.tree)
+                old = ObjectID(current.encode()) if current else None
+                ours = _written_since(snap, old)
+                if ours is not None:
+                    for files in ours:
+                        self._learn_files(files)
+                else:
+                    self._apply(snap, old, snap.tree)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tree', ?)", (target,))
             self.db.execute("COMMIT")
         except BaseException:
@@ -113,11 +125,19 @@ class Index:
         if old is not None and old not in store:
             old = None  # the tree we described is gone (a rewritten branch): start over
             self.db.executescript("".join(f"DELETE FROM {t};" for t in TABLES))
-        for change in tree_changes(store, old, new):
+        for change in tree_changes(snap.trees, old, new):  # type: ignore[arg-type]  # reads trees by id only
             if change.old is not None and change.old.path is not None:
                 self._forget(change.old.path.decode("utf-8", "replace"))
             if change.new is not None and change.new.path is not None and change.new.sha is not None:
                 self._learn(change.new.path.decode("utf-8", "replace"), store[change.new.sha].as_raw_string())
+
+    def _learn_files(self, files: dict[str, bytes | None]) -> None:
+        """What a commit of `files` changes, as _apply would find it by a diff:
+        each path forgotten (a path the index never knew costs a few lookups), then learnt again."""
+        for path, content in files.items():
+            self._forget(path)
+            if content is not None:
+                self._learn(path, content)
 
     def _forget(self, path: str) -> None:
         self.db.execute("DELETE FROM msgid WHERE path = ?", (path,))
@@ -138,7 +158,8 @@ class Index:
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
                 record = issue.record()
-                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?)", (name, json.dumps(record)))
+                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?, ?, ?)",
+                                (name, issue.status, record["created"], json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
                 self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):
@@ -184,10 +205,23 @@ class Index:
         self.sync(snap)
         return self.db.execute("SELECT 1 FROM people WHERE email = ? LIMIT 1", (email.lower(),)).fetchone() is not None
 
-    def records(self, snap: Snapshot) -> list[tuple[str, dict[str, object]]]:
-        """(name, summary fields) of every issue, as of the snapshot."""
+    def records(self, snap: Snapshot, *, fields: Sequence[str] | None = None,
+                closed: list[str] | None = None) -> list[tuple[str, dict[str, object]]]:
+        """(name, summary fields) of every issue, as of the snapshot, in the order they were created.
+        `fields`: only these fields of each record (SQLite picks them: the rest is never parsed);
+        `closed`: not the issues with one of these statuses."""
         self.sync(snap)
-        return [(n, json.loads(r)) for n, r in self.db.execute("SELECT name, record FROM issues")]
+        where = f" WHERE status NOT IN ({','.join('?' * len(closed))})" if closed else ""
+        picked = "record"
+        if fields is not None:
+            picked = "json_object(" + ", ".join(f"'{f}', json_extract(record, '$.{f}')" for f in fields if f.isidentifier()) + ")"
+        rows = self.db.execute(f"SELECT name, {picked} FROM issues{where} ORDER BY created, rowid", closed or [])
+        return [(n, json.loads(r)) for n, r in rows]
+
+    def names(self, snap: Snapshot) -> list[str]:
+        """Every issue's name, sorted, as of the snapshot."""
+        self.sync(snap)
+        return [n for (n,) in self.db.execute("SELECT name FROM issues ORDER BY name")]
 
     def unreadable(self, snap: Snapshot) -> list[tuple[str, str]]:
         """(path, why) of every issue or comment file on the branch that does not parse."""
@@ -197,10 +231,14 @@ class Index:
     # --- full-text search: the FTS5 table `search`, kept by _learn and _forget ---------------------
 
     def _searchable(self, path: str, issue: str, title: str, text: str) -> None:
-        self.db.execute("INSERT INTO search (path, issue, title, body) VALUES (?, ?, ?, ?)", (path, issue, title, text))
+        row = self.db.execute("INSERT INTO search (path, issue, title, body) VALUES (?, ?, ?, ?)", (path, issue, title, text)).lastrowid
+        self.db.execute("INSERT OR REPLACE INTO search_rows VALUES (?, ?)", (path, row))
 
     def _unsearch(self, path: str) -> None:
-        self.db.execute("DELETE FROM search WHERE path = ?", (path,))
+        """Forget a file's words: by the row `search_rows` names (FTS5 would scan every row for a path)."""
+        for (row,) in self.db.execute("SELECT row FROM search_rows WHERE path = ?", (path,)).fetchall():
+            self.db.execute("DELETE FROM search WHERE rowid = ?", (row,))
+        self.db.execute("DELETE FROM search_rows WHERE path = ?", (path,))
 
     def search(self, snap: Snapshot, query: str, limit: int = 50, offset: int = 0) -> list[Hit]:
         """The issue and comment files whose words match every word of `query`, best first (SQLite's
@@ -215,9 +253,25 @@ class Index:
         return [Hit(*row) for row in rows]
 
 
+def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[dict[str, bytes | None]] | None:
+    """The files of each commit this process wrote from `tree` to the snapshot's, oldest first;
+    None when some tree between was not written here (then the index diffs trees)."""
+    written = snap.trees.written
+    chain: list[dict[str, bytes | None]] = []
+    at = snap.tree
+    while at != tree:
+        step = written.get(at) if at is not None else None
+        if step is None or len(chain) >= WRITES_KEPT:  # a tree written twice: no loop
+            return None
+        at, files = step
+        chain.append(files)
+    return chain[::-1]
+
+
 SEARCH_SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(path UNINDEXED, issue UNINDEXED, title, body,
                                                      tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS search_rows (path TEXT PRIMARY KEY, row INTEGER NOT NULL);
 """
 MAX_QUERY_WORDS = 16  # a longer query is cut: each word costs a posting list
 

@@ -20,6 +20,7 @@ FILTERS = {
     "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
     "title": "title", "summary": "summary", "description": "description", "author": "author",
 }  # fmt: skip
+TABLE_FIELDS = ("status", "severity", "components", "assigned", "title")  # what `git issues list` shows of each
 SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people in lists; the rest match a whole value
 
 Records = list[tuple[str, dict[str, object]]]
@@ -82,22 +83,34 @@ def shortest_names(names: list[str]) -> dict[str, str]:
     return out
 
 
+def fields_needed(filters: list[tuple[str, str]], sort: str, shown: tuple[str, ...]) -> tuple[str, ...]:
+    """The record fields a list reads: the status, what it filters and sorts on, and `shown`."""
+    keys = [k.strip().lstrip("-") for k in sort.split(",") if k.strip().lstrip("-")]
+    sorted_on = [k if k in ("id", "short", "created", "modified") else field_name(k) for k in keys]
+    return tuple(dict.fromkeys(["status", *(f for f, _ in filters), *(k for k in sorted_on if k not in ("id", "short")), *shown]))
+
+
 def select(project: Project, records: Records, filters: list[tuple[str, str]], sort: str = "",
-           include_closed: bool = False, shorts: dict[str, str] | None = None) -> list[dict[str, object]]:
+           include_closed: bool = False, shorts: dict[str, str] | None = None, ordered: bool = False) -> list[dict[str, object]]:
     """The rows a list shows: open issues (all with `include_closed`) matching every filter, sorted by
     `sort` (comma-separated fields, '-' for descending; default: created). `shorts`: the records'
-    shortest_names when the caller has them already. BadFilter, or StoreError for an unknown sort field."""
+    shortest_names when the caller has them already (of every issue, when `records` holds only some).
+    `ordered`: the records come in created order already (`Index.records`), so that sort costs nothing.
+    BadFilter, or StoreError for an unknown sort field."""
     check_filters(project, filters, records)
     if shorts is None:
         shorts = shortest_names([n for n, _ in records])
     rows = []
+    closed = project.closed
     for name, record in records:
-        is_open = record["status"] not in project.closed
+        is_open = record["status"] not in closed
         if not include_closed and not is_open:
             continue
-        if any(not matches(record, f, v) for f, v in filters):
+        if filters and any(not matches(record, f, v) for f, v in filters):
             continue
         rows.append({"id": name, "short": shorts[name], **record, "open": is_open})
+    if ordered and sort in ("", "created"):
+        return rows
     for key in reversed((sort or "created").split(",")):
         desc = key.startswith("-")
         key = key.lstrip("-")

@@ -30,8 +30,8 @@ from typing import Protocol
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
-from dulwich.object_store import commit_tree_changes, tree_lookup_path
-from dulwich.objects import ZERO_SHA, Blob, Commit, ObjectID, Tree
+from dulwich.object_store import BaseObjectStore, tree_lookup_path
+from dulwich.objects import ZERO_SHA, Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -48,6 +48,9 @@ LOCK_NAME = "mailtrack.lock"  # <git dir>/mailtrack.lock: the flock every writer
 LOCK_WAIT = 30.0  # seconds a writer waits for another writer of ours to let go of the flock
 STALE_LOCK = 60.0  # seconds after which a ref lock no writer of ours can be proved to own is stale
 MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started moving the ref is its
+TREES_KEPT = 60_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~15 MB
+WRITES_KEPT = 64  # commits' trees whose files a Store remembers writing, for the index (`Trees.written`)
+WRITTEN_BYTES = 32 << 20  # and at most these many bytes of their files (attachments are big)
 
 
 class StoreError(Exception):
@@ -125,20 +128,128 @@ class Change:
     files: dict[str, bytes | None] = field(default_factory=dict)
 
 
-class Snapshot:
-    """The branch as of one commit. Reads only the trees on the paths it is asked for."""
+class Trees:
+    """Trees (and commits' trees) read once and kept, by id: an id always names the same object, so
+    what is kept is never stale, whoever writes the branch. Also what this process wrote
+    (`written`: a tree's base tree and the files written over it), so that the index learns a
+    commit of ours from its files instead of diffing trees. A tree handed out must not be changed.
+    Bounded: past TREES_KEPT entries in all, the trees kept longest are dropped; a tree written
+    over drops its base (the branch has moved on from it)."""
 
-    def __init__(self, repo: Repo, commit: bytes | None) -> None:
+    def __init__(self, objects: BaseObjectStore) -> None:
+        self.objects = objects
+        self._kept: dict[bytes, Tree] = {}
+        self._entries = 0  # of the trees kept
+        self._commit_trees: dict[bytes, ObjectID] = {}
+        self.written: dict[bytes, tuple[ObjectID | None, dict[str, bytes | None]]] = {}
+        self._written_bytes = 0
+
+    def __getitem__(self, sha: bytes) -> ShaFile:
+        """The object `sha` (KeyError when there is none); a tree is read once."""
+        kept = self._kept.get(sha)
+        if kept is not None:
+            return kept
+        obj = self.objects[ObjectID(sha)]
+        if isinstance(obj, Tree):
+            self.keep(obj)
+        return obj
+
+    def __contains__(self, sha: bytes) -> bool:
+        return sha in self._kept or ObjectID(sha) in self.objects
+
+    def keep(self, tree: Tree) -> None:
+        self.drop(tree.id)
+        self._kept[tree.id] = tree
+        self._entries += len(tree)
+        while self._entries > TREES_KEPT and len(self._kept) > 1:
+            self.drop(next(iter(self._kept)))
+
+    def drop(self, sha: bytes) -> None:
+        gone = self._kept.pop(sha, None)  # another thread may have dropped it first
+        if gone is not None:
+            self._entries -= len(gone)
+
+    def commit_tree(self, commit: bytes) -> ObjectID:
+        tree = self._commit_trees.get(commit)
+        if tree is None:
+            obj = self.objects[ObjectID(commit)]
+            if not isinstance(obj, Commit):
+                raise StoreError(f"{commit.decode()}: not a commit")
+            tree = obj.tree
+            self.remember_commit(commit, tree)
+        return tree
+
+    def remember_commit(self, commit: bytes, tree: ObjectID) -> None:
+        if len(self._commit_trees) >= WRITES_KEPT * 64:
+            self._commit_trees.clear()
+        self._commit_trees[commit] = tree
+
+    def wrote(self, base: ObjectID | None, files: dict[str, bytes | None], tree: ObjectID) -> None:
+        size = sum(len(c) for c in files.values() if c is not None)
+        while self.written and (len(self.written) >= WRITES_KEPT or self._written_bytes + size > WRITTEN_BYTES):
+            self._forget_written(next(iter(self.written)))
+        if size <= WRITTEN_BYTES:  # else not remembered: the index diffs trees for that commit
+            self._forget_written(tree)
+            self.written[tree] = (base, dict(files))
+            self._written_bytes += size
+
+    def _forget_written(self, tree: bytes) -> None:
+        gone = self.written.pop(tree, None)  # another thread may have dropped it first
+        if gone is not None:
+            self._written_bytes -= sum(len(c) for c in gone[1].values() if c is not None)
+
+    def write(self, base: ObjectID | None, changes: list[tuple[bytes, int, ObjectID | None]], root: bool = True) -> ObjectID | None:
+        """The tree `base` with `changes` (path, mode, blob id; None deletes) applied, its new trees
+        added to the object store and kept. A directory left empty goes (None), the root stays."""
+        tree = Tree()
+        if base is not None:
+            old = self[base]
+            assert isinstance(old, Tree)
+            for entry in old.iteritems():
+                tree.add(entry.path, entry.mode, entry.sha)
+        nested: dict[bytes, list[tuple[bytes, int, ObjectID | None]]] = {}
+        for path, mode, sha in changes:
+            head, slash, rest = path.partition(b"/")
+            if slash:
+                nested.setdefault(head, []).append((rest, mode, sha))
+            elif sha is None:
+                if head in tree:
+                    del tree[head]
+            else:
+                tree.add(head, mode, sha)
+        for name, below in nested.items():
+            was = tree[name] if name in tree else None
+            sub = self.write(was[1] if was is not None and was[0] == DIR_MODE else None, below, root=False)
+            if sub is None:
+                if name in tree:
+                    del tree[name]
+            else:
+                tree.add(name, DIR_MODE, sub)
+        if not len(tree) and not root:
+            return None
+        self.objects.add_object(tree)  # always: one kept may have been pruned since (dulwich skips what it has loose)
+        if base is not None:
+            self.drop(base)
+        self.keep(tree)
+        return tree.id
+
+
+class Snapshot:
+    """The branch as of one commit. Reads only the trees on the paths it is asked for, each once
+    (`trees`: those a Store keeps between snapshots, else this snapshot's own)."""
+
+    def __init__(self, repo: Repo, commit: bytes | None, trees: Trees | None = None) -> None:
         self.repo = repo
         self.commit = commit
-        self.tree: ObjectID | None = repo[commit].tree if commit else None  # type: ignore[attr-defined]
+        self.trees = trees if trees is not None else Trees(repo.object_store)
+        self.tree: ObjectID | None = self.trees.commit_tree(commit) if commit else None
         self._project: Project | None = None
 
     def _entry(self, path: str) -> tuple[int, ObjectID] | None:
         if self.tree is None:
             return None
         try:
-            return tree_lookup_path(self.repo.object_store.__getitem__, self.tree, path.encode())
+            return tree_lookup_path(self.trees.__getitem__, self.tree, path.encode())
         except KeyError:
             return None
 
@@ -155,7 +266,10 @@ class Snapshot:
         sha = self.tree if not path else (self._entry(path) or (0, ObjectID(b"")))[1]
         if not sha:
             return []
-        obj = self.repo.object_store[sha]
+        try:
+            obj = self.trees[sha]
+        except KeyError:
+            return []
         if not isinstance(obj, Tree):
             return []
         return [(e.path.decode("utf-8", "replace"), e.mode, e.sha) for e in obj.iteritems()]
@@ -275,6 +389,7 @@ class Store:
         self._lock_depth = 0
         self._blocked = ""  # the ref lock that last stopped a move, for the error
         self.trailers: tuple[str, ...] = ()  # added to every commit this store writes (a gateway's Gateway-Id)
+        self.trees = Trees(repo.object_store)  # kept between commits and snapshots
         if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
             self.repo.object_store.fsync_object_files = True
 
@@ -312,7 +427,7 @@ class Store:
             return None
 
     def snapshot(self, commit: bytes | None = None) -> Snapshot:
-        return Snapshot(self.repo, commit if commit is not None else self.tip())
+        return Snapshot(self.repo, commit if commit is not None else self.tip(), self.trees)
 
     def require(self) -> Snapshot:
         """The current snapshot of a branch that must exist."""
@@ -375,15 +490,18 @@ class Store:
         when: tuple[int, int] | None,
     ) -> ObjectID:
         store = self.repo.object_store
-        changes: list[tuple[bytes, int | None, ObjectID | None]] = []
+        changes: list[tuple[bytes, int, ObjectID | None]] = []
         for path, content in sorted(files.items()):
             if content is None:
-                changes.append((path.encode(), None, None))
+                changes.append((path.encode(), FILE_MODE, None))
             else:
                 blob = Blob.from_string(content)
                 store.add_object(blob)
                 changes.append((path.encode(), FILE_MODE, blob.id))
-        tree = commit_tree_changes(store, ObjectID(base_tree) if base_tree is not None else Tree(), changes)
+        base = ObjectID(base_tree) if base_tree is not None else None
+        tree = self.trees.write(base, changes)
+        assert tree is not None  # the root is written even when empty
+        self.trees.wrote(base, files, tree)
         c = Commit()
         c.tree = tree
         c.parents = [ObjectID(p) for p in parents]
@@ -399,6 +517,7 @@ class Store:
             message = message.rstrip("\n") + glue + "\n".join(self.trailers)
         c.message = message.rstrip("\n").encode("utf-8") + b"\n"
         store.add_object(c)
+        self.trees.remember_commit(c.id, tree)
         return c.id
 
     def move(self, old: bytes | None, new: bytes) -> bool:
