@@ -36,6 +36,7 @@ from mailtrack.tracker.sync import SyncState, sync_round
 from mailtrack.web.app import WebApp
 from mailtrack.web.server import WebServer
 from mailtrack.worker import runner
+from mailtrack.worker.admission import Verifier
 from mailtrack.worker.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Syncer:
         return result.level
 
 
-def serve(config: Config, store: Store, spool: Spool) -> int:
+def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None = None) -> int:
     gw = config.gateway
     author = Person(gw.name or "mailtrack", gw.address)
     syncer = Syncer(config, store, author)
@@ -99,7 +100,7 @@ def serve(config: Config, store: Store, spool: Spool) -> int:
         store.init(Project(closed_statuses=["closed"]), author)
         log.info("created the %s branch", store.branch)
     spool.recover()
-    gateway = Gateway(config, store, spool)
+    gateway = Gateway(config, store, spool, dkim=dkim)  # dkim: our own DKIM check, where verify_dkim asks for it
     notifier = Notifier(config, spool, project=gateway.project)
     notifier.begin(store)  # before any mail is taken: the first one's change is notified too
     sender = OutboxSender(config.relay, spool, helo=gw.address.rpartition("@")[2] or "localhost")

@@ -3,22 +3,19 @@
 `sender(...)` makes the `rights.Sender` of a mail: its From address, whether the branch knows it,
 and whether someone vouches for it: a trusted receiving server (its Authentication-Results, RFC 8601,
 read with `authres`), or, where no trusted server stamped the mail and `access.verify_dkim` asks
-for it, a DKIM signature of the From domain that we verify ourselves (`dkimpy`).
+for it, a DKIM signature of the From domain that we verify ourselves (worker.dkimcheck, handed in as
+a `Verifier`: only a gateway that verifies DKIM loads dkimpy).
 `refusal(...)` is the admission of a mail by its route; `patch_refusal(...)` that of a patch mail.
 The rights themselves are mailtrack.tracker.rights: this module only asks them.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import authres
-import dkim
-import dkim.dnsplug
-import dkim.util
 
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
@@ -36,12 +33,10 @@ from mailtrack.worker.route import RouteKind
 _OWN_FIELDS = {"from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to",
                "references", "mime-version", "content-type", "content-transfer-encoding"}
 _HARMLESS = {"pass", "none"}  # results that are no fail; any other (fail, permerror, temperror, policy...) is one
-MAX_DKIM_SIGNATURES = 3  # DKIM signatures of the From domain we try on one mail (each may cost a DNS lookup)
-DKIM_TIMEOUT = 5  # seconds for one DNS lookup of a DKIM key
 
-# dkimpy's DNS lookup: (name, timeout=...) -> the TXT record as bytes, or None. The default is
-# dkim.dnsplug.get_txt, looked up when a mail is checked (a test process replaces it with its own keys).
-DnsFunc = Callable[..., bytes | None]
+# Our own DKIM check: (mail, its From domain) -> `mailtrack dkim=pass` or "" (worker.dkimcheck.signed_by,
+# given by app/ only where access.verify_dkim is on).
+Verifier = Callable[[ParsedMail, str], str]
 
 Refusal = tuple[Action, str]  # (held or rejected, why)
 
@@ -130,46 +125,21 @@ def _stamped(mail: ParsedMail, trusted: set[str], domain: str) -> str | None:
     return (passes[0] if passes else "") if stamped else None
 
 
-def _signed_by(mail: ParsedMail, domain: str, dnsfunc: DnsFunc | None) -> str:
-    """`mailtrack dkim=pass` when a DKIM signature of the From domain (d= that domain, From among the
-    signed fields, no l= body length: what follows it would be unsigned) verifies, else ""."""
-    lookup = dnsfunc or dkim.dnsplug.get_txt
-    try:
-        checker = dkim.DKIM(mail.raw, minkey=1024, timeout=DKIM_TIMEOUT)
-        signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
-    except Exception:  # dkimpy raises on a message it cannot split into fields: no signature
-        return ""
-    tried = 0
-    for index, value in enumerate(signatures):
-        try:
-            tags = dkim.util.parse_tag_value(value)
-        except Exception:  # dkim.util.InvalidTagValueList and others on hostile tags: not this one
-            continue
-        signed = [h.strip().lower() for h in re.split(rb"\s*:\s*", tags.get(b"h", b"").strip())]
-        if tags.get(b"d", b"").strip().lower() != domain.encode("utf-8", "replace") or b"l" in tags or b"from" not in signed:
-            continue
-        tried += 1
-        if tried > MAX_DKIM_SIGNATURES:
-            break
-        try:
-            if checker.verify(idx=index, dnsfunc=lookup):
-                return "mailtrack dkim=pass"
-        except Exception:  # dkim.DKIMException for a bad signature or key, others on hostile input or DNS
-            continue
-    return ""
-
-
-def verified_by(mail: ParsedMail, access: AccessConfig, dnsfunc: DnsFunc | None = None) -> str:
+def verified_by(mail: ParsedMail, access: AccessConfig, verifier: Verifier | None = None) -> str:
     """Who vouches for the sender: `authserv-id dkim=pass` (or dmarc=pass) from a trusted server's
     Authentication-Results, `mailtrack dkim=pass` from our own DKIM check (`access.verify_dkim`, only
-    where no trusted server stamped the mail); "" when nobody does."""
+    where no trusted server stamped the mail: `verifier` does it, which verify_dkim needs); "" when nobody does."""
     domain = mail.from_addr.rpartition("@")[2]
     if not domain:
         return ""
     stamped = _stamped(mail, {t.lower() for t in access.trusted_authserv_ids}, domain)
     if stamped is not None:
         return stamped
-    return _signed_by(mail, domain, dnsfunc) if access.verify_dkim else ""
+    if not access.verify_dkim:
+        return ""
+    if verifier is None:
+        raise ValueError("access.verify_dkim is on, but no DKIM verifier was given")
+    return verifier(mail, domain)
 
 
 def sender(mail: ParsedMail, vouched: str, snap: Snapshot, index: Index, access: AccessConfig) -> Sender:

@@ -57,7 +57,7 @@ def handle(gw: Gateway, mail: ParsedMail, *, dry_run: bool = False) -> Outcome:
         out.decide(Action.HELD, problem)
         return out
     snap = gw.store.snapshot()
-    vouched = admission.verified_by(mail, gw.config.access)
+    vouched = admission.verified_by(mail, gw.config.access, gw.dkim)
     who = admission.sender(mail, vouched, snap, gw.index, gw.config.access)
     refusal = admission.patch_refusal(who, len(mail.raw), gw.config.gateway.max_patch_series_size, snap, gw.config.access, gw.project)
     if refusal is not None:

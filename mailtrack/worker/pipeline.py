@@ -129,9 +129,14 @@ PIPELINE: tuple[Stage, ...] = (
 
 
 class Gateway:
-    def __init__(self, config: Config, store: Store, spool: Spool, *, read_only: bool = False) -> None:
-        """`read_only`: for dry runs, the index lives in memory (nothing is written to disk)."""
+    def __init__(self, config: Config, store: Store, spool: Spool, *, read_only: bool = False,
+                 dkim: admission.Verifier | None = None) -> None:
+        """`read_only`: for dry runs, the index lives in memory (nothing is written to disk). `dkim`: our own
+        DKIM check (worker.dkimcheck.signed_by), which `access.verify_dkim` needs and nothing else loads."""
+        if config.access.verify_dkim and dkim is None:
+            raise ValueError("access.verify_dkim is on, but the gateway was given no DKIM check")
         self.config = config
+        self.dkim = dkim
         self.store = store
         self.spool = spool
         gw = config.gateway
@@ -185,7 +190,7 @@ class Gateway:
 
     def _walk(self, mail: ParsedMail, dry_run: bool, received: datetime | None, imported: bool, wait_until: float | None) -> Outcome:
         out = Outcome(Action.NOTHING, message_id=mail.message_id, sender=mail.from_addr)
-        out.verified = admission.verified_by(mail, self.config.access)
+        out.verified = admission.verified_by(mail, self.config.access, self.dkim)
         when = received or (written_at(mail.date, now()) if imported else now())
         job = Job(mail, out, Person(mail.from_name, mail.from_addr), when, imported, wait_until)
 
