@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import email
+import os
 import platform
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from mailtrack.mail.ids import gateway_of, gateway_trailer
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.queue.spool import Spool
 from mailtrack.tracker.lookup import Index
+from mailtrack.tracker.merge import survived
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store
 from mailtrack.tracker.sync import SyncState, ahead_behind, sync_round
@@ -194,3 +198,93 @@ def test_mailtrack_sync_without_a_remote_is_a_configuration_error(tmp_path: Path
     repo = issues_repo(tmp_path / "repo")
     r = mailtrack("sync", repo=repo, text=True)
     assert (78, "mailtrack: no [sync] remote is configured: this gateway shares its branch with no other\n") == (r.returncode, r.stderr)
+
+
+def acks(repo: Path, message_id: str) -> list[Path]:
+    """The replies queued in the outbox of `repo`'s gateway to the mail `message_id`."""
+    new = Spool(repo / ".git" / "mailtrack" / "spool").outbox.new
+    return [p for p in new.iterdir() if email.message_from_bytes(p.read_bytes())["In-Reply-To"] == message_id]
+
+
+@pytest.mark.slow  # four mailtrack processes
+def test_a_mail_on_two_gateways_is_acknowledged_once_when_the_remote_kept_its_record(tmp_path: Path) -> None:
+    """`deliver` on both gateways holds the ack; `sync` on A (first on the remote) queues A's; `sync`
+    on B, whose record the merge dropped, deletes B's: one ack in all, nothing left held."""
+    remote, (a, b) = three(tmp_path)
+    configs = {}
+    for repo, gid in ((a, "gw-a"), (b, "gw-b")):
+        configs[repo] = tmp_path / f"{gid}.toml"
+        configs[repo].write_text(f'[gateway]\nproject = "proj"\n[sync]\nremote = "{remote}"\ngateway_id = "{gid}"\n')
+    mail = make_mail("Printer on fire", message_id="<dup@example.org>")
+    for repo in (a, b):
+        r = mailtrack("deliver", repo=repo, config=configs[repo], input=mail)
+        assert 0 == r.returncode, r.stderr
+        assert [] == acks(repo, "<dup@example.org>")  # held until the remote holds its commit
+    for repo in (a, b):
+        r = mailtrack("sync", repo=repo, config=configs[repo], text=True)
+        assert 0 == r.returncode, r.stderr
+    assert 1 == len(acks(a, "<dup@example.org>"))  # the remote kept A's record: A answers
+    assert [] == acks(b, "<dup@example.org>")  # B's was dropped in the merge
+    assert 1 == git(remote, "ls-tree", "-r", "--name-only", "issues").count("issue.xml")  # one record kept
+    for repo in (a, b):
+        assert [] == Spool(repo / ".git" / "mailtrack" / "spool").outbox.held()
+        assert 0 == mailtrack("sync", repo=repo, config=configs[repo]).returncode  # again: nothing more
+    assert (1, 0) == (len(acks(a, "<dup@example.org>")), len(acks(b, "<dup@example.org>")))
+
+
+def test_held_acks_wait_for_the_remote_and_a_settle_after_a_kill_decides_the_same(tmp_path: Path) -> None:
+    """With [sync], an ack stays held past the local commit, whatever settle runs meanwhile (as after
+    a kill -9, a fresh process); once level it is queued, once; a reply to the dropped issue whose
+    record moved over in the merge is still B's to answer (merge.survived)."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    mail = make_mail("Printer on fire", message_id="<dup@example.org>")
+    first, second = ga.handle(mail), gb.handle(mail)
+    reply = gb.handle(make_mail("Re: Printer on fire", "Still.\n", message_id="<r1@example.org>", In_Reply_To="<dup@example.org>"))
+    assert 1 == len(ga.spool.outbox.held()) and 0 == ga.replier.settle()  # not on the remote yet: waits
+    sync_round(ga.store, str(remote), BOT)
+    sync_round(gb.store, str(remote), BOT)
+    again = gateway(a, remote, "gw-a")  # a new process on A's spool settles at start
+    assert ([], 1) == (again.spool.outbox.held(), len(acks(a, "<dup@example.org>")))
+    assert 0 == ga.replier.settle() == again.replier.settle()  # nothing twice
+    gb.replier.settle()
+    assert ([], []) == (gb.spool.outbox.held(), acks(b, "<dup@example.org>"))
+    tip_b = gb.store.tip()
+    assert tip_b is not None
+    assert survived(gb.store, first.commit.encode(), tip_b) and not survived(gb.store, second.commit.encode(), tip_b)
+    assert survived(gb.store, reply.commit.encode(), tip_b)  # its comment moved to the issue kept
+
+
+def test_the_same_mail_in_the_same_instant_on_two_gateways_is_acknowledged_once(tmp_path: Path) -> None:
+    """Both gateways name the issue alike (one path: the merge makes one record of the two) and B
+    has a commit of its own besides, so a real merge joins them: only A, first on the remote, acks."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    mail = make_mail("Printer on fire", message_id="<dup@example.org>")
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    first, second = ga.handle(mail, received=when), gb.handle(mail, received=when)
+    assert first.files == second.files  # one path on both sides
+    assert gb.handle(make_mail("Other", message_id="<other@example.org>")).commit
+    for g in (ga, gb, ga):
+        sync_round(g.store, str(remote), BOT)
+        g.replier.settle()
+    assert "merge" in git(remote, "log", "-1", "--format=%s", "issues")
+    assert (1, 0) == (len(acks(a, "<dup@example.org>")), len(acks(b, "<dup@example.org>")))
+    assert 1 == len(acks(b, "<other@example.org>"))  # B's own mail is B's to answer
+    assert [] == ga.spool.outbox.held() == gb.spool.outbox.held()
+
+
+def test_a_held_ack_outlives_the_age_rule_of_tmp(tmp_path: Path) -> None:
+    """The remote away for days: recover() leaves a held ack older than the Maildir rule alone (only
+    settle decides about it), and the envelope beside it."""
+    remote, (a, _b) = three(tmp_path)
+    ga = gateway(a, remote, "gw-a")
+    assert ga.handle(make_mail("Printer on fire", message_id="<p1@example.org>")).commit
+    (held,) = ga.spool.outbox.held()
+    old = time.time() - 40 * 3600
+    for path in (ga.spool.outbox.tmp / held, ga.spool.outbox.attachment(held)):
+        os.utime(path, (old, old))
+    ga.spool.recover()
+    assert [held] == ga.spool.outbox.held() and ga.spool.outbox.attachment(held).exists()
+    sync_round(ga.store, str(remote), BOT)
+    assert (1, []) == (ga.replier.settle(), ga.spool.outbox.held())

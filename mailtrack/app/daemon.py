@@ -171,6 +171,8 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
                         break
                 if syncer.due():
                     syncer.run()
+                    if gateway.replier.settle():  # the acks held until the remote holds their commit
+                        sender.wake()
                 try:
                     if notifier.notify(store):
                         sender.wake()

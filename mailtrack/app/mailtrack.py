@@ -391,6 +391,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from mailtrack.tracker.model import Person
     from mailtrack.tracker.store import StoreError
     from mailtrack.tracker.sync import sync_round
+    from mailtrack.worker.replies import settle
 
     if not config.sync.remote:
         raise Exit(EX_CONFIG, "no [sync] remote is configured: this gateway shares its branch with no other")
@@ -402,6 +403,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     except StoreError as e:
         raise Exit(EX_TEMPFAIL, f"sync with {config.sync.remote}: {_one_line(str(e))}") from None
     notifier.notify(store)  # what the remote now holds; `serve` or `outbox send` sends it
+    settle(config, store, spool)  # and the acks of the mails whose record the remote kept
     print(f"sync with {config.sync.remote}: {result}")
     return EX_OK if result.level else EX_TEMPFAIL
 

@@ -23,8 +23,8 @@ kills the worker each time still ends in failed/, but unrelated kills never put 
 An outgoing mail may be held (`Spool.queue_out(after=commit)`): written and fsynced in the
 outbox's tmp/, its envelope naming the commit it depends on, and moved into new/ (`publish`)
 only once the branch points at that commit, or deleted (`discard`). `Spool.settle` decides for
-the ones a crash left, by whether their commit is on the branch: a reply is then sent exactly
-when its commit landed.
+the ones a crash left (or [sync] keeps until the remote holds their commit), by a verdict on their
+commit: a reply is then sent exactly when its commit landed. Age never deletes a held mail.
 """
 
 from __future__ import annotations
@@ -451,18 +451,23 @@ class Queue:
             recovered += 1
         for path in self.tmp.iterdir():
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < stale:
+                if path.stat().st_mtime < stale and not self._held_beside(path.name):
                     path.unlink()
         for path in self.failed.glob(f"*{REASON}"):  # a crash between reason and mail
             if not path.with_name(path.name[: -len(REASON)]).exists():
                 path.unlink()
         if self.attached is not None and self.attached.is_dir():  # mail deleted by hand, or
-            held = self.ids()  # an interrupted deliver()
+            held = self.ids() | set(self.held())  # an interrupted deliver()
             for path in self.attached.glob(f"*{self.suffix}"):
                 spool_id = path.name[: len(path.name) - len(self.suffix)]
                 if spool_id not in held and path.stat().st_mtime < stale:
                     path.unlink()
         return recovered
+
+    def _held_beside(self, name: str) -> bool:
+        """Whether a file in tmp/ is a held mail with its attachment (the outbox's replies that wait
+        for the remote, maybe for long): Spool.settle decides about those, age does not."""
+        return self.attached is not None and ID_RE.match(name) is not None and self.attachment(name).exists()
 
     def prune(self, older_than: timedelta) -> int:
         """Delete finished mail finished more than `older_than` ago; return how many."""
@@ -682,25 +687,33 @@ class Spool:
         """An outgoing mail held by queue_out(after=...): its commit did not land, it is deleted."""
         self.outbox.discard(spool_id)
 
-    def settle(self, is_committed: Callable[[bytes], bool]) -> int:
-        """The outgoing mails a crash left held: queued when their commit is on the branch, else
-        deleted; returns how many were queued. Call it holding the lock the writers hold from
-        holding to publishing (tracker.store.Store.writing), so that none is half-way."""
+    def settle(self, landed: Callable[[bytes], bool | None]) -> int:
+        """The outgoing mails held for a commit (a crash left them, or [sync] keeps them until the
+        remote holds it): queued when `landed(commit)` is True, deleted when False, left held when
+        None (not yet); returns how many were queued. Call it holding the lock the writers hold
+        from holding to publishing (tracker.store.Store.writing), so that none is half-way."""
         published = 0
+        stale = time.time() - STALE_TMP.total_seconds()
         for spool_id in self.outbox.held():
             try:
                 after = json.loads(self.outbox.attachment(spool_id).read_text()).get("after")
             except (OSError, ValueError, AttributeError):
                 continue  # a mail being queued (its envelope has no commit), or not ours to judge
             if not isinstance(after, str):
+                with contextlib.suppress(OSError):  # a crash while queueing a mail that held for nothing
+                    if (self.outbox.tmp / spool_id).stat().st_mtime < stale:
+                        self.discard_out(spool_id)
                 continue
-            if is_committed(after.encode("ascii")):
+            verdict = landed(after.encode("ascii"))
+            if verdict is None:
+                continue
+            if verdict:
                 self.publish_out(spool_id)
-                log.warning("%s: queued after a crash: its commit %s is on the branch", spool_id, after[:10])
+                log.warning("%s: queued: its commit %s landed", spool_id, after[:10])
                 published += 1
             else:
                 self.discard_out(spool_id)
-                log.warning("%s: deleted after a crash: its commit %s never landed", spool_id, after[:10])
+                log.warning("%s: deleted: its commit %s never landed, or its record was dropped", spool_id, after[:10])
         return published
 
     def envelope(self, claim: Claim) -> Envelope:

@@ -224,6 +224,38 @@ def _duplicates(store: Store, ours: ObjectID, theirs: ObjectID, our_added: dict[
             files[path_b.decode("utf-8", "replace")] = None  # removed in the merge
 
 
+def survived(store: Store, commit: bytes, tip: bytes) -> bool:
+    """Whether the records `commit` added (a mail's issue or comment) are still its own in `tip`, a
+    commit holding it: False when a merge found the same Message-ID recorded by another gateway and
+    dropped ours (`_duplicates`), or, the same path on both sides (the same mail in the same second),
+    made one record of the two, where theirs (the remote's) stands: that gateway answers the mail."""
+    objects = store.repo.object_store
+    c = objects[ObjectID(commit)]
+    parent = objects[c.parents[0]].tree if c.parents else None  # type: ignore[attr-defined]
+    ours = [p.encode() for p in _records(store, _added(objects, parent, c.tree)).values()]  # type: ignore[attr-defined]
+    if not ours:
+        return True
+    kept = objects[ObjectID(tip)].tree  # type: ignore[attr-defined]
+
+    def dropped(path: bytes) -> bool:
+        if _exists(store, kept, path):
+            return False
+        where = split_issue_path(path.decode("utf-8", "replace"))  # a comment gone with its whole issue moved to the one kept
+        return where is None or where[1] == "issue.xml" or _exists(store, kept, f"{issue_dir(where[0])}/issue.xml".encode())
+
+    if any(dropped(path) for path in ours):
+        return False
+    for entry in store.repo.get_walker(include=[ObjectID(tip)], exclude=[ObjectID(commit)]):
+        m = entry.commit
+        if len(m.parents) != 2:
+            continue
+        mine, theirs = m.parents
+        if store.is_committed(commit, at=mine) and not store.is_committed(commit, at=theirs):
+            if any(_exists(store, objects[theirs].tree, path) for path in ours):  # type: ignore[attr-defined]
+                return False  # theirs recorded it at the same path first
+    return True
+
+
 def _exists(store: Store, tree: ObjectID, path: bytes) -> bool:
     try:
         tree_lookup_path(store.repo.object_store.__getitem__, tree, path)

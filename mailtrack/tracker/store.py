@@ -537,11 +537,11 @@ class Store:
                     self._named_no_more()
             return False
 
-    def is_committed(self, commit: bytes) -> bool:
-        """Whether `commit` is the tip of the branch or one of its ancestors. Only the commits
+    def is_committed(self, commit: bytes, at: bytes | None = None) -> bool:
+        """Whether `commit` is the tip of the branch (or `at`) or one of its ancestors. Only the commits
         made since a day before it are looked at (what came after it is not a day older, clocks
         willing), so the answer for a commit that never landed costs a day of history, not all."""
-        tip = self.tip()
+        tip = self.tip() if at is None else at
         if tip is None:
             return False
         try:

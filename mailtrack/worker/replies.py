@@ -4,12 +4,15 @@ the outbox threaded under their mail, within the per-address rate limit. Machine
 The replies about a commit (the ack of a new issue, the transcript of commands) are queued with
 the commit (`holding`): held in the outbox before the ref moves, queued once it has moved, so a
 crash right after the commit cannot lose them, and the retry, which sees a duplicate, sends
-nothing twice (queue.spool: held mail, settle)."""
+nothing twice (queue.spool: held mail, settle). With [sync] they stay held past the local ref:
+`landed` queues them once the remote holds the commit and kept this gateway's record of the mail
+(tracker.merge.survived), and deletes them when the merge kept another gateway's (that one answers),
+so a mail that reached two gateways is answered once."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +23,10 @@ from mailtrack.mail.ids import LOOP_HEADER, reply_message_id
 from mailtrack.mail.parse import ParsedMail, issue_title
 from mailtrack.queue.ratelimit import RateLimiter
 from mailtrack.queue.spool import Spool
+from mailtrack.tracker.merge import survived
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store
+from mailtrack.tracker.sync import SyncState
 from mailtrack.worker.outcome import Outcome, Reply
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,11 @@ class HeldReplies:
 
     spool: Spool
     ids: list[str] = field(default_factory=list)
+    until_remote: bool = False  # [sync]: held until the remote holds the commit (settle)
 
     def publish(self) -> None:
+        if self.until_remote:
+            return
         for spool_id in self.ids:
             self.spool.publish_out(spool_id)
 
@@ -65,7 +73,7 @@ class Replier:
     @contextmanager
     def holding(self, commit: bytes) -> Iterator[HeldReplies]:
         """While in it, send() holds each reply until `commit` is on the branch (publish/discard)."""
-        held = HeldReplies(self.spool)
+        held = HeldReplies(self.spool, until_remote=bool(self.config.sync.remote))
         self._held, self._commit = held, commit
         try:
             yield held
@@ -76,10 +84,8 @@ class Replier:
             self._held, self._commit = None, None
 
     def settle(self) -> int:
-        """The replies a crash left held: queued when their commit is on the branch, else
-        deleted. Holds the writers' lock, so that no live writer is half-way."""
-        with self.store.writing():
-            return self.spool.settle(self.store.is_committed)
+        """The replies held for a commit: queued when it landed, else deleted (`settle`)."""
+        return settle(self.config, self.store, self.spool)
 
     def send(self, mail: ParsedMail, kind: Reply, out: Outcome, dry_run: bool, **extra: Any) -> None:
         """Queue a reply of `kind` to a human sender, threaded under their mail, within the rate limit."""
@@ -135,3 +141,28 @@ class Replier:
         if not issue or not self.store.snapshot(self._commit).exists(issue):  # e.g. a new issue refused: not written
             return ""
         return reply_message_id(issue, kind.value, mail.message_id, domain)
+
+
+def settle(config: Config, store: Store, spool: Spool) -> int:
+    """Queue the held replies whose commit landed, delete those whose never will (a crash, or
+    [sync]: the remote kept another gateway's record); returns how many were queued. Holds the
+    writers' lock, so that no live writer is half-way."""
+    with store.writing():
+        return spool.settle(landed(config, store))
+
+
+def landed(config: Config, store: Store) -> Callable[[bytes], bool | None]:
+    """Whether a held reply's commit landed: on the branch; with [sync], also on the remote
+    (None until then) with the mail's record of ours kept."""
+    level = SyncState.read(store).level if config.sync.remote else None
+
+    def verdict(commit: bytes) -> bool | None:
+        if not store.is_committed(commit):
+            return False
+        if not config.sync.remote:
+            return True
+        if level is None or not store.is_committed(commit, at=level.encode()):
+            return None
+        return survived(store, commit, level.encode())
+
+    return verdict
