@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, 
                                    milestone TEXT, version TEXT, title TEXT, author TEXT, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
 CREATE INDEX IF NOT EXISTS issues_status ON issues (status);
+CREATE INDEX IF NOT EXISTS issues_modified ON issues (modified, created);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
@@ -233,8 +234,19 @@ class Index:
         from `offset`. `fields`: only these fields of each record (the rest is never parsed)."""
         self.sync(snap)
         picked = ["record"] if fields is None else [column(f) for f in fields]
-        rows = self.db.execute(f"SELECT name, status, {', '.join(picked)} FROM issues{' WHERE ' + where if where else ''}"
-                               f" ORDER BY {order} LIMIT ? OFFSET ?", (*params, limit, offset))
+        where = f" WHERE {where}" if where else ""
+        if limit < 0:
+            rows = self.db.execute(f"SELECT name, status, {', '.join(picked)} FROM issues{where} ORDER BY {order}"
+                                   " LIMIT -1 OFFSET ?", (*params, offset)).fetchall()
+        else:  # a page: sorted by the keys alone, then the page's records read (a sort never carries them)
+            ids = [r for (r,) in self.db.execute(f"SELECT rowid FROM issues{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                                 (*params, limit, offset))]
+            found: dict[int, tuple[str, ...]] = {}
+            for at in range(0, len(ids), 500):  # SQLite's limit on the number of parameters
+                batch = ids[at : at + 500]
+                found.update((row[0], row[1:]) for row in self.db.execute(
+                    f"SELECT rowid, name, status, {', '.join(picked)} FROM issues WHERE rowid IN ({','.join('?' * len(batch))})", batch))
+            rows = [found[r] for r in ids]
         if fields is None:
             return [(n, s, json.loads(r)) for n, s, r in rows]
         lists = [f in LIST_FIELDS for f in fields]  # json_extract gives JSON text for a list, the value for text
@@ -251,12 +263,15 @@ class Index:
         self.sync(snap)
         return dict(self.db.execute("SELECT status, count(*) FROM issues GROUP BY status"))
 
-    def neighbours(self, snap: Snapshot, name: str) -> tuple[str, str]:
-        """The issue names just before and just after `name` in sorted order ('' at either end)."""
+    def neighbours(self, snap: Snapshot, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Each name's issue names just before and just after it in sorted order ('' at either end)."""
         self.sync(snap)
-        before = self.db.execute("SELECT max(name) FROM issues WHERE name < ?", (name,)).fetchone()[0]
-        after = self.db.execute("SELECT min(name) FROM issues WHERE name > ?", (name,)).fetchone()[0]
-        return before or "", after or ""
+        out = {}
+        for name in names:
+            before = self.db.execute("SELECT max(name) FROM issues WHERE name < ?", (name,)).fetchone()[0]
+            after = self.db.execute("SELECT min(name) FROM issues WHERE name > ?", (name,)).fetchone()[0]
+            out[name] = (before or "", after or "")
+        return out
 
     def names(self, snap: Snapshot) -> list[str]:
         """Every issue's name, sorted, as of the snapshot."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mailtrack.fields import LIST_FIELDS
+from mailtrack.fields import LIST_FIELDS, TIME_FIELDS
 from mailtrack.tracker.changes import field_name
 from mailtrack.tracker.model import LIST_OF, Project
 from mailtrack.tracker.store import MIN_SHORT, Snapshot, StoreError
@@ -204,7 +204,8 @@ def order_sql(project: Project, keys: list[tuple[str, bool]]) -> tuple[str, list
         if key in LIST_FIELDS:
             return None
         col = column(key)
-        terms.append(f"(NULLIF({col}, '') IS NOT NULL){d}")
+        if key not in TIME_FIELDS:  # never empty (a modified time is the created one at least): the index's order
+            terms.append(f"(NULLIF({col}, '') IS NOT NULL){d}")
         rank = {v: i for i, v in enumerate(project.legal(key))}
         if rank:
             terms.append(f"CASE {col} {' '.join(f'WHEN ? THEN {i}' for i in rank.values())} ELSE {len(rank)} END{d}")
@@ -245,7 +246,7 @@ def listing(index: Index, snap: Snapshot, project: Project, filters: list[tuple[
     if len(found) > MANY_SHORTS:
         shorts = shortest_names(index.names(snap))
     else:
-        shorts = {n: shortest(n, index.neighbours(snap, n)) for n, _, _ in found}
+        shorts = {n: shortest(n, around) for n, around in index.neighbours(snap, [n for n, _, _ in found]).items()}
     closed = project.closed
     return total, [{"id": n, "short": shorts[n], **r, "open": s not in closed} for n, s, r in found]
 
@@ -263,4 +264,5 @@ def records_of(index: Index, snap: Snapshot, project: Project, names: list[str],
     """The rows of these issues (as `listing` gives them) by name; a name the index does not hold is left out."""
     found = _by_names(index, snap, names, fields)
     closed = project.closed
-    return {n: {"id": n, "short": shortest(n, index.neighbours(snap, n)), **r, "open": s not in closed} for n, s, r in found}
+    around = index.neighbours(snap, [n for n, _, _ in found])
+    return {n: {"id": n, "short": shortest(n, around[n]), **r, "open": s not in closed} for n, s, r in found}
