@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
 CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL,
                                    modified TEXT, type TEXT, severity TEXT, priority TEXT, resolution TEXT,
-                                   milestone TEXT, version TEXT, title TEXT, author TEXT, record TEXT NOT NULL);
+                                   milestone TEXT, version TEXT, title TEXT, author TEXT, lists TEXT NOT NULL,
+                                   record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
 CREATE INDEX IF NOT EXISTS issues_status ON issues (status);
 CREATE INDEX IF NOT EXISTS issues_modified ON issues (modified, created);
@@ -165,9 +166,10 @@ class Index:
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
                 record = issue.record()
-                self.db.execute(f"INSERT OR REPLACE INTO issues (name, {', '.join(COLUMNS)}, record)"
-                                f" VALUES (?, {', '.join('?' * len(COLUMNS))}, ?)",
-                                (name, *(record[c] for c in COLUMNS), json.dumps(record)))
+                self.db.execute(f"INSERT OR REPLACE INTO issues (name, {', '.join(COLUMNS)}, lists, record)"
+                                f" VALUES (?, {', '.join('?' * len(COLUMNS))}, ?, ?)",
+                                (name, *(record[c] for c in COLUMNS), json.dumps({f: record[f] for f in LIST_FIELDS}),
+                                 json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
                 self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):

@@ -30,14 +30,16 @@ SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people 
 
 Records = list[tuple[str, dict[str, object]]]
 COLUMNS = ("status", "created", "modified", "type", "severity", "priority", "resolution", "milestone", "version",
-           "title", "author")  # the record's fields that `issues` also holds as columns, for lists to filter and sort on
-# (lookup.Index keeps the table; a change here is a new lookup.SCHEMA_VERSION)
+           "title", "author")  # the record's fields `issues` holds as columns (and LIST_FIELDS in `lists`), for lists
+# to filter and sort on (lookup.Index keeps the table; a change here is a new lookup.SCHEMA_VERSION)
 
 
 def column(fieldname: str) -> str:
     """The SQL expression of a record field in the table `issues`: its column, or read from the record."""
     if fieldname in COLUMNS:
         return fieldname
+    if fieldname in LIST_FIELDS:  # from the column of the lists alone: no description parsed
+        return f"json_extract(lists, '$.{fieldname}')"
     if not fieldname.isidentifier():
         raise ValueError(f"not a field: {fieldname!r}")
     return f"json_extract(record, '$.{fieldname}')"
@@ -160,7 +162,7 @@ def _match_sql(fieldname: str, whole: bool) -> str:
     """`matches` as an SQL condition on a row of `issues`, with one parameter: the wanted value in lower case."""
     if fieldname in LIST_FIELDS:
         test = "py_lower(value) = ?" if whole or fieldname in LIST_OF or fieldname == "tags" else "instr(py_lower(value), ?) > 0"
-        return f"EXISTS (SELECT 1 FROM json_each(record, '$.{fieldname}') WHERE {test})"
+        return f"EXISTS (SELECT 1 FROM json_each(lists, '$.{fieldname}') WHERE {test})"
     if fieldname in SUBSTRING_FILTERS and not whole:
         return f"instr(py_lower({column(fieldname)}), ?) > 0"
     return f"py_lower({column(fieldname)}) = ?"
