@@ -31,7 +31,7 @@ from mailtrack.tracker.changes import (
     reopen_edits,
 )
 from mailtrack.tracker.model import Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.query import FILTERS, TABLE_FIELDS, fields_needed, select
+from mailtrack.tracker.query import FILTERS, TABLE_FIELDS, fields_needed, listing, select
 from mailtrack.tracker.query import shortest_names as shortest_names  # moved there; still importable from here
 from mailtrack.tracker.store import Change, Snapshot, Store, StoreError, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
@@ -164,28 +164,34 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def all_records(snap: Snapshot, *, fields: tuple[str, ...] | None = None, closed: list[str] | None = None
-                ) -> tuple[list[tuple[str, dict[str, object]]], list[str], list[str] | None]:
-    """(name, record) of every readable issue (`fields`, `closed`: see Index.records) in created order,
-    a line for each file that does not parse, and every issue's name, sorted: from the index derived
-    from the branch. Where the index cannot be kept (a read-only repository), read from the branch
-    itself: all records, full, in no order, and None for the names."""
+def branch_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
+    """(name, record) of every readable issue, read from the branch itself, in no order, and a line
+    for each issue.xml that does not parse: where the index cannot be kept (a read-only repository)."""
+    records, bad = [], []
+    for name in snap.issue_names():
+        try:
+            records.append((name, snap.issue(name).record()))
+        except FormatError as e:
+            bad.append(f"{issue_dir(name)}/issue.xml: {e}")
+    return records, bad
+
+
+def list_rows(snap: Snapshot, project: Project, filters: list[tuple[str, str]], sort: str, include_closed: bool,
+              fields: tuple[str, ...] | None) -> tuple[list[dict[str, object]], list[str]]:
+    """The rows `list` shows (tracker.query.listing: filtered and sorted by the index, in SQL) and a line
+    for each file that does not parse. Where the index cannot be kept (a read-only repository),
+    tracker.query.select over the branch's records."""
     import sqlite3
 
     from mailtrack.tracker.lookup import Index  # only the commands that list: sqlite3 stays out of the others
 
     try:
         with Index.for_snapshot(snap) as index:
-            records = index.records(snap, fields=fields, closed=closed)
-            return records, [f"{path}: {why}" for path, why in index.unreadable(snap)], index.names(snap)
+            _, rows = listing(index, snap, project, filters, sort, include_closed, fields=fields)
+            return rows, [f"{path}: {why}" for path, why in index.unreadable(snap)]
     except (OSError, sqlite3.Error):
-        records, bad = [], []
-        for name in snap.issue_names():
-            try:
-                records.append((name, snap.issue(name).record()))
-            except FormatError as e:
-                bad.append(f"{issue_dir(name)}/issue.xml: {e}")
-        return records, bad, None
+        records, bad = branch_records(snap)
+        return select(project, records, filters, sort, include_closed=include_closed), bad
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
@@ -196,10 +202,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> int:
     # the index answers with the open issues only, and only the fields the table or the IDs need
     shown = {None: TABLE_FIELDS, "table": TABLE_FIELDS, "id": ()}.get(args.format)
     fields = fields_needed(filters, args.sort or "", shown) if shown is not None else None
-    records, unreadable, names = all_records(snap, fields=fields, closed=None if include_closed else project.closed)
-    shorts = shortest_names(names) if names is not None else None
-    rows = select(project, records, filters, args.sort or "", include_closed=include_closed, shorts=shorts,
-                  ordered=names is not None)
+    rows, unreadable = list_rows(snap, project, filters, args.sort or "", include_closed, fields)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()

@@ -19,19 +19,25 @@ from pathlib import Path
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import ObjectID
 
+from mailtrack.fields import LIST_FIELDS
 from mailtrack.tracker.model import Comment, Issue, Person, is_comment_filename
+from mailtrack.tracker.query import COLUMNS, column
 from mailtrack.tracker.store import WRITES_KEPT, Snapshot, split_issue_path
 from mailtrack.tracker.xmlformat import FormatError
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgid (message_id TEXT NOT NULL, path TEXT NOT NULL, issue TEXT NOT NULL,
                                   PRIMARY KEY (message_id, path));
 CREATE INDEX IF NOT EXISTS msgid_path ON msgid (path);
 CREATE TABLE IF NOT EXISTS issues (name TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL,
+                                   modified TEXT, type TEXT, severity TEXT, priority TEXT, resolution TEXT,
+                                   milestone TEXT, version TEXT, title TEXT, author TEXT, lists TEXT NOT NULL,
                                    record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS issues_created ON issues (created);
+CREATE INDEX IF NOT EXISTS issues_status ON issues (status);
+CREATE INDEX IF NOT EXISTS issues_modified ON issues (modified, created);
 CREATE TABLE IF NOT EXISTS people (email TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (email, path));
 CREATE INDEX IF NOT EXISTS people_path ON people (path);
 CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, error TEXT NOT NULL);
@@ -72,6 +78,8 @@ class Index:
             except sqlite3.Error:  # caught mid-checkpoint: build the copy from the branch instead
                 self.db.close()
                 self.db = sqlite3.connect(":memory:", isolation_level=None)
+        # Python's lower(), not SQLite's ASCII one: a list filters by the same case rules as tracker.query.matches
+        self.db.create_function("py_lower", 1, _lower, deterministic=True)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -158,8 +166,10 @@ class Index:
                 issue = Issue.from_bytes(data, name)
                 mid = issue.message_id
                 record = issue.record()
-                self.db.execute("INSERT OR REPLACE INTO issues VALUES (?, ?, ?, ?)",
-                                (name, issue.status, record["created"], json.dumps(record)))
+                self.db.execute(f"INSERT OR REPLACE INTO issues (name, {', '.join(COLUMNS)}, lists, record)"
+                                f" VALUES (?, {', '.join('?' * len(COLUMNS))}, ?, ?)",
+                                (name, *(record[c] for c in COLUMNS), json.dumps({f: record[f] for f in LIST_FIELDS}),
+                                 json.dumps(record)))
                 people = [issue.author.email, *issue.reporters, *issue.owners, *issue.assigned, *issue.carbons]
                 self._searchable(path, name, issue.title, f"{issue.summary}\n{issue.description}")
             elif is_comment_filename(filename):
@@ -218,6 +228,53 @@ class Index:
         rows = self.db.execute(f"SELECT name, {picked} FROM issues{where} ORDER BY created, rowid", closed or [])
         return [(n, json.loads(r)) for n, r in rows]
 
+    def issue_rows(self, snap: Snapshot, where: str = "", params: Sequence[object] = (), order: str = "created, rowid",
+                   *, fields: Sequence[str] | None = None, limit: int = -1, offset: int = 0
+                   ) -> list[tuple[str, str, dict[str, object]]]:
+        """(name, status, record) of the issues matching the SQL condition `where` over the table `issues`
+        (its COLUMNS, `record`), in the SQL `order` (`params`: of both, in that order), `limit` of them
+        from `offset`. `fields`: only these fields of each record (the rest is never parsed)."""
+        self.sync(snap)
+        picked = ["record"] if fields is None else [column(f) for f in fields]
+        where = f" WHERE {where}" if where else ""
+        if limit < 0:
+            rows = self.db.execute(f"SELECT name, status, {', '.join(picked)} FROM issues{where} ORDER BY {order}"
+                                   " LIMIT -1 OFFSET ?", (*params, offset)).fetchall()
+        else:  # a page: sorted by the keys alone, then the page's records read (a sort never carries them)
+            ids = [r for (r,) in self.db.execute(f"SELECT rowid FROM issues{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                                 (*params, limit, offset))]
+            found: dict[int, tuple[str, ...]] = {}
+            for at in range(0, len(ids), 500):  # SQLite's limit on the number of parameters
+                batch = ids[at : at + 500]
+                found.update((row[0], row[1:]) for row in self.db.execute(
+                    f"SELECT rowid, name, status, {', '.join(picked)} FROM issues WHERE rowid IN ({','.join('?' * len(batch))})", batch))
+            rows = [found[r] for r in ids]
+        if fields is None:
+            return [(n, s, json.loads(r)) for n, s, r in rows]
+        lists = [f in LIST_FIELDS for f in fields]  # json_extract gives JSON text for a list, the value for text
+        return [(n, s, {f: json.loads(v) if is_list and isinstance(v, str) else v
+                        for f, v, is_list in zip(fields, values, lists, strict=True)}) for n, s, *values in rows]
+
+    def issue_count(self, snap: Snapshot, where: str = "", params: Sequence[object] = ()) -> int:
+        """How many issues match the SQL condition `where` (see issue_rows)."""
+        self.sync(snap)
+        return int(self.db.execute(f"SELECT count(*) FROM issues{' WHERE ' + where if where else ''}", params).fetchone()[0])
+
+    def status_counts(self, snap: Snapshot) -> dict[str, int]:
+        """How many issues have each status, as of the snapshot."""
+        self.sync(snap)
+        return dict(self.db.execute("SELECT status, count(*) FROM issues GROUP BY status"))
+
+    def neighbours(self, snap: Snapshot, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Each name's issue names just before and just after it in sorted order ('' at either end)."""
+        self.sync(snap)
+        out = {}
+        for name in names:
+            before = self.db.execute("SELECT max(name) FROM issues WHERE name < ?", (name,)).fetchone()[0]
+            after = self.db.execute("SELECT min(name) FROM issues WHERE name > ?", (name,)).fetchone()[0]
+            out[name] = (before or "", after or "")
+        return out
+
     def names(self, snap: Snapshot) -> list[str]:
         """Every issue's name, sorted, as of the snapshot."""
         self.sync(snap)
@@ -251,6 +308,10 @@ class Index:
             "SELECT issue, path, title, snippet(search, 3, char(1), char(2), ' ... ', 24) FROM search"
             " WHERE search MATCH ? ORDER BY rank LIMIT ? OFFSET ?", (match, limit, offset))
         return [Hit(*row) for row in rows]
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _written_since(snap: Snapshot, tree: ObjectID | None) -> list[dict[str, bytes | None]] | None:

@@ -34,7 +34,7 @@ from mailtrack.mail.addresses import Ours
 from mailtrack.mail.compose import builtin_templates
 from mailtrack.tracker.lookup import Index
 from mailtrack.tracker.model import parse_time
-from mailtrack.tracker.query import FILTERS
+from mailtrack.tracker.query import FILTERS, records_of
 from mailtrack.tracker.store import Snapshot, Store, StoreError, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
 from mailtrack.web import exports
@@ -272,24 +272,26 @@ class WebApp:
             raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, f"this issue cannot be read: {e}") from None
 
     def listing(self, req: Request, snap: Snapshot) -> Response:
-        state = self.catalog.state(snap, self._index(snap))
+        index = self._index(snap)
+        state = self.catalog.state(snap, index)
         filters = [(f, req.query[opt]) for opt, f in FILTERS.items() if req.query.get(opt)]
         include_closed = req.query.get("all") in ("1", "yes", "true", "on") or "status" in req.query
         sort = req.query.get("sort", "")
+        size = self.config.web.page_size
         try:
-            rows = self.catalog.rows(snap, state, filters, sort, include_closed)
+            total, shown = self.catalog.page(snap, index, state, filters, sort, include_closed, size)
+            pages = max(1, -(-total // size))
+            page = _page(req.query.get("page"), pages)
+            if page > 1:
+                total, shown = self.catalog.page(snap, index, state, filters, sort, include_closed, size, (page - 1) * size)
         except StoreError as e:  # an illegal filter value, an unknown sort field
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
-        size = self.config.web.page_size
-        pages = max(1, -(-len(rows) // size))
-        page = _page(req.query.get("page"), pages)
-        shown = rows[(page - 1) * size : page * size]
         if req.query.get("format") == "json":
-            data = {"total": len(rows), "page": page, "pages": pages, "counts": dict(state.counts),
+            data = {"total": total, "page": page, "pages": pages, "counts": dict(state.counts),
                     "issues": [{**r, "url": self.url(req, f"/{r['short']}/")} for r in shown]}
             return Response(HTTPStatus.OK, exports.dumps(data), "application/json")
         keep = {k: v for k, v in req.query.items() if k != "page"}
-        return self.page("web-list.html", req, title=self.project, rows=shown, total=len(rows), page=page, pages=pages,
+        return self.page("web-list.html", req, title=self.project, rows=shown, total=total, page=page, pages=pages,
                          counts=state.counts, unreadable=state.unreadable, filters=filters, sort=sort,
                          include_closed=include_closed, query=keep, page_url=lambda n: self._query_url(req, "/", {**keep, "page": n}),
                          filter_url=lambda q=None, **kw: self._query_url(req, "/", {**(q or {}), **kw}))
@@ -297,18 +299,17 @@ class WebApp:
     def search(self, req: Request, snap: Snapshot) -> Response:
         q = req.query.get("q", "").strip()
         index = self._index(snap)
-        state = self.catalog.state(snap, index)
         size = self.config.web.page_size
         page = _page(req.query.get("page"), 1000)
         hits = index.search(snap, q, limit=size + 1, offset=(page - 1) * size) if q else []
+        records = records_of(index, snap, snap.project(), list(dict.fromkeys(h.issue for h in hits[:size])), ("title", "status"))
         results = []
         for hit in hits[:size]:
-            record = state.by_name.get(hit.issue)
+            record = records.get(hit.issue)
             if record is None:
                 continue
-            short = state.shorts[hit.issue]
             comment = hit.path.rpartition("/")[2]
-            results.append({"short": short, "title": record["title"], "status": record["status"],
+            results.append({"short": record["short"], "title": record["title"], "status": record["status"],
                             "snippet": marked(hit.snippet), "comment": comment != "issue.xml"})
         more = self._query_url(req, "/search", {"q": q, "page": page + 1}) if len(hits) > size else ""
         return self.page("web-search.html", req, title=f"Search: {q}" if q else "Search", q=q, results=results,
@@ -324,8 +325,9 @@ class WebApp:
         return self.redirect(req, target)
 
     def new_feed(self, req: Request, snap: Snapshot) -> Response:
-        state = self.catalog.state(snap, self._index(snap))
-        rows = self.catalog.rows(snap, state, [], "-modified", True)[: self.config.web.page_size]
+        index = self._index(snap)
+        state = self.catalog.state(snap, index)
+        _, rows = self.catalog.page(snap, index, state, [], "-modified", True, self.config.web.page_size)
         entries = []
         for r in rows:
             link = self.url(req, f"/{r['short']}/")

@@ -1,7 +1,7 @@
 """What the pages show: the list from the index, one issue from its own directory, never a walk of the branch.
 
-`Catalog` keeps the index's records of the branch's current tree in memory (one load per new tip) and
-the last lists asked for; `issue_view` reads the one issue directory a page is about. Text from the
+`Catalog` asks the index for a list page in SQL (filtered, sorted and cut there) and keeps the
+counts per status of the branch's current tree and the last pages asked for; `issue_view` reads the one issue directory a page is about. Text from the
 branch is kept as text here: the templates escape it (jinja2's autoescape), the feeds and the mbox
 encode it.
 """
@@ -9,7 +9,7 @@ encode it.
 from __future__ import annotations
 
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote
@@ -18,11 +18,11 @@ from dulwich.objects import ObjectID
 
 from mailtrack.tracker.lookup import Index, normalize_msgid
 from mailtrack.tracker.model import Comment, Issue, is_comment_filename, is_reserved_filename
-from mailtrack.tracker.query import Records, select, shortest_names
+from mailtrack.tracker.query import listing
 from mailtrack.tracker.store import DIR_MODE, Snapshot, issue_dir
 from mailtrack.tracker.xmlformat import FormatError
 
-CACHED_LISTS = 32  # lists (filters, sort) kept per tree
+CACHED_LISTS = 32  # list pages (filters, sort, page) kept per tree
 
 
 @dataclass(frozen=True)
@@ -145,19 +145,17 @@ def issue_view(snap: Snapshot, name: str) -> IssueView:
 
 @dataclass
 class State:
-    """The index's records of one tree, and what is derived from them."""
+    """What the list pages of one tree share: counts, unreadable files, and the pages last asked for."""
 
     tree: bytes | None
-    records: Records
-    by_name: dict[str, dict[str, object]]
-    shorts: dict[str, str]
     counts: list[tuple[str, int]]  # (status, issues), in project.xml's order, then the others
     unreadable: list[tuple[str, str]]
-    lists: OrderedDict[tuple[object, ...], list[dict[str, object]]] = field(default_factory=OrderedDict)
+    pages: OrderedDict[tuple[object, ...], tuple[int, list[dict[str, object]]]] = field(default_factory=OrderedDict)
 
 
 class Catalog:
-    """The records of the branch's current tree, loaded from the index once per tree, shared by the threads."""
+    """The list pages of the branch's current tree, asked of the index in SQL (`tracker.query.listing`):
+    a page costs its own rows, never a load of every record; the last pages are kept per tree."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -167,28 +165,28 @@ class Catalog:
         with self._lock:
             if self._state is not None and self._state.tree == snap.tree:
                 return self._state
-        records = index.records(snap)
-        project = snap.project()
-        by_status = Counter(str(r["status"]) for _, r in records)
-        order = [s for s in project.statuses if s in by_status] + sorted(s for s in by_status if s not in project.statuses)
-        state = State(snap.tree, records, dict(records), shortest_names([n for n, _ in records]),
-                      [(s, by_status[s]) for s in order], index.unreadable(snap))
+        by_status = index.status_counts(snap)
+        statuses = snap.project().statuses
+        order = [s for s in statuses if s in by_status] + sorted(s for s in by_status if s not in statuses)
+        state = State(snap.tree, [(s, by_status[s]) for s in order], index.unreadable(snap))
         with self._lock:
             self._state = state
         return state
 
-    def rows(self, snap: Snapshot, state: State, filters: list[tuple[str, str]], sort: str,
-             include_closed: bool) -> list[dict[str, object]]:
-        """`tracker.query.select` over the state's records, remembered for the next page of the same list."""
-        key = (tuple(filters), sort, include_closed)
+    def page(self, snap: Snapshot, index: Index, state: State, filters: list[tuple[str, str]], sort: str,
+             include_closed: bool, limit: int, offset: int = 0) -> tuple[int, list[dict[str, object]]]:
+        """(how many rows the list has, `limit` of them from `offset`): `tracker.query.listing`, remembered."""
+        key = (tuple(filters), sort, include_closed, limit, offset)
         with self._lock:
-            found = state.lists.get(key)
+            found = state.pages.get(key)
             if found is not None:
-                state.lists.move_to_end(key)
+                state.pages.move_to_end(key)
                 return found
-        rows = select(snap.project(), state.records, filters, sort, include_closed, shorts=state.shorts)
+        totals = [t for (f, s, c, _, _), (t, _) in state.pages.items() if (f, s, c) == key[:3]]
+        found = listing(index, snap, snap.project(), filters, sort, include_closed, limit=limit, offset=offset,
+                        total=totals[0] if totals else None)
         with self._lock:
-            state.lists[key] = rows
-            while len(state.lists) > CACHED_LISTS:
-                state.lists.popitem(last=False)
-        return rows
+            state.pages[key] = found
+            while len(state.pages) > CACHED_LISTS:
+                state.pages.popitem(last=False)
+        return found
