@@ -224,6 +224,8 @@ class SyncConfig:
     remote: str = ""  # a git URL or a path of a (bare) repository every gateway pushes to; "" = no sync
     interval: float = 30.0  # seconds between fetches in `mailtrack serve`
     gateway_id: str = ""  # names this gateway in its commits (Gateway-Id:); "" = the host name
+    notify_unmarked: bool = False  # this gateway also tells of the unmarked commits that came from the remote
+    # (a `git issues push` straight to it); set it on exactly one gateway, or nobody hears of those
 
     def __post_init__(self) -> None:
         if self.interval <= 0:

@@ -172,6 +172,35 @@ def test_each_gateway_notifies_its_own_commits_and_unmarked_local_ones_once_on_t
     assert [] == titles("gw-a", ga) == titles("gw-b", gb)  # once
 
 
+def test_an_unmarked_commit_pushed_straight_to_the_remote_is_told_by_the_gateway_named_for_it(tmp_path: Path) -> None:
+    """A `git issues new` pushed by hand into the shared remote (no Gateway-Id) is told once: by the
+    gateway with sync.notify_unmarked, not by the other one."""
+    remote, (a, b) = three(tmp_path)
+    ga, gb = gateway(a, remote, "gw-a"), gateway(b, remote, "gw-b")
+    notifiers = {}
+    for g, gid, tells in ((ga, "gw-a", True), (gb, "gw-b", False)):
+        config = Config(gateway=GatewayConfig(project="proj"), notify=NotifyConfig(watchers=["watch@example.org"]),
+                        sync=SyncConfig(remote=str(remote), gateway_id=gid, notify_unmarked=tells))
+        notifiers[gid] = Notifier(config, g.spool)
+        notifiers[gid].begin(g.store)
+    by_hand = make_repo(tmp_path / "by-hand")
+    git(by_hand, "fetch", "-q", str(remote), "issues:issues")
+    assert 0 == run_cli(by_hand, "new", "Pushed by hand", "-m", "straight to the remote").code
+    git(by_hand, "push", "-q", str(remote), "issues")
+    for g in (ga, gb):
+        sync_round(g.store, str(remote), BOT)
+
+    def subjects(gid: str, g: Gateway) -> list[str]:
+        notifiers[gid].notify(g.store)
+        new = g.spool.outbox.new
+        return [str(email.message_from_bytes(p.read_bytes())["Subject"]) for p in new.iterdir()] if new.exists() else []
+
+    told_a, told_b = subjects("gw-a", ga), subjects("gw-b", gb)
+    assert (1, []) == (len(told_a), told_b), (told_a, told_b)
+    assert "Pushed by hand" in told_a[0]
+    assert [told_a, []] == [subjects("gw-a", ga), subjects("gw-b", gb)]  # once
+
+
 def test_a_new_gateway_starts_from_the_remotes_branch(tmp_path: Path) -> None:
     """`mailtrack sync` in a repository without the issues branch takes the remote's: level, one root."""
     remote, _ = three(tmp_path)

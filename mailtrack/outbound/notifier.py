@@ -447,10 +447,11 @@ class Notifier:
 
     def not_ours(self, store: Store, old: bytes | None, new: bytes) -> Callable[[Commit], bool] | None:
         """With [sync], the commits another gateway tells: those it marked (Gateway-Id), and the
-        unmarked ones that came from the remote (a CLI push there: not ours to tell)."""
+        unmarked ones that came from the remote (a CLI push there), unless this gateway is the one
+        `sync.notify_unmarked` names to tell those."""
         if not self.config.sync.remote:
             return None
-        me = self.config.sync.gateway_id
+        me, tells_unmarked = self.config.sync.gateway_id, self.config.sync.notify_unmarked
         fetched = SyncState.read(store).fetched
         foreign: set[bytes] = set()
         if fetched and ObjectID(fetched.encode()) in store.repo.object_store:
@@ -459,7 +460,7 @@ class Notifier:
 
         def skip(commit: Commit) -> bool:
             marked = gateway_of(commit.message)
-            return marked != me if marked is not None else commit.id in foreign
+            return marked != me if marked is not None else commit.id in foreign and not tells_unmarked
 
         return skip
 
