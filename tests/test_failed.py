@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import deliver, mailtrack
-from helpers.dovecot import DovecotServer
+from helpers.dovecot import DovecotServer, work_all
 from helpers.mail import held_mail, spool_path
 from helpers.ports import free_port
-from mailtrack.app.daemon import work
 from mailtrack.config import ImapConfig, ListenConfig
 from mailtrack.inbound.imap import ImapPoller
 from mailtrack.inbound.smtp import SmtpListener
@@ -80,14 +79,6 @@ def pollers(dovecot: DovecotServer, gateway: Gateway) -> Iterator[list[ImapPolle
 
 def folders(dovecot: DovecotServer, poller: ImapPoller) -> tuple[list[str], ...]:
     return tuple(dovecot.subjects(poller.config.username, f) for f in FOLDERS)
-
-
-def work_all(gateway: Gateway, pollers: list[ImapPoller]) -> int:
-    n = 0
-    for claim in gateway.spool.incoming.claims():
-        work(gateway, claim, pollers)
-        n += 1
-    return n
 
 
 def test_a_held_imap_mail_goes_to_the_failed_folder_of_its_own_mailbox(

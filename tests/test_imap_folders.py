@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.dovecot import DovecotServer, poller_config
+from helpers.dovecot import DovecotServer, poller_config, work_all
 from helpers.repos import make_gateway
-from mailtrack.app.daemon import work
 from mailtrack.inbound.imap import KEPT_KEYWORD, ImapPoller
 from mailtrack.queue.spool import MAX_INTERRUPTED
 from mailtrack.worker.pipeline import Gateway
@@ -43,14 +42,6 @@ def poller(dovecot: DovecotServer, imap_user: str, held: Gateway) -> Iterator[Im
     p = ImapPoller(poller_config(dovecot, imap_user), held.spool)
     yield p
     p.close()
-
-
-def work_all(gateway: Gateway, pollers: list[ImapPoller]) -> int:
-    n = 0
-    for claim in gateway.spool.incoming.claims():
-        work(gateway, claim, pollers)
-        n += 1
-    return n
 
 
 def test_a_mail_failed_by_the_recovery_at_start_goes_to_failed(

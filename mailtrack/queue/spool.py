@@ -66,7 +66,8 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
 
-__all__ = ["ID_RE", "MAX_ATTEMPTS", "MAX_INTERRUPTED", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "write_durably"]
+__all__ = ["ID_RE", "MAX_ATTEMPTS", "MAX_INTERRUPTED", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "fsync_dir", "put_back",
+           "write_durably"]
 
 
 class _Lock:
@@ -140,12 +141,26 @@ def _claimed_id(claim: Claim) -> str:
         return "?"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the names in a directory durable (after a rename into it or out of it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def put_back(path: Path, new: Path, beside: Path) -> bool:
+    """Rename the mail `path` into the queue directory `new` durably, then delete the file kept
+    `beside` it (its reason or note); False when it is not there (moved already)."""
+    try:
+        os.rename(path, new / path.name)
+    except FileNotFoundError:
+        return False
+    fsync_dir(new)
+    with contextlib.suppress(FileNotFoundError):
+        beside.unlink()
+    return True
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -175,7 +190,7 @@ def write_durably(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _first_line(text: str) -> str:
@@ -245,12 +260,12 @@ class Queue:
             except FileExistsError:
                 pass
             else:
-                _fsync_dir(path.parent.parent)
+                fsync_dir(path.parent.parent)
             write_durably(path, attachment)
         try:
             if hold:
                 _write_synced(self.tmp / spool_id, raw)
-                _fsync_dir(self.tmp)
+                fsync_dir(self.tmp)
             else:
                 write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
         except BaseException:
@@ -262,7 +277,7 @@ class Queue:
     def publish(self, spool_id: str) -> None:
         """A mail deliver(hold=True) kept in tmp/: into new/, claimable."""
         os.rename(self.tmp / spool_id, self.new / spool_id)
-        _fsync_dir(self.new)
+        fsync_dir(self.new)
 
     def discard(self, spool_id: str) -> None:
         """A mail deliver(hold=True) kept in tmp/: deleted, with what is beside it."""
@@ -414,15 +429,8 @@ class Queue:
 
     def requeue(self, spool_id: str) -> bool:
         """Move a failed mail back to new/, attempts reset; False when failed/ has no such mail."""
-        if ID_RE.match(spool_id) is None:
+        if ID_RE.match(spool_id) is None or not put_back(self.failed / spool_id, self.new, self.failed / reason_name(spool_id)):
             return False
-        try:
-            os.rename(self.failed / spool_id, self.new / spool_id)
-        except FileNotFoundError:
-            return False
-        _fsync_dir(self.new)
-        with contextlib.suppress(FileNotFoundError):
-            (self.failed / reason_name(spool_id)).unlink()
         log.info("requeued %s", spool_id)
         return True
 
@@ -500,7 +508,7 @@ class Queue:
         mid = _claimed_id(claim)
         os.rename(claim.path, self.failed / claim.id)
         claim.release()
-        _fsync_dir(self.failed)
+        fsync_dir(self.failed)
         log.log(level, "%s (Message-ID %s) moved to %s: %s", claim.id, mid, self.failed.name, _first_line(reason))
 
     def _forget(self, spool_id: str) -> None:
@@ -578,7 +586,7 @@ class Spool:
         for path in (box, box / "tmp", box / "new", box / "cur"):
             if not path.is_dir():
                 path.mkdir(mode=DIR_MODE, exist_ok=True)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         spool_id = self._new_id()
         write_durably(box / "new" / spool_id, raw, tmp=box / "tmp" / spool_id)
         log.warning("kept %s for the postmaster in %s, from %s, Message-ID %s", spool_id, box, source or "?", header_message_id(raw))

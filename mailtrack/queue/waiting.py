@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailtrack.queue.layout import ID_RE, NOTE, Layout
-from mailtrack.queue.spool import Claim, write_durably
+from mailtrack.queue.spool import Claim, fsync_dir, put_back, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Waiting:
         data = json.dumps({"awaits": list(note.awaits), "sender": note.sender, "until": note.until}).encode()
         write_durably(self.dir / f"{claim.id}{NOTE}", data)
         os.rename(claim.path, self.dir / claim.id)  # the flock moves with the inode: still ours
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         claim.release()
         self._notes[claim.id] = note
         self._listed = None
@@ -63,18 +63,10 @@ class Waiting:
         """Back to the incoming queue, claimable now; False when it is not here (released already)."""
         if ID_RE.match(spool_id) is None:
             return False
-        try:
-            os.rename(self.dir / spool_id, self.new / spool_id)
-        except FileNotFoundError:
-            self._notes.pop(spool_id, None)
-            self._listed = None
-            return False
-        _fsync_dir(self.new)
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / f"{spool_id}{NOTE}").unlink()
+        released = put_back(self.dir / spool_id, self.new, self.dir / f"{spool_id}{NOTE}")
         self._notes.pop(spool_id, None)
         self._listed = None
-        return True
+        return released
 
     def notes(self) -> dict[str, Note | None]:
         """Every parked mail and its note, oldest first (None: its note is missing or unreadable).
@@ -130,9 +122,3 @@ def _older_than(path: Path, seconds: float) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,7 +31,10 @@ from urllib.parse import parse_qs
 
 from imapclient import IMAPClient
 
+from mailtrack.app.daemon import work
 from mailtrack.config import ImapConfig
+from mailtrack.inbound.imap import ImapPoller
+from mailtrack.worker.pipeline import Gateway
 
 TEMPLATE = Path(__file__).parent / "dovecot.conf.template"
 PASSWORD = "secret"
@@ -301,3 +304,12 @@ def _live_in_group(pgid: int) -> bool:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             return True
     return False
+
+
+def work_all(gateway: Gateway, pollers: list[ImapPoller]) -> int:
+    """`serve`'s worker on every mail waiting in the spool, the pollers' folders following; how many."""
+    n = 0
+    for claim in gateway.spool.incoming.claims():
+        work(gateway, claim, pollers)
+        n += 1
+    return n
