@@ -25,8 +25,10 @@ import itertools
 import logging
 import os
 import random
+import shutil
 import stat
 import struct
+import subprocess
 import tempfile
 import time
 import zlib
@@ -492,6 +494,7 @@ class Store:
         self.trailers: tuple[str, ...] = ()  # added to every commit this store writes (a gateway's Gateway-Id)
         self.trees = Trees(repo.object_store)  # kept between commits and snapshots
         self._batch: _Batch | None = None  # while batch() is open
+        self._repacking: subprocess.Popen[bytes] | None = None  # the last `git repack` _consolidate() started
         self.durable = durable
         if durable:  # the gateway: a mail is acknowledged only once its commit is on disk
             self.repo.object_store.fsync_object_files = True
@@ -501,6 +504,9 @@ class Store:
         return cls(find_repo(path), durable=durable)
 
     def close(self) -> None:
+        if self._repacking is not None:  # a geometric repack of small packs: a second or so
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._repacking.wait(timeout=60)
         self.repo.close()
 
     def __enter__(self) -> Store:
@@ -794,10 +800,8 @@ class Store:
             result = change(snap)
             if result is None or not result.files:
                 return None, result
-            parents = [snap.commit] if snap.commit else []
-            stamp = (int(when.timestamp()), int((when.utcoffset() or timedelta(0)).total_seconds())) if when else None
             with self.writing():
-                commit = self.write_commit(parents, snap.tree, result.files, result.message, author, committer, when=stamp)
+                commit = self.write_commit(_parents(snap), snap.tree, result.files, result.message, author, committer, when=_stamp(when))
                 held = prepare(commit) if prepare is not None else None
                 try:
                     moved = self.move(snap.commit, commit)
@@ -910,9 +914,7 @@ class Store:
         result = change(snap)
         if result is None or not result.files:
             return None, result
-        parents = [snap.commit] if snap.commit else []
-        stamp = (int(when.timestamp()), int((when.utcoffset() or timedelta(0)).total_seconds())) if when else None
-        commit = self._write_commit(parents, snap.tree, result.files, result.message, author, committer, stamp)
+        commit = self._write_commit(_parents(snap), snap.tree, result.files, result.message, author, committer, _stamp(when))
         b.tip, b.commits = commit, b.commits + 1
         b.redo.append((change, author, committer, when, prepare))
         if prepare is not None:
@@ -934,14 +936,25 @@ class Store:
             self.trees._forget_written(sha)
 
     def _consolidate(self) -> None:
-        """Make the small packs that batches leave one, once there are more than PACKS_KEPT of them,
-        so that a lookup does not ask hundreds of packs. Packs of SMALL_PACK bytes or more are left
-        alone, and the objects are copied one at a time: memory stays bounded whatever the size of
-        the repository. Under the writers' flock; a reader that has a removed pack open keeps
-        reading it (POSIX), and `git gc` works on the result as on any pack (deltas included)."""
+        """Once batches have left more than PACKS_KEPT small packs, make them fewer, so that a
+        lookup does not ask hundreds of packs. Where git is installed, `git repack --geometric=2
+        -d` in the background (git's own incremental repack: it rolls the small packs up with
+        deltas, which a pack of whole trees needs, and leaves the large one alone; a concurrent
+        writer or reader is safe, as with `git gc` beside a push; dulwich rereads its pack list).
+        Without git, the small packs (below SMALL_PACK bytes) are copied into one here, one object
+        at a time, so memory stays bounded whatever the repository's size."""
         store = self.repo.object_store
         packs = getattr(store, "packs", None)
         if packs is None or len(packs) <= PACKS_KEPT:
+            return
+        if self._repacking is not None and self._repacking.poll() is None:
+            return  # the last one is still at work
+        git = shutil.which("git")
+        if git is not None:
+            self._repacking = subprocess.Popen(
+                [git, "--git-dir", self.repo.controldir(), "repack", "-d", "-q", "--geometric=2"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            log.info("%d packs: git repack --geometric=2 started (pid %d)", len(packs), self._repacking.pid)
             return
         small = [p for p in packs if os.path.getsize(p._data_path) < SMALL_PACK]
         if len(small) <= PACKS_KEPT:
@@ -1034,11 +1047,22 @@ def write_pack(store: BaseObjectStore, objects: Iterable[ShaFile], *, durable: b
 
 
 def _fsync_dir(path: Path) -> None:
+    """queue.spool.fsync_dir, again: the tracker imports nothing of the queue above it, and the spool
+    (so the network edges) nothing of the tracker."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _parents(snap: Snapshot) -> list[bytes]:
+    return [snap.commit] if snap.commit else []
+
+
+def _stamp(when: datetime | None) -> tuple[int, int] | None:
+    """A commit's (time, offset) from an aware datetime."""
+    return (int(when.timestamp()), int((when.utcoffset() or timedelta(0)).total_seconds())) if when else None
 
 
 def _ident(p: Person) -> bytes:
