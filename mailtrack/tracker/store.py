@@ -186,6 +186,7 @@ class Trees:
         self._rows: dict[bytes, dict[bytes, bytes]] = {}  # of the trees written over: see write()
         self._order: dict[bytes, list[bytes]] = {}  # and their keys in order
         self._names: dict[bytes, tuple[str, list[str]]] = {}  # of the fan-out trees: see names()
+        self.projects: dict[bytes, Project] = {}  # project.xml by blob id (Snapshot.project); read, never changed
         self._entries = 0  # of the trees kept
         self._commit_trees: dict[bytes, ObjectID] = {}
         self.written: dict[bytes, tuple[ObjectID | None, dict[str, bytes | None]]] = {}
@@ -284,14 +285,15 @@ class Trees:
         tree = Tree.from_raw_string(Tree.type_num, b"".join([rows[k] for k in order]))
         assert isinstance(tree, Tree)
         self.objects.add_object(tree)  # always: one kept may have been pruned since (dulwich skips what it has loose)
+        base_names = self._names.get(base) if base is not None else None
         if base is not None:
             self.drop(base)
         self.keep(tree)
         self._rows[tree.id] = rows
         self._order[tree.id] = order
         self._entries += len(rows)
-        if base is not None and base in self._names:  # a fan-out tree: its names follow from its base's
-            fan, names = self._names[base]
+        if base_names is not None:  # a fan-out tree: its names follow from its base's
+            fan, names = base_names
             touched = [k + b"/" for k in {p.partition(b"/")[0] for p, _, _ in changes}]
             if any((k in before) != (k in rows) for k in touched):
                 gone = {fan + k[:-1].decode("utf-8", "replace") for k in touched if k in before and k not in rows}
@@ -374,9 +376,18 @@ class Snapshot:
         return [(e.path.decode("utf-8", "replace"), e.mode, e.sha) for e in obj.iteritems()]
 
     def project(self) -> Project:
+        """project.xml, parsed once per blob (kept with the trees: a mail's snapshot is new, its project.xml seldom is)."""
         if self._project is None:
-            data = self.read("project.xml")
-            self._project = Project.from_bytes(data) if data is not None else Project()
+            entry = self._entry("project.xml")
+            if entry is None or entry[0] == DIR_MODE:
+                self._project = Project()
+            else:
+                self._project = self.trees.projects.get(entry[1])
+                if self._project is None:
+                    self._project = Project.from_bytes(self.trees.objects[entry[1]].as_raw_string())
+                    if len(self.trees.projects) >= 4:
+                        self.trees.projects.clear()
+                    self.trees.projects[entry[1]] = self._project
         return self._project
 
     def tags(self) -> set[str]:
