@@ -28,7 +28,7 @@ from helpers.ports import free_port, wait_for
 from helpers.repos import git, tip, titles
 from helpers.servers import Server
 from mailtrack.queue.spool import MAX_ATTEMPTS
-from mailtrack.tracker.store import STALE_LOCK
+from mailtrack.tracker.store import BATCH_COMMITS, STALE_LOCK
 
 pytestmark = pytest.mark.slow
 
@@ -72,18 +72,18 @@ DiskObjectStore.add_object = add_object
 # Around the compare-and-swap of the ref, and the publishing of the replies held with the commit.
 BEFORE_MOVE = PAUSE + """
 from mailtrack.tracker.store import Store
-real_move = Store.move
+real_move = Store._move
 def move(self, old, new):
     pause("before-move")
-Store.move = move
+Store._move = move
 """
 AFTER_MOVE = PAUSE + """
 from mailtrack.tracker.store import Store
-real_move = Store.move
+real_move = Store._move
 def move(self, old, new):
     moved = real_move(self, old, new)
     pause("after-move")
-Store.move = move
+Store._move = move
 """
 AFTER_PUBLISH = PAUSE + """
 from mailtrack.worker.replies import HeldReplies
@@ -310,14 +310,16 @@ def make_mbox(path: Path, n: int) -> Path:
 
 
 def test_an_import_killed_mid_commit_is_resumed_fully(repo: Path, tmp_path: Path) -> None:
-    """`mailtrack import` killed holding the ref lock at its third commit: running it again puts
-    every mail on the branch exactly once, and none in failed."""
-    box = make_mbox(tmp_path / "old.mbox", 6)
-    where, _ = killed(["mailtrack", "--repo", str(repo), "import", str(box)], REF_LOCKED, env={"PAUSE_AT": "3"})
-    assert ("ref-locked", ["refs/heads/issues.lock"], 2) == (where, lock_files(repo), len(titles(repo)))
+    """`mailtrack import` killed holding the ref lock as it moves the ref to its second batch (its
+    pack written, the index told of it): the first batch is on the branch, the second not; running
+    it again puts every mail on the branch exactly once, and none in failed."""
+    n = BATCH_COMMITS + 6
+    box = make_mbox(tmp_path / "old.mbox", n)
+    where, _ = killed(["mailtrack", "--repo", str(repo), "import", str(box)], REF_LOCKED, env={"PAUSE_AT": "2"})
+    assert ("ref-locked", ["refs/heads/issues.lock"], BATCH_COMMITS) == (where, lock_files(repo), len(titles(repo)))
     r = mailtrack("import", str(box), repo=repo, text=True)
     assert 0 == r.returncode, r.stderr
-    check_branch(repo, [f"Crash {i}" for i in range(1, 7)])
+    check_branch(repo, [f"Crash {i}" for i in range(1, n + 1)])
     assert [] == failed(repo)
 
 

@@ -5,6 +5,8 @@ branch already is skipped, and what an earlier run kept in the failed queue is n
 when it goes onto the branch this time, the copy an earlier import kept in failed is deleted, so
 no mail is both on the branch and in failed. A repository locked by a lock file that cannot be
 removed yet (tracker.store.Locked) stops the import with the file's path: resumed once it is gone.
+The commits are written a batch at a time (tracker.store.Store.batch: one pack, one fsync, one ref
+move): an import killed midway loses at most the last batch, which the next run imports again.
 Issues, comments and the commits' author dates keep the mail's Date (Gateway.handle,
 model.written_at: one in the future or before 1971 gives the time of the import). A reply that
 comes before its parent in the archive waits for it (import_path). No reply (acknowledgement,
@@ -22,6 +24,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -105,24 +108,39 @@ def import_path(gateway: Gateway, path: Path, progress: TextIO | None = None) ->
             if out.action == Action.HELD:
                 _keep_failed(gateway, raw, out.reason, kept, logging.WARNING)  # a decision, not a fault
             elif out.action in ON_BRANCH:
-                for spool_id in ours.pop(mail_key(raw), []):
-                    gateway.spool.forget_failed(spool_id)
+                for spool_id in ours.pop(mail_key(raw), []):  # once its commit is on the disk
+                    gateway.store.when_durable(_Forget(gateway, spool_id))
             if out.commit:
                 for woken in waiting.pop(normalize_msgid(out.message_id), []):
                     if woken in early:
                         del early[woken]
                         todo.append((woken, True))
 
-    for key in range(total):
-        take(key, True)
-        done += 1
-        bar.show(done, counts)
-    while early:  # their parents are not in the archive: taken as they come, as if they had not waited
-        key = next(iter(early))
-        del early[key]
-        take(key, False)
+    with gateway.store.batch():  # commits reach the disk a pack at a time (tracker.store.Store.batch)
+        for key in range(total):
+            take(key, True)
+            done += 1
+            bar.show(done, counts)
+        while early:  # their parents are not in the archive: taken as they come, as if they had not waited
+            key = next(iter(early))
+            del early[key]
+            take(key, False)
     bar.show(done, counts, final=True)
     return counts
+
+
+@dataclass
+class _Forget:
+    """The copy an earlier import kept in failed, deleted once the mail's commit is durable (tracker.store.Held)."""
+
+    gateway: Gateway
+    spool_id: str
+
+    def publish(self) -> None:
+        self.gateway.spool.forget_failed(self.spool_id)
+
+    def discard(self) -> None:
+        pass  # kept: the mail is not on the branch
 
 
 def _keep_failed(gateway: Gateway, raw: bytes, reason: str, kept: set[str], level: int) -> None:

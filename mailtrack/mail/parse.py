@@ -6,7 +6,9 @@ import nothing from mailtrack either. `parse` never raises: malformed MIME, bad 
 headers, unknown or mislabelled charsets and binary garbage all give a `ParsedMail` holding
 whatever could be read.
 
-Header values are taken from the parser's raw header list and decoded by `decode`, and MIME
+The MIME structure is parsed with `policy.compat32`: `policy.default` builds an `email.headerregistry`
+object for every header the parser looks at (Content-Type of each part, ...), 60% of the parse, and
+nothing here reads them. Header values are taken from the parser's raw header list and decoded by `decode`, and MIME
 parameters are read with the legacy (compat32) parameter code: the `email.headerregistry`
 parsers of `policy.default` can raise on hostile input and turn 8-bit names into U+FFFD.
 """
@@ -301,7 +303,7 @@ def issue_title(subject: str, project: str) -> str:
 
 def _parse_bytes(raw: bytes) -> Message | None:
     """The MIME tree; failing that (parser bugs, absurd nesting) the headers and a flat body."""
-    attempts = ((policy.default, False), (policy.compat32, False), (policy.compat32, True))
+    attempts = ((policy.compat32, False), (policy.compat32, True))
     for pol, headers_only in attempts:
         try:
             return BytesParser(policy=pol).parsebytes(raw, headersonly=headers_only)

@@ -324,6 +324,7 @@ class Notifier:
         self.project = project
         self._renderer = renderer
         self.optouts = OptOuts(spool.layout)
+        self._limiter: RateLimiter | None = None  # open during one notify()
 
     @property
     def state_path(self) -> Path:
@@ -383,7 +384,12 @@ class Notifier:
     def notify(self, store: Store) -> int:
         """Queue the notifications for every change since the last notified tip; return how many."""
         with self._locked():
-            return self._notify(store)
+            try:
+                return self._notify(store)
+            finally:
+                if self._limiter is not None:
+                    self._limiter.close()
+                    self._limiter = None
 
     def _notify(self, store: Store) -> int:
         if self._begin(store):
@@ -551,12 +557,10 @@ class Notifier:
         if cfg.rate_limit <= 0:
             return True
         actor = notice.actor.email.lower()
-        limiter = RateLimiter(self.spool.layout.notify_rate_db)
-        try:
-            ok = limiter.allow_once(f"{notice.issue} {actor}", f"{notice.commit.decode()} {notice.issue}", cfg.rate_limit,
-                                    cfg.rate_window)
-        finally:
-            limiter.close()
+        if self._limiter is None:  # one connection for the whole range, closed when notify() ends
+            self._limiter = RateLimiter(self.spool.layout.notify_rate_db)
+        ok = self._limiter.allow_once(f"{notice.issue} {actor}", f"{notice.commit.decode()} {notice.issue}", cfg.rate_limit,
+                                      cfg.rate_window)
         if not ok:
             log.warning("issue %s: %s caused %d notices in %ds already: the change of %s is not mailed", notice.issue[:7],
                         actor or "(unknown)", cfg.rate_limit, cfg.rate_window, notice.commit.decode()[:10])

@@ -15,6 +15,9 @@ class RateLimiter:
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # A commit survives a kill -9 of any process in WAL mode without an fsync of its own; only an
+        # OS crash may lose the last ones (then a reply or a notice may be counted once too few).
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS sent (address TEXT NOT NULL, at REAL NOT NULL)")
         self.db.execute("CREATE INDEX IF NOT EXISTS sent_address ON sent (address, at)")
         self.db.execute("CREATE TABLE IF NOT EXISTS caused (key TEXT NOT NULL, token TEXT PRIMARY KEY, at REAL NOT NULL)")

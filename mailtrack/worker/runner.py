@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from mailtrack.queue.spool import Claim
@@ -76,17 +78,43 @@ def _work(gateway: Gateway, claim: Claim) -> Outcome | None:
         gateway.spool.incoming.fail(claim, f"{out.reason}\nMessage-ID: {out.message_id}", level=logging.WARNING)
     elif out.action == Action.WAITING:
         gateway.park(claim, out)
-    else:
-        gateway.spool.incoming.done(claim)
+    else:  # done once its commit is on the disk: in a batch, when the batch is flushed
+        gateway.store.when_durable(Done(gateway, claim))
     return out
 
 
+@dataclass
+class Done:
+    """A claimed mail whose effect is committed, or will be once the batch it is in is flushed
+    (tracker.store.Held); `then` is called after it left the incoming queue."""
+
+    gateway: Gateway
+    claim: Claim
+    then: Callable[[str], None] | None = None
+
+    def publish(self) -> None:
+        self.gateway.spool.incoming.done(self.claim)
+        if self.then is not None:
+            self.then(self.claim.id)
+
+    def discard(self) -> None:  # the batch was not written: the mail is tried again
+        self.gateway.spool.incoming.interrupted(self.claim, "its batch of commits was not written", delay=ENVIRONMENT_DELAY)
+
+
 def drain(gateway: Gateway) -> int:
-    """Process every waiting mail; return how many were taken."""
+    """Process every waiting mail, their commits a batch at a time (tracker.store.Store.batch: one
+    pack, one fsync, one ref move for up to BATCH_COMMITS mails); a mail leaves the incoming queue
+    once its commit is on the disk. Return how many were taken."""
     n = 0
-    for claim in gateway.spool.incoming.claims():
-        work(gateway, claim)
-        n += 1
+    try:
+        with gateway.store.batch():
+            for claim in gateway.spool.incoming.claims():
+                work(gateway, claim)
+                n += 1
+    except Exception as e:  # the flush: its mails are back in the queue (Done.discard)
+        if not environmental(e):
+            raise
+        log.warning("a batch of %d mails was not written, tried again in %ds: %s: %s", n, ENVIRONMENT_DELAY.seconds, type(e).__name__, e)
     return n
 
 
