@@ -74,3 +74,6 @@ def test_a_missing_anchor_prints_n_a_and_why(tmp_path: Path) -> None:
     assert why.startswith("public-inbox not installed (perl not found")
     row = check_row(bench.skipped("deliver alone", "300 ms/mail", 35.0, "<= 0.75x public-inbox-mda", why).line())
     assert ("n/a", "n/a", f"[n/a: {why}]") == (row["anchor"], row["met"], row["why"])
+    # an anchor that fails is an n/a too, its error on one line, not the end of the benchmark
+    failed = bench.failed("roundup-mailgw", SystemExit("roundup-mailgw: exit 1\nTraceback  (most recent call last)"))
+    assert "roundup-mailgw failed: roundup-mailgw: exit 1 Traceback (most recent call last)" == failed
