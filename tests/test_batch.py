@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,3 +147,39 @@ def test_a_snapshot_of_the_batch_reads_its_objects_before_they_are_on_disk(repo:
         assert ["first"] == [c.text for c in snap.comments(name)]
         assert snap.short(name) == name[:7]
         assert snap.resolve(name[:8]) == name
+
+
+def flock_free(store: Store) -> bool:
+    """Whether another process could take the writers' flock now."""
+    fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_the_writers_flock_is_held_from_a_batchs_first_commit_to_its_flush(repo: Path) -> None:
+    """So a `git issues` beside a long import waits for one batch at most, and no settle judges the
+    replies a batch holds."""
+    name = new_issue(repo, "Locked by batches")
+    with Store.open(repo) as store, store.batch():
+        assert flock_free(store)  # nothing written yet
+        store.update(comment(name, "one"), ME)
+        assert not flock_free(store)
+        store.flush()
+        assert flock_free(store)
+        store.update(comment(name, "two"), ME)
+        assert not flock_free(store)
+        # a writer that does not batch (a patch series, a merge) flushes first, in any nesting
+        with store.writing():
+            snap = store.snapshot()
+            commit = store.write_commit([snap.commit or b""], snap.tree, {"note.txt": b"x\n"}, "note", ME)
+            assert store.move(snap.commit, commit)
+        assert flock_free(store)
+    assert flock_free(store)
+    assert ["one", "two"] == [c.text for c in read_comments(repo, name)]
+    assert "x\n" == git(repo, "show", "issues:note.txt")
+    git(repo, "fsck", "--strict", "--no-dangling")

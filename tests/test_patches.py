@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import run_cli
-from helpers.mail import outbox
+from helpers.mail import make_mail, outbox
 from helpers.ports import wait_for
 from helpers.repos import (
     default_spool,
@@ -24,6 +24,7 @@ from helpers.repos import (
     read_issue,
     read_names,
     tip,
+    titles,
     tree,
 )
 from helpers.servers import ADDRESS, Served, clone, git_send_email, send_email
@@ -516,3 +517,23 @@ def test_a_timed_out_series_requeued_from_failed_is_applied(tmp_path: Path) -> N
         g.store.close()
     assert "changed" in [a.action for a in actions if a is not None], actions
     assert tree(c) == tree(repo)
+
+
+def test_a_series_drained_between_plain_mails_lands_with_them(tmp_path: Path) -> None:
+    """The worker's drain commits a batch at a time (tracker.store.Store.batch); a patch series met
+    in the middle of one is applied on the batch's commits, and the mails after it go on top."""
+    repo, _, mails = _series(tmp_path, "--cover-letter")
+    g = make_gateway(repo)
+    try:
+        g.spool.accept(make_mail(subject="Plain before", message_id="<plain1@example.org>"))
+        for raw in _thread(mails, deep=False):
+            g.spool.accept(raw)
+        g.spool.accept(make_mail(subject="Plain after", message_id="<plain2@example.org>"))
+        assert 2 + len(mails) == runner.drain(g)
+    finally:
+        g.close()
+        g.store.close()
+    assert ["First offline", "Plain after", "Plain before", "Second offline"] == titles(repo)
+    counts = Spool(repo / ".git" / "mailtrack" / "spool").counts()
+    assert (0, 0, 0) == (counts["incoming/new"], counts["incoming/cur"], counts["failed"])
+    git(repo, "fsck", "--strict", "--no-dangling")

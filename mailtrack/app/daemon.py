@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
 
@@ -165,10 +166,11 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
         backoff = ERROR_BACKOFF[0]
         while not stop.is_set():
             try:
-                for claim in spool.incoming.claims():
-                    work(gateway, claim, pollers)
-                    if stop.is_set():  # finish the mail at hand, leave the rest spooled
-                        break
+                with store.batch():  # their commits a pack at a time (tracker.store.Store.batch)
+                    for claim in spool.incoming.claims():
+                        work(gateway, claim, pollers)
+                        if stop.is_set():  # finish the mail at hand, leave the rest spooled
+                            break
                 if syncer.due():
                     syncer.run()
                     if gateway.replier.settle():  # the acks held until the remote holds their commit
@@ -210,10 +212,24 @@ def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
     processed folder when it is processed after a requeue."""
     source = gateway.spool.source(claim.id) if pollers else ""
     runner.work(gateway, claim)
-    for poller in pollers:
-        if not poller.owns(source):
-            continue
-        try:
-            poller.follow_spool([claim.id])
-        except Exception as e:  # the spool has the verdict either way; the poller looks again at its next poll
-            log.warning("%s: the folders of %s could not follow: %s", claim.id, poller.config.label, e)
+    owners = [p for p in pollers if p.owns(source)]
+    if owners:  # once the verdict is on the disk: in a batch, when it is flushed
+        gateway.store.when_durable(_Follow(owners, claim.id))
+
+
+@dataclass
+class _Follow:
+    """The folders of the IMAP mailboxes a mail came from follow its verdict (tracker.store.Held)."""
+
+    pollers: list[ImapPoller]
+    spool_id: str
+
+    def publish(self) -> None:
+        for poller in self.pollers:
+            try:
+                poller.follow_spool([self.spool_id])
+            except Exception as e:  # the spool has the verdict either way; the poller looks again at its next poll
+                log.warning("%s: the folders of %s could not follow: %s", self.spool_id, poller.config.label, e)
+
+    def discard(self) -> None:
+        pass  # not processed after all: the mail is back in the queue, its folders stay

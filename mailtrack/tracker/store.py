@@ -152,6 +152,7 @@ class Objects:
     def __init__(self, disk: BaseObjectStore) -> None:
         self.disk = disk
         self.pending: dict[bytes, ShaFile] | None = None  # a batch's objects, None outside a batch
+        self.collecting = False  # while a batch writes a commit: what is added is kept in `pending`
         self.pending_bytes = 0
 
     def __getitem__(self, sha: bytes) -> ShaFile:
@@ -165,7 +166,7 @@ class Objects:
         return bool(self.pending) and sha in self.pending or ObjectID(sha) in self.disk  # type: ignore[operator]
 
     def add_object(self, obj: ShaFile) -> None:
-        if self.pending is None:
+        if self.pending is None or not self.collecting:  # a writer beside the batch (write_commit) writes to the disk
             self.disk.add_object(obj)
         elif obj.id not in self.pending:
             self.pending[obj.id] = obj
@@ -707,12 +708,16 @@ class Store:
 
         A holder that finds a previous holder still named in the file knows it died while moving
         the ref, and removes the ref lock it left."""
+        self._hold()
+        try:
+            yield
+        finally:
+            self._let_go()
+
+    def _hold(self) -> None:
+        """Take the writers' flock, or one more hold of it (writing(); an open batch's first commit)."""
         if self._lock_depth:
             self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
             return
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -732,10 +737,17 @@ class Store:
             if left:
                 self._after_dead_writer(left)
                 os.ftruncate(fd, 0)
-            yield
-        finally:
+        except BaseException:
             if self._lock_fd == fd:
                 self._lock_fd, self._lock_depth = -1, 0
+            os.close(fd)
+            raise
+
+    def _let_go(self) -> None:
+        """One hold less; the flock is dropped with the last, in whatever order they are let go of."""
+        self._lock_depth -= 1
+        if self._lock_depth == 0:
+            fd, self._lock_fd = self._lock_fd, -1
             os.close(fd)  # drops the flock
 
     def _naming(self) -> None:
@@ -843,65 +855,81 @@ class Store:
         BATCH_COMMITS (or BATCH_BYTES) and at the end they reach the disk together (flush): one pack,
         fsynced once when durable, and then one compare-and-swap of the ref, so the ref never names
         an object that is not durable. Each change is still its own commit, with its own message and
-        author. The writers' flock is held throughout. What `prepare` held is published once the ref
-        names its commit. Leaving by an exception flushes nothing: those changes are not on the
-        branch (their callers must not have acknowledged them: see worker.runner). Re-entrant."""
+        author. The writers' flock is held from a batch's first commit to its flush, so that no
+        other writer of ours moves the ref meanwhile and no `settle` judges the replies it holds
+        (and not longer: a `git issues` beside a long import waits for one batch at most). What
+        `prepare` held is published once the ref names its commit. Leaving by an exception
+        flushes nothing: those changes are not on the branch (their callers must not have
+        acknowledged them: see worker.runner). Re-entrant."""
         if self._batch is not None:
             yield
             return
-        with self.writing():
-            self._batch = _Batch(self.tip())
-            self.trees.objects.pending = {}
-            try:
-                yield
-                self.flush()
-            except BaseException:
-                self._drop_batch()
-                raise
-            finally:
-                self._batch = None
-                self.trees.objects.pending, self.trees.objects.pending_bytes = None, 0
+        self._batch = _Batch()
+        self.trees.objects.pending = {}
+        try:
+            yield
+            self.flush()
+        except BaseException:
+            self._drop_batch()
+            raise
+        finally:
+            if self._batch is not None:
+                self._batch_let_go(self._batch)
+            self._batch = None
+            self.trees.objects.pending, self.trees.objects.pending_bytes = None, 0
 
     def flush(self) -> None:
         """Write the open batch's commits to the disk as one pack and move the ref to the last (see
-        batch()); a no-op outside a batch or when it holds nothing. When the branch moved meanwhile
-        (not by a writer of ours: we hold the flock; by git), the batch's changes are done again on
-        the new tip, one commit each, as update() does outside a batch."""
+        batch()), then let go of the writers' flock; a no-op outside a batch or when it holds nothing.
+        When the branch moved meanwhile (not by a writer of ours: we hold the flock; by git), the
+        batch's changes are done again on the new tip, one commit each, as update() does outside a batch."""
         b = self._batch
         if b is None or not b.commits:
             return
-        objects = self.trees.objects
-        assert objects.pending is not None and b.tip is not None
-        write_pack(self.repo.object_store, list(objects.pending.values()), durable=self.durable)
-        objects.pending, objects.pending_bytes = {}, 0
-        redo, helds = b.redo, b.helds
-        moved = self._move(b.base, b.tip)
-        self._batch = _Batch(b.tip if moved else self.tip())
-        if moved:
-            log.debug("committed %d changes in one pack, %s..%s", len(redo), (b.base or b"root").decode()[:10], b.tip.decode()[:10])
-            for held in helds:
+        try:
+            objects = self.trees.objects
+            assert objects.pending is not None and b.tip is not None
+            if objects.pending:  # else written by a flush that failed after (its ref move): on disk already
+                write_pack(self.repo.object_store, list(objects.pending.values()), durable=self.durable)
+            objects.pending, objects.pending_bytes = {}, 0
+            moved = self._move(b.base, b.tip)
+            self._batch = _Batch()
+            if moved:
+                log.debug("committed %d changes in one pack, %s..%s", len(b.redo), (b.base or b"root").decode()[:10], b.tip.decode()[:10])
+                for held in b.helds:
+                    held.publish()
+            else:
+                self._redo(b)
+            for held in b.after:
                 held.publish()
-        else:
-            for held in helds:
-                held.discard()
-            log.info("the %s branch moved while a batch was written: its %d changes are done again on the new tip", self.branch, len(redo))
-            batch, self._batch = self._batch, None
-            objects.pending = None
-            try:
-                for change, author, committer, when, prepare in redo:
-                    self.update(change, author, committer, when=when, prepare=prepare)
-            except BaseException:  # each change done again is idempotent (Message-IDs): all are tried again
-                for held in b.after:
-                    with contextlib.suppress(Exception):
-                        held.discard()
-                raise
-            finally:
-                self._batch, objects.pending = batch, {}
-                self._batch.base = self.tip()
-        for held in b.after:
-            held.publish()
-        if moved:
-            self._consolidate()
+            if moved:
+                self._consolidate()
+        finally:
+            self._batch_let_go(b)
+
+    def _batch_let_go(self, b: _Batch) -> None:
+        if b.holding:
+            b.holding = False
+            self._let_go()
+
+    def _redo(self, b: _Batch) -> None:
+        """The batch `b`'s changes, done again one commit each on a tip that git moved meanwhile."""
+        for held in b.helds:
+            held.discard()
+        log.info("the %s branch moved while a batch was written: its %d changes are done again on the new tip", self.branch, len(b.redo))
+        batch, self._batch = self._batch, None
+        objects = self.trees.objects
+        objects.pending = None
+        try:
+            for change, author, committer, when, prepare in b.redo:
+                self.update(change, author, committer, when=when, prepare=prepare)
+        except BaseException:  # each change done again is idempotent (Message-IDs): all are tried again
+            for held in b.after:
+                with contextlib.suppress(Exception):
+                    held.discard()
+            raise
+        finally:
+            self._batch, objects.pending = batch, {}
 
     def when_durable(self, held: Held) -> None:
         """Publish `held` once what was written so far is on the branch: now outside a batch, else
@@ -921,11 +949,25 @@ class Store:
     ) -> tuple[bytes | None, Change | None]:
         b = self._batch
         assert b is not None
+        if not b.holding:  # a batch's first commit: the writers' flock until the batch is flushed
+            self._hold()
+            b.holding, b.base = True, self.tip()
         snap = self.snapshot()
-        result = change(snap)
+        try:
+            result = change(snap)
+        except BaseException:
+            if not b.commits:
+                self._batch_let_go(b)
+            raise
         if result is None or not result.files:
+            if not b.commits:
+                self._batch_let_go(b)
             return None, result
-        commit = self._write_commit(_parents(snap), snap.tree, result.files, result.message, author, committer, _stamp(when))
+        self.trees.objects.collecting = True
+        try:
+            commit = self._write_commit(_parents(snap), snap.tree, result.files, result.message, author, committer, _stamp(when))
+        finally:
+            self.trees.objects.collecting = False
         b.tip, b.commits = commit, b.commits + 1
         b.redo.append((change, author, committer, when, prepare))
         if prepare is not None:
@@ -992,7 +1034,8 @@ class Store:
 
 @dataclass
 class _Batch:
-    base: ObjectID | None  # the tip the batch started from: its ref move is compared against it
+    base: ObjectID | None = None  # the tip the batch's first commit went on: its ref move is compared against it
+    holding: bool = False  # a hold of the writers' flock, from the first commit to the flush
     tip: ObjectID | None = None  # its last commit
     commits: int = 0
     redo: list[tuple[Callable[[Snapshot], Change | None], Person, Person | None, datetime | None,
