@@ -62,6 +62,7 @@ MOVE_WINDOW = 5.0  # a ref lock made this soon after a writer that died started 
 TREES_KEPT = 60_000  # tree entries a Store keeps parsed in memory (the root, fan-outs, issue directories): ~15 MB
 WRITES_KEPT = 64  # commits' trees whose files a Store remembers writing, for the index (`Trees.written`)
 WRITTEN_BYTES = 32 << 20  # and at most these many bytes of their files (attachments are big)
+ISSUES_KEPT = 1024  # issue records a Store keeps parsed (Snapshot.issue)
 BATCH_COMMITS = 32  # commits a batch keeps in memory before one pack, one fsync and one ref move (< WRITES_KEPT)
 BATCH_BYTES = 16 << 20  # or these many bytes of new files, whichever comes first
 PACKS_KEPT = 24  # small packs (below SMALL_PACK objects) that batches leave before they are made one
@@ -188,6 +189,7 @@ class Trees:
         self._order: dict[bytes, list[bytes]] = {}  # and their keys in order
         self._names: dict[bytes, tuple[str, list[str]]] = {}  # of the fan-out trees: see names()
         self.projects: dict[bytes, Project] = {}  # project.xml by blob id (Snapshot.project); read, never changed
+        self.issues: dict[tuple[bytes, str], Issue] = {}  # issue.xml by blob id and issue (Snapshot.issue); frozen
         self._entries = 0  # of the trees kept
         self._commit_trees: dict[bytes, ObjectID] = {}
         self.written: dict[bytes, tuple[ObjectID | None, dict[str, bytes | None]]] = {}
@@ -438,13 +440,22 @@ class Snapshot:
         return name[:max(MIN_SHORT, min(shared + 1, 40))]
 
     def issue(self, name: str) -> Issue:
-        data = self.read(issue_dir(name) + "/issue.xml")
-        if data is None:
+        """The issue's record; parsed once per blob (kept with the trees: a mail reads its issue
+        for the rights and again for the change, and the next reply to it reads it again)."""
+        entry = self._entry(issue_dir(name) + "/issue.xml")
+        if entry is None or entry[0] == DIR_MODE:
             raise UnknownIssue(f"no issue {name[:MIN_SHORT]}")
+        kept = self.trees.issues.get((entry[1], name))
+        if kept is not None:
+            return kept
         try:
-            return Issue.from_bytes(data, name)
+            issue = Issue.from_bytes(self.trees.objects[entry[1]].as_raw_string(), name)
         except FormatError as e:
             raise FormatError(f"{issue_dir(name)}/issue.xml: {e}") from None
+        if len(self.trees.issues) >= ISSUES_KEPT:
+            self.trees.issues.clear()
+        self.trees.issues[(entry[1], name)] = issue
+        return issue
 
     def issues(self) -> Iterator[Issue]:
         for name in self.issue_names():
