@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -183,3 +184,28 @@ def test_the_writers_flock_is_held_from_a_batchs_first_commit_to_its_flush(repo:
     assert ["one", "two"] == [c.text for c in read_comments(repo, name)]
     assert "x\n" == git(repo, "show", "issues:note.txt")
     git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_flush_that_failed_is_tried_again_and_a_writer_meanwhile_is_not_lost(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack that could not be written (a full disk) leaves the batch's commits in memory and lets go
+    of the flock; another writer commits meanwhile; the next flush does the batch again on top of it."""
+    name = new_issue(repo, "Flaky disk")
+    real, calls = store_module.write_pack, []
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "write_pack", flaky)
+    with Store.open(repo) as store, store.batch():
+        store.update(comment(name, "one"), ME)
+        with pytest.raises(OSError):
+            store.flush()
+        assert flock_free(store)
+        with Store.open(repo) as other:
+            other.update(comment(name, "other"), ME)
+        store.update(comment(name, "two"), ME)
+    assert ["one", "other", "two"] == sorted(c.text for c in read_comments(repo, name))
+    git(repo, "fsck", "--strict")

@@ -857,7 +857,6 @@ class Store:
                          f" updating the branch, remove that file", self._blocked)
         raise ConcurrentUpdate(f"could not update {self.branch}: too many concurrent writers")
 
-
     # --- batches: several commits, one pack, one fsync, one ref move ------------------------------
 
     @contextlib.contextmanager
@@ -960,9 +959,11 @@ class Store:
     ) -> tuple[bytes | None, Change | None]:
         b = self._batch
         assert b is not None
-        if not b.holding:  # a batch's first commit: the writers' flock until the batch is flushed
+        if not b.holding:  # a batch's first commit (or the first after a flush that failed): the flock until it is flushed
             self._hold()
-            b.holding, b.base = True, self.tip()
+            b.holding = True
+            if not b.commits:  # else the batch still goes on the tip its first commit went on
+                b.base = self.tip()
         snap = self.snapshot()
         try:
             result = change(snap)
