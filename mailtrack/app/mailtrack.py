@@ -52,18 +52,26 @@ class Exit(Exception):
         self.code = code
 
 
-def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store, Spool]:
-    """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
+def _config(args: argparse.Namespace) -> Config:
+    """The configuration `--config` names (or the embedded one), or Exit(EX_CONFIG)."""
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.config import ConfigError, load
+
+    try:
+        return load(args.config)
+    except ConfigError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+
+
+def _open(args: argparse.Namespace, durable: bool = True, config: Config | None = None) -> tuple[Config, Store, Spool]:
+    """(config, store, spool) for a command (`config`: read already), or Exit with the sysexits code that fits."""
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.queue.layout import default_root
     from mailtrack.queue.spool import Spool
     from mailtrack.tracker.store import Store, StoreError
 
-    try:
-        config = load(args.config)
-    except ConfigError as e:
-        raise Exit(EX_CONFIG, str(e)) from None
+    if config is None:
+        config = _config(args)
     try:
         store = Store.open(args.repo or config.gateway.repo or None, durable=durable)
     except StoreError as e:
@@ -103,6 +111,11 @@ def _one_line(text: str) -> str:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
+    """Keep the mail on stdin, then process it, or leave it to the `mailtrack serve` worker that
+    runs on the same spool (queue/handoff.py): then the mail is only spooled and the worker woken,
+    and nothing of the branch, the templates or the worker is even imported. Should that worker
+    die just after we saw it alive, the mail waits in the incoming queue for the next `serve` or
+    `process`; we look again once it is kept, and process it here if the worker is gone by then."""
     try:
         raw = sys.stdin.buffer.read()
     except OSError as e:
@@ -113,17 +126,27 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return _dry_run(args, raw)
     # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
     try:
-        config, store, spool = _open(args)
+        config = _config(args)
+        handed = _hand_over(args, config, raw)
+        if handed is not None and handed[1]:
+            return EX_OK  # a live worker has it
     except Exit as e:
+        if e.code == EX_TEMPFAIL:  # says already that the mail was not kept
+            raise
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
     except Exception as e:
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
+    kept = handed[0] if handed is not None else None  # kept, but the worker went away meanwhile
     try:
-        spool_id = spool.accept(raw, source="deliver")
-    except OSError as e:
-        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+        config, store, spool = _open(args, config=config)
     except Exception as e:
-        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
+        if kept is not None:  # in the spool: `mailtrack process` or the next `serve` takes it
+            log.error("%s: processing deferred: %s", kept, _one_line(str(e)))
+            return EX_OK
+        if isinstance(e, Exit):
+            raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
+        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
+    spool_id = kept if kept is not None else _keep(spool, raw)
     # Kept: from here on the answer to the MTA is 0, whatever happens to the processing.
     try:
         gateway = _gateway(config, store, spool)
@@ -140,6 +163,86 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
         log.error("%s: processing deferred: %s", spool_id, e)
     return EX_OK
+
+
+def _keep(spool: Spool, raw: bytes) -> str:
+    """`Spool.accept` for deliver: the spool id, or Exit(EX_TEMPFAIL) when the mail could not be kept."""
+    try:
+        return spool.accept(raw, source="deliver")
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+    except Exception as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
+
+
+def _hand_over(args: argparse.Namespace, config: Config, raw: bytes) -> tuple[str, bool] | None:
+    """When a `mailtrack serve` worker runs on our spool: keep the mail there, wake the worker, and
+    return (spool id, whether the worker is still alive now that the mail is kept). None: no
+    worker (or the spool is not plainly found without the repository): the caller does the work."""
+    # imported here, not at the top: only the spool's own modules, so that a handoff stays lean
+    from mailtrack.queue import handoff
+    from mailtrack.queue.layout import Layout, default_root
+    from mailtrack.queue.spool import Spool
+
+    if config.gateway.spool:
+        root = Path(config.gateway.spool)
+    else:
+        git_dir = _git_dir(args.repo or config.gateway.repo or None)
+        if git_dir is None:
+            return None
+        root = default_root(Path(git_dir))
+    if not handoff.worker_alive(Layout(root)):
+        return None
+    try:
+        spool = Spool(root)
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot use the spool {root}: {e.strerror}") from None
+    spool_id = _keep(spool, raw)
+    handoff.wake(spool.layout)
+    return spool_id, handoff.worker_alive(spool.layout)
+
+
+class _NotPlain(Exception):
+    """A `.git` file we do not read as dulwich would: let dulwich decide."""
+
+
+def _git_dir(path: str | None) -> str | None:
+    """The control directory `Store.open(path)` opens (tracker/store.py's find_repo: `path`, else
+    $GIT_DIR, else found upwards from the current directory), found as dulwich's Repo finds it but
+    without importing dulwich; None when there is none or it is not plain (dulwich then decides).
+    tests/test_handoff.py checks that both find the same."""
+    try:
+        if path is not None:
+            return _control_dir(path)
+        env = os.environ.get("GIT_DIR")
+        if env:
+            return _control_dir(env)
+        here = os.path.realpath(os.getcwd())
+        while (found := _control_dir(here)) is None:
+            parent = os.path.dirname(here)
+            if parent == here:
+                return None
+            here = parent
+        return found
+    except (_NotPlain, OSError, ValueError):
+        return None
+
+
+def _control_dir(root: str) -> str | None:
+    """dulwich's Repo(root).controldir(): `root/.git` (a directory with objects/, or a `gitdir:`
+    file), else `root` itself when bare (objects/ and refs/); None when `root` is no repository."""
+    hidden = os.path.join(root, ".git")
+    if os.path.isfile(hidden):
+        with open(hidden, "rb") as f:
+            text = f.read()
+        if not text.startswith(b"gitdir: "):
+            raise _NotPlain(hidden)
+        return os.path.join(root, text[len(b"gitdir: "):].rstrip(b"\r\n").decode("utf-8"))
+    if os.path.isdir(os.path.join(hidden, "objects")):
+        return hidden
+    if os.path.isdir(os.path.join(root, "objects")) and os.path.isdir(os.path.join(root, "refs")):
+        return root
+    return None
 
 
 def _dry_run(args: argparse.Namespace, raw: bytes) -> int:

@@ -34,6 +34,10 @@ an existing spool must keep working.
                                                   issue (the notifier's rate bound; SQLite, WAL)
     <root>/notify-state.json        notify_state  the last notified tip of the issues branch
     <root>/notify.lock              notify_lock   flock: one notifier at a time per spool
+    <root>/serve.lock               serve_lock    flock (shared) held by each `mailtrack serve` whose worker
+                                                  runs on this spool, for its whole life (queue.handoff)
+    <root>/wake.fifo                wake_fifo     a named pipe the serve worker reads: a byte written
+                                                  wakes it (`mailtrack deliver` handing a mail over)
 
 The root itself defaults to `<git dir>/mailtrack/spool` (`default_root`).
 
@@ -181,3 +185,11 @@ class Layout:
     @property
     def notify_lock(self) -> Path:
         return self.root / "notify.lock"
+
+    @property
+    def serve_lock(self) -> Path:
+        return self.root / "serve.lock"
+
+    @property
+    def wake_fifo(self) -> Path:
+        return self.root / "wake.fifo"
