@@ -19,14 +19,16 @@ from helpers.mail import make_mail, spool_path
 from helpers.ports import free_port, wait_for
 from helpers.repos import git, issues_repo, read_names, titles
 from helpers.servers import Server
-from mailtrack.app.mailtrack import _git_dir
+from mailtrack.app.mailtrack import _deliver_args, _git_dir, _where, build_parser
+from mailtrack.config import load
 from mailtrack.queue.handoff import Advert, wake, worker_alive
 from mailtrack.queue.layout import Layout
 from mailtrack.tracker.store import Store
 
-# What a handoff may import of mailtrack: the command line, the configuration and the spool; nothing else.
-HANDOFF_MODULES = {"mailtrack", "mailtrack.app", "mailtrack.fields", "mailtrack.config", "mailtrack.queue",
-                   "mailtrack.queue.layout", "mailtrack.queue.handoff", "mailtrack.queue.spool"}
+# What a handoff may import of mailtrack: the command line and the spool; nothing else (not even mailtrack.config:
+# it reads where the spool is with tomllib alone).
+HANDOFF_MODULES = {"mailtrack", "mailtrack.app", "mailtrack.queue", "mailtrack.queue.layout", "mailtrack.queue.handoff",
+                   "mailtrack.queue.spool"}
 # The heavy parts the worker needs and a handoff must not load (dulwich, jinja2, dkimpy and dnspython, the mail parser's email.policy...).
 HEAVY = {"dulwich", "jinja2", "dkim", "dns", "email", "aiosmtpd", "imapclient", "html2text", "defusedxml", "authres", "sqlite3"}
 
@@ -172,3 +174,29 @@ def test_deliver_finds_the_repository_dulwich_finds(tmp_path: Path, monkeypatch:
     monkeypatch.chdir(tmp_path / "plain")
     assert (None, None) == (_git_dir(str(tmp_path / "plain")), _git_dir(str(tmp_path / "missing")))
     assert 75 == mailtrack("deliver", repo=tmp_path / "plain", input=make_mail()).returncode  # dulwich says so; the MTA retries
+
+
+def test_a_plain_deliver_command_line_is_read_as_the_parser_reads_it() -> None:
+    """The command lines an MTA gives deliver are read without the parser into what the parser makes of them;
+    anything else (help, abbreviations, other commands, a value like an option) is left to the parser."""
+    for argv in (["deliver"], ["--repo", "R", "deliver"], ["deliver", "--repo", "R"], ["--config", "C", "deliver", "--config", "D", "-v"],
+                 ["--config=C", "deliver", "--dry-run"], ["-v", "deliver", "--verbose", "--repo=x=y"], ["--repo", "", "deliver"]):
+        assert vars(build_parser().parse_args(argv)) == vars(_deliver_args(argv) or {}), argv
+    for argv in (["--dry-run", "deliver"], ["deliver", "deliver"], ["--conf", "C", "deliver"], ["deliver", "-h"], ["process"], [],
+                 ["--repo", "-x", "deliver"], ["deliver", "--repo"], ["-vv", "deliver"], ["deliver", "--", "x"]):
+        assert _deliver_args(argv) is None, argv
+
+
+def test_where_the_spool_is_reads_as_the_configuration_does(tmp_path: Path) -> None:
+    """gateway.spool and gateway.repo as deliver's handoff reads them with tomllib alone are config.load's; a file
+    that does not plainly say (not TOML, not strings, missing) is left to config.load."""
+    toml = tmp_path / "mailtrack.toml"
+    for text in ('[gateway]\nspool = "/var/spool/x"\nrepo = "rel/repo"\n', '[gateway]\nproject = "p"\n', "", "[relay]\nhost = 'h'\n"):
+        toml.write_text(text)
+        g = load(str(toml)).gateway
+        assert (g.spool, g.repo) == _where(str(toml)), text
+    assert ("", "") == _where(None)
+    for text in ("[gateway\n", "[gateway]\nspool = 1\n", "gateway = 3\n"):
+        toml.write_text(text)
+        assert _where(str(toml)) is None, text
+    assert _where(str(tmp_path / "missing.toml")) is None

@@ -126,19 +126,16 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return _dry_run(args, raw)
     # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
     try:
-        config = _config(args)
-        handed = _hand_over(args, config, raw)
+        handed = _hand_over(args, raw)
         if handed is not None and handed[1]:
             return EX_OK  # a live worker has it
-    except Exit as e:
-        if e.code == EX_TEMPFAIL:  # says already that the mail was not kept
-            raise
-        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
+    except Exit as e:  # it says that the mail was not kept
+        raise Exit(EX_TEMPFAIL, str(e)) from None
     except Exception as e:
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
     kept = handed[0] if handed is not None else None  # kept, but the worker went away meanwhile
     try:
-        config, store, spool = _open(args, config=config)
+        config, store, spool = _open(args)
     except Exception as e:
         if kept is not None:  # in the spool: `mailtrack process` or the next `serve` takes it
             log.error("%s: processing deferred: %s", kept, _one_line(str(e)))
@@ -175,31 +172,63 @@ def _keep(spool: Spool, raw: bytes) -> str:
         raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
 
 
-def _hand_over(args: argparse.Namespace, config: Config, raw: bytes) -> tuple[str, bool] | None:
+def _hand_over(args: argparse.Namespace, raw: bytes) -> tuple[str, bool] | None:
     """When a `mailtrack serve` worker runs on our spool: keep the mail there, wake the worker, and
     return (spool id, whether the worker is still alive now that the mail is kept). None: no
-    worker (or the spool is not plainly found without the repository): the caller does the work."""
+    worker, or the spool is not plainly found this way: the caller does the work (and says what
+    is wrong). Exit: the mail could not be kept.
+
+    Lean on purpose (tests/test_handoff.py): of the configuration it reads only where the spool is
+    (`_where`), since the worker that takes the mail works under its own; the repository is found
+    without dulwich (`_git_dir`); the mail is kept by the spool itself."""
+    where = _where(args.config)
+    if where is None:
+        return None
+    spool_dir, repo = where
     # imported here, not at the top: only the spool's own modules, so that a handoff stays lean
     from mailtrack.queue import handoff
     from mailtrack.queue.layout import Layout, default_root
-    from mailtrack.queue.spool import Spool
 
-    if config.gateway.spool:
-        root = Path(config.gateway.spool)
+    if spool_dir:
+        root = Path(spool_dir)
     else:
-        git_dir = _git_dir(args.repo or config.gateway.repo or None)
+        git_dir = _git_dir(args.repo or repo or None)
         if git_dir is None:
             return None
         root = default_root(Path(git_dir))
     if not handoff.worker_alive(Layout(root)):
         return None
+    # imported here, not at the top: only once a worker is alive (alone, `_open` imports it anyway)
+    from mailtrack.queue.spool import Spool
+
     try:
         spool = Spool(root)
     except OSError as e:
-        raise Exit(EX_TEMPFAIL, f"cannot use the spool {root}: {e.strerror}") from None
+        raise Exit(EX_TEMPFAIL, f"mail not kept: cannot use the spool {root}: {e.strerror}") from None
     spool_id = _keep(spool, raw)
     handoff.wake(spool.layout)
     return spool_id, handoff.worker_alive(spool.layout)
+
+
+def _where(config: str | None) -> tuple[str, str] | None:
+    """`gateway.spool` and `gateway.repo` of the configuration file `config` ("" each when not set,
+    as config.GatewayConfig has them), read with tomllib alone: importing mailtrack.config costs
+    more than all the rest of a handoff. None when the file does not plainly say (unreadable, not
+    TOML, not strings): `config.load` then decides, and says what is wrong."""
+    if not config:
+        return "", ""
+    import tomllib
+
+    try:
+        with open(config, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    gateway = table.get("gateway", {})
+    if not isinstance(gateway, dict):
+        return None
+    spool, repo = gateway.get("spool", ""), gateway.get("repo", "")
+    return (spool, repo) if isinstance(spool, str) and isinstance(repo, str) else None
 
 
 class _NotPlain(Exception):
@@ -629,8 +658,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _deliver_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The arguments build_parser() would make of a plain `deliver` command line, as an MTA gives it
+    (`[--config F] [--repo R] [-v] deliver [the same]`, `--dry-run`), without building the parser:
+    that costs a tenth of a handoff. None for anything else (help, abbreviations, a value that
+    looks like an option, other commands): build_parser() then reads it, and says what is wrong."""
+    values: dict[str, object] = {"config": None, "repo": None, "verbose": False, "dry_run": False}
+    command = False
+    words = iter(argv)
+    for word in words:
+        name, eq, value = word.partition("=")
+        if name in ("--config", "--repo"):
+            if not eq:
+                value = next(words, "-")
+                if value.startswith("-"):
+                    return None
+            values[name[2:]] = value
+        elif word in ("-v", "--verbose"):
+            values["verbose"] = True
+        elif word == "--dry-run" and command:
+            values["dry_run"] = True
+        elif word == "deliver" and not command:
+            command = True
+        else:
+            return None
+    if not command:
+        return None
+    return argparse.Namespace(**values, command="deliver", func=cmd_deliver)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _deliver_args(argv) or build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
