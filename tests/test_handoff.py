@@ -23,14 +23,17 @@ from mailtrack.app.mailtrack import _deliver_args, _git_dir, _where, build_parse
 from mailtrack.config import load
 from mailtrack.queue.handoff import Advert, wake, worker_alive
 from mailtrack.queue.layout import Layout
+from mailtrack.queue.spool import Spool
 from mailtrack.tracker.store import Store
 
-# What a handoff may import of mailtrack: the command line and the spool; nothing else (not even mailtrack.config:
-# it reads where the spool is with tomllib alone).
+# What a handoff may import of mailtrack: the command line, the spool's paths, its durable write and the handoff;
+# nothing else (not mailtrack.config: it reads where the spool is with tomllib alone; not queue.spool).
 HANDOFF_MODULES = {"mailtrack", "mailtrack.app", "mailtrack.queue", "mailtrack.queue.layout", "mailtrack.queue.handoff",
-                   "mailtrack.queue.spool"}
-# The heavy parts the worker needs and a handoff must not load (dulwich, jinja2, dkimpy and dnspython, the mail parser's email.policy...).
-HEAVY = {"dulwich", "jinja2", "dkim", "dns", "email", "aiosmtpd", "imapclient", "html2text", "defusedxml", "authres", "sqlite3"}
+                   "mailtrack.queue.durable"}
+# The heavy parts the worker needs and a handoff must not load (dulwich, jinja2, dkimpy and dnspython, the mail
+# parser's email.policy...), and the standard library's slowest to import that it does without.
+HEAVY = {"dulwich", "jinja2", "dkim", "dns", "email", "aiosmtpd", "imapclient", "html2text", "defusedxml", "authres", "sqlite3",
+         "logging", "dataclasses", "socket", "json"}
 
 
 def _deliver_importing(repo: Path, raw: bytes, *args: str) -> tuple[subprocess.CompletedProcess[bytes], set[str]]:
@@ -50,8 +53,7 @@ def _incoming(repo: Path) -> dict[str, int]:
 def advert(tmp_path: Path) -> Iterator[tuple[Path, Advert]]:
     """A repository whose spool this test advertises as a live serve worker would (the lock held, the pipe read)."""
     repo = issues_repo(tmp_path / "repo")
-    root = spool_path(repo)
-    root.mkdir(parents=True)
+    root = Spool(spool_path(repo)).root  # made as serve makes it
     a = Advert(Layout(root))
     assert a.hold()
     yield repo, a
@@ -78,8 +80,7 @@ def test_without_a_worker_deliver_processes_the_mail_itself(tmp_path: Path) -> N
     """The lock file and the pipe a serve killed with -9 leaves behind mislead no one: deliver finds no live
     worker and files the issue itself (importing the worker, as before)."""
     repo = issues_repo(tmp_path / "repo")
-    root = spool_path(repo)
-    root.mkdir(parents=True)
+    root = Spool(spool_path(repo)).root  # made as serve makes it
     left = Advert(Layout(root))  # as a dead serve left them: the files stay, the lock goes with the process
     assert left.hold()
     left.close()

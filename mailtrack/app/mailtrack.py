@@ -8,16 +8,16 @@ whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure befo
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # only for the types: the commands import what they need, when they need it
+    import logging
+
     from mailtrack.config import Config
     from mailtrack.outbound.notifier import Notifier
     from mailtrack.queue.spool import Spool
@@ -35,7 +35,6 @@ EX_OSERR = 71
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
-log = logging.getLogger("mailtrack")
 MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.worker.patchmail")  # the loggers of the line per mail (Outcome.line)
 
 
@@ -123,6 +122,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if not raw.strip():
         raise Exit(EX_DATAERR, "no message on standard input")
     if args.dry_run:
+        _configure_logging(args)
         return _dry_run(args, raw)
     # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
     try:
@@ -134,11 +134,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     except Exception as e:
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
     kept = handed[0] if handed is not None else None  # kept, but the worker went away meanwhile
+    _configure_logging(args)  # here, not in main(): a handoff logs nothing and imports no logging
     try:
         config, store, spool = _open(args)
     except Exception as e:
         if kept is not None:  # in the spool: `mailtrack process` or the next `serve` takes it
-            log.error("%s: processing deferred: %s", kept, _one_line(str(e)))
+            _log().error("%s: processing deferred: %s", kept, _one_line(str(e)))
             return EX_OK
         if isinstance(e, Exit):
             raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
@@ -158,7 +159,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
                 print(out.line(), file=sys.stderr)
         notifier.notify(store)  # queued only: the MTA does not wait on the relay
     except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
-        log.error("%s: processing deferred: %s", spool_id, e)
+        _log().error("%s: processing deferred: %s", spool_id, e)
     return EX_OK
 
 
@@ -180,7 +181,8 @@ def _hand_over(args: argparse.Namespace, raw: bytes) -> tuple[str, bool] | None:
 
     Lean on purpose (tests/test_handoff.py): of the configuration it reads only where the spool is
     (`_where`), since the worker that takes the mail works under its own; the repository is found
-    without dulwich (`_git_dir`); the mail is kept by the spool itself."""
+    without dulwich (`_git_dir`); the mail is kept by `handoff.keep` (the spool's own durable
+    write, without logging or dataclasses)."""
     where = _where(args.config)
     if where is None:
         return None
@@ -196,18 +198,17 @@ def _hand_over(args: argparse.Namespace, raw: bytes) -> tuple[str, bool] | None:
         if git_dir is None:
             return None
         root = default_root(Path(git_dir))
-    if not handoff.worker_alive(Layout(root)):
+    layout = Layout(root)
+    if not handoff.worker_alive(layout):
         return None
-    # imported here, not at the top: only once a worker is alive (alone, `_open` imports it anyway)
-    from mailtrack.queue.spool import Spool
-
     try:
-        spool = Spool(root)
-    except OSError as e:
-        raise Exit(EX_TEMPFAIL, f"mail not kept: cannot use the spool {root}: {e.strerror}") from None
-    spool_id = _keep(spool, raw)
-    handoff.wake(spool.layout)
-    return spool_id, handoff.worker_alive(spool.layout)
+        spool_id = handoff.keep(layout, raw)
+    except OSError:  # not kept: the spool as a whole then tries (and says why it cannot)
+        return None
+    handoff.wake(layout)
+    if args.verbose:
+        print(f"mailtrack: {spool_id}: kept in {root} for the serve worker", file=sys.stderr)
+    return spool_id, handoff.worker_alive(layout)
 
 
 def _where(config: str | None) -> tuple[str, str] | None:
@@ -382,6 +383,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     n = runner.drain(gateway)
     runner.housekeeping(gateway)
+    from datetime import timedelta
+
     spool.prune(timedelta(days=config.gateway.processed_retention_days))
     queued = notifier.notify(store)
     print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)
@@ -687,9 +690,17 @@ def _deliver_args(argv: Sequence[str]) -> argparse.Namespace | None:
     return argparse.Namespace(**values, command="deliver", func=cmd_deliver)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _deliver_args(argv) or build_parser().parse_args(argv)
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("mailtrack")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr, with -v what happens to each mail; by main() for every command but deliver,
+    which does it once it knows it is not handing its mail over (a handoff imports no logging)."""
+    import logging
+
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -700,6 +711,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the issue's short name). `deliver` stays quiet: an MTA may mail its stderr back.
         for name in MAIL_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _deliver_args(argv) or build_parser().parse_args(argv)
+    if args.func is not cmd_deliver:
+        _configure_logging(args)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a reader gone away (`| head`) is seen below, not at exit

@@ -6,7 +6,7 @@ when the process ends, however it ends (kill -9 too), so the sign is never stale
 behind is only a file, and the next serve takes the lock again. `mailtrack deliver` asks
 `worker_alive`: a non-blocking shared flock that would block means a live worker (delivers only
 ever take it shared, for an instant, so they never mistake each other for a worker). Then deliver
-only spools the mail (`Spool.accept`) and `wake`s the worker: a byte written, without blocking,
+only spools the mail (`keep`: into incoming/new, as `Spool.accept` does) and `wake`s the worker: a byte written, without blocking,
 to the named pipe `wake.fifo` (`Layout.wake_fifo`) whose read end the worker holds open. With no
 reader (the pipe a dead serve left) the open fails with ENXIO and nothing is written; the worker
 looks at the incoming queue at each round anyway (at its next poll tick at the latest).
@@ -17,8 +17,9 @@ process` takes it: nothing is lost, it waits. deliver narrows the window by aski
 mail is kept, and processes the mail itself when the worker has gone meanwhile (a claim is
 exclusive, so whichever process claims it first processes it, exactly once).
 
-Only the standard library's os, fcntl, select and stat, and the layout: deliver's way through
-here must stay lean (tests/test_handoff.py checks what it imports).
+Only the standard library's os, fcntl, select and stat, the layout and the durable write: no
+logging, no dataclasses; deliver's way through here must stay lean (tests/test_handoff.py checks
+what it imports).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import os
 import select
 import stat
 
-from mailtrack.queue.layout import Layout
+from mailtrack.queue import durable
+from mailtrack.queue.layout import Layout, new_id
 
 FIFO_MODE = 0o600
 LOCK_MODE = 0o640
@@ -51,6 +53,14 @@ def worker_alive(layout: Layout) -> bool:
     finally:
         os.close(fd)  # and with it the shared lock, if we took it
     return False
+
+
+def keep(layout: Layout, raw: bytes) -> str:
+    """Keep `raw` durably in the incoming queue (its new/), as `Spool.accept` does but without the
+    rest of the spool; return its spool id. OSError: not kept (nothing left behind)."""
+    spool_id = new_id(0)
+    durable.deliver(layout.incoming, spool_id, raw)
+    return spool_id
 
 
 def wake(layout: Layout) -> bool:

@@ -41,14 +41,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from mailtrack.queue.durable import deliver as deliver_into
+from mailtrack.queue.durable import fsync_dir, write_durably, write_synced
 from mailtrack.queue.layout import (
     ENVELOPE,
     ID_RE,
     REASON,
     SOURCE,
     Layout,
-    format_id,
     format_name,
+    new_id,
     parse_counts,
     parse_name,
     reason_name,
@@ -59,7 +61,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 MAX_INTERRUPTED = 10  # attempts cut short (kill, crash, lock) before a mail is given up on
 DIR_MODE = 0o750
-FILE_MODE = 0o640
 STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
 
 __all__ = ["ID_RE", "MAX_ATTEMPTS", "MAX_INTERRUPTED", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "fsync_dir", "put_back",
@@ -146,15 +147,6 @@ def _claimed_id(claim: Claim) -> str:
         return "?"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the names in a directory durable (after a rename into it or out of it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def put_back(path: Path, new: Path, beside: Path) -> bool:
     """Rename the mail `path` into the queue directory `new` durably, then delete the file kept
     `beside` it (its reason or note); False when it is not there (moved already)."""
@@ -166,39 +158,6 @@ def put_back(path: Path, new: Path, beside: Path) -> bool:
     with contextlib.suppress(FileNotFoundError):
         beside.unlink()
     return True
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist), write `data` and fsync it; no file is left on error."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-
-
-def write_durably(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
-    """Write `data` to `path` so that it survives a crash: tmp file, fsync, rename, fsync dir."""
-    if tmp is None:
-        import secrets  # here: a queue's mail has its tmp/ name, and deliver starts lean without it
-
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    _write_synced(tmp, data)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def _first_line(text: str) -> str:
@@ -272,10 +231,10 @@ class Queue:
             write_durably(path, attachment)
         try:
             if hold:
-                _write_synced(self.tmp / spool_id, raw)
+                write_synced(self.tmp / spool_id, raw)
                 fsync_dir(self.tmp)
             else:
-                write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
+                deliver_into(self.dir, spool_id, raw)
         except BaseException:
             if attachment is not None:
                 with contextlib.suppress(OSError):
@@ -564,7 +523,6 @@ class Spool:
         )
         self.outbox = Queue(layout.outbox, layout.outbox_failed, attached=layout.envelopes, suffix=ENVELOPE)
         self._counter = itertools.count()
-        self._host = os.uname().nodename or "localhost"  # gethostname(), without importing socket
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         for path in [*self.incoming.dirs(), *self.outbox.dirs(), layout.envelopes]:
             path.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -787,7 +745,7 @@ class Spool:
     # --- internals ----------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        return format_id(time.time_ns(), os.getpid(), next(self._counter), self._host)
+        return new_id(next(self._counter))
 
     def _queue_of(self, claim: Claim) -> Queue:
         for queue in self.queues:
