@@ -94,6 +94,57 @@ def test_without_a_worker_deliver_processes_the_mail_itself(tmp_path: Path) -> N
     assert {"new": 0, "cur": 0} == _incoming(repo)
 
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+from mailtrack.queue.handoff import Advert
+from mailtrack.queue.layout import Layout
+advert = Advert(Layout(Path(sys.argv[1])))
+assert advert.hold()
+print("held", flush=True)
+time.sleep(120)
+"""
+# Run in deliver before mailtrack.main: the worker (the holder process, $HOLDER) is killed with -9 right after deliver
+# woke it, and deliver goes on only once the kernel has dropped its lock: the race the handoff's second look is for.
+DIES_AFTER_WAKE = """
+import os, signal, sys, time
+from mailtrack.queue import handoff
+real_wake = handoff.wake
+def wake(layout):
+    woken = real_wake(layout)
+    os.kill(int(os.environ["HOLDER"]), signal.SIGKILL)
+    while handoff.worker_alive(layout):
+        time.sleep(0.01)
+    return woken
+handoff.wake = wake
+from mailtrack.app import mailtrack
+sys.exit(mailtrack.main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_that_dies_as_the_mail_is_kept_leaves_it_to_deliver(tmp_path: Path) -> None:
+    """The worker is alive when deliver looks, and killed (-9) right after deliver kept the mail and woke it:
+    deliver sees it gone when it looks again and files the mail itself, once."""
+    repo = issues_repo(tmp_path / "repo")
+    root = Spool(spool_path(repo)).root
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and "held\n" == holder.stdout.readline()
+        assert worker_alive(Layout(root))
+        r = subprocess.run([sys.executable, "-c", DIES_AFTER_WAKE, "--repo", str(repo), "deliver"], input=make_mail(),
+                           env={**os.environ, "HOLDER": str(holder.pid)}, capture_output=True, check=False, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert (0, b"") == (r.returncode, r.stderr)
+    assert ["Printer on fire"] == titles(repo)
+    assert {"new": 0, "cur": 0} == _incoming(repo)
+    assert 1 == len(list((root / "processed").iterdir()))
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
 @pytest.mark.network
 def test_mail_handed_to_serve_is_filed_once_by_its_worker(tmp_path: Path) -> None:
     """Five delivers at once while serve runs: each hands its mail over (no dulwich in any of them), serve's

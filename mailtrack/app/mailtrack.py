@@ -129,8 +129,6 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         handed = _hand_over(args, raw)
         if handed is not None and handed[1]:
             return EX_OK  # a live worker has it
-    except Exit as e:  # it says that the mail was not kept
-        raise Exit(EX_TEMPFAIL, str(e)) from None
     except Exception as e:
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
     kept = handed[0] if handed is not None else None  # kept, but the worker went away meanwhile
@@ -176,8 +174,8 @@ def _keep(spool: Spool, raw: bytes) -> str:
 def _hand_over(args: argparse.Namespace, raw: bytes) -> tuple[str, bool] | None:
     """When a `mailtrack serve` worker runs on our spool: keep the mail there, wake the worker, and
     return (spool id, whether the worker is still alive now that the mail is kept). None: no
-    worker, or the spool is not plainly found this way: the caller does the work (and says what
-    is wrong). Exit: the mail could not be kept.
+    worker, or the spool is not plainly found this way, or the mail could not be kept this way:
+    the caller does the work (and says what is wrong).
 
     Lean on purpose (tests/test_handoff.py): of the configuration it reads only where the spool is
     (`_where`), since the worker that takes the mail works under its own; the repository is found
