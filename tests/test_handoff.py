@@ -202,6 +202,35 @@ def test_after_serve_is_killed_deliver_files_the_mail_itself_and_serve_starts_ag
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
+@pytest.mark.network
+def test_a_second_serve_on_the_spool_takes_the_handoffs_over_when_the_first_stops(tmp_path: Path) -> None:
+    """Two serves on one spool: one advertises; when it stops, the other takes serve.lock over, and a deliver
+    after that hands its mail to it (filed once, by the serve still running)."""
+    repo = issues_repo(tmp_path / "gw")
+    layout = Layout(spool_path(repo))
+    first = Server(repo, free_port())
+    first.start()
+    try:
+        wait_for(lambda: worker_alive(layout), what="the first serve advertising its worker")
+        second = Server(repo, free_port())  # its own port, written to the same config file: the first has read it
+        second.start()
+        try:
+            assert 0 == first.stop()
+            wait_for(lambda: worker_alive(layout), what="the second serve taking the handoffs over")
+            r, imported = _deliver_importing(repo, make_mail(message_id="<second1@example.org>"), "--config", str(second.config))
+            assert (0, set()) == (r.returncode, {m.split(".")[0] for m in imported} & HEAVY)
+            wait_for(lambda: read_names(repo) and _incoming(repo) == {"new": 0, "cur": 0}, what="the mail filed by the second serve")
+            assert 0 == second.stop()
+        finally:
+            if second.proc and second.proc.poll() is None:
+                second.stop()
+    finally:
+        if first.proc and first.proc.poll() is None:
+            first.stop()
+    assert ["Printer on fire"] == titles(repo)
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
 def test_deliver_finds_the_repository_dulwich_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The control directory deliver's handoff finds without dulwich is the one Store.open finds: a path, a
     bare repository, $GIT_DIR, upwards from a subdirectory, a linked worktree (a `.git` file); none for no repository."""

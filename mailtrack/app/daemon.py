@@ -50,6 +50,7 @@ IDLE_SECONDS = 10.0  # how often the worker looks at the branch when no mail wak
 ERROR_BACKOFF = (1.0, 30.0)  # seconds the worker waits after a failed round: first, at most
 DRAIN_SECONDS = 30.0  # how long a stopping listener waits for sessions in DATA
 HANDOFF_TICK = 1.0  # how often the handoff thread looks at `stop`, and tries for serve.lock when another serve holds it
+HANDOFF_RETRY = 60.0  # after an error of the handoff (serve.lock or wake.fifo unusable): a lasting fault, not a line a second
 
 
 class ListenError(Exception):
@@ -176,7 +177,10 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
         except OSError as e:  # no pipe to be woken by: deliver goes on processing its own mail
             log.warning("no handoff from mailtrack deliver: cannot open %s: %s", spool.layout.wake_fifo, e.strerror or e)
         else:
-            advert.hold()
+            try:
+                advert.hold()
+            except OSError as e:  # the handoff thread tries again each tick; deliver works alone meanwhile
+                log.warning("no handoff from mailtrack deliver yet: %s: %s", spool.layout.serve_lock, e.strerror or e)
             handoffs = threading.Thread(target=_handoffs, args=(advert, stop, wake), name="handoffs", daemon=True)
             handoffs.start()
         while not stop.is_set():
@@ -235,8 +239,8 @@ def _handoffs(advert: Advert, stop: threading.Event, wake: threading.Event) -> N
             if advert.wait(HANDOFF_TICK) and not stop.is_set():
                 wake.set()
         except OSError as e:  # the worker still looks at the spool at each round
-            log.warning("handoffs: %s; again in %.0fs", e, HANDOFF_TICK)
-            stop.wait(HANDOFF_TICK)
+            log.warning("handoffs: %s; again in %.0fs", e, HANDOFF_RETRY)
+            stop.wait(HANDOFF_RETRY)
 
 
 def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:
