@@ -238,7 +238,7 @@ def _handoffs(advert: Advert, stop: threading.Event, wake: threading.Event) -> N
                 advert.hold()
             if advert.wait(HANDOFF_TICK) and not stop.is_set():
                 wake.set()
-        except OSError as e:  # the worker still looks at the spool at each round
+        except Exception as e:  # never dies: the worker still looks at the spool at each round meanwhile
             log.warning("handoffs: %s; again in %.0fs", e, HANDOFF_RETRY)
             stop.wait(HANDOFF_RETRY)
 
