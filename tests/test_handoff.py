@@ -33,7 +33,7 @@ HANDOFF_MODULES = {"mailtrack", "mailtrack.app", "mailtrack.queue", "mailtrack.q
 # The heavy parts the worker needs and a handoff must not load (dulwich, jinja2, dkimpy and dnspython, the mail
 # parser's email.policy...), and the standard library's slowest to import that it does without.
 HEAVY = {"dulwich", "jinja2", "dkim", "dns", "email", "aiosmtpd", "imapclient", "html2text", "defusedxml", "authres", "sqlite3",
-         "logging", "dataclasses", "socket", "json"}
+         "logging", "dataclasses", "socket", "json", "argparse"}
 
 
 def _deliver_importing(repo: Path, raw: bytes, *args: str) -> tuple[subprocess.CompletedProcess[bytes], set[str]]:

@@ -7,15 +7,16 @@ whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure befo
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, NoReturn, cast
 
 if TYPE_CHECKING:  # only for the types: the commands import what they need, when they need it
+    import argparse
     import logging
 
     from mailtrack.config import Config
@@ -36,13 +37,6 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.worker.patchmail")  # the loggers of the line per mail (Outcome.line)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"mailtrack: error: {message}", file=sys.stderr)
-        raise SystemExit(EX_USAGE)
 
 
 class Exit(Exception):
@@ -618,6 +612,14 @@ OUTBOX_EXIT_CODES = ("exit status of retry and send (sysexits.h): 0 every mail d
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: a plain `deliver` is read without it (_deliver_args)
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            print(f"mailtrack: error: {message}", file=sys.stderr)
+            raise SystemExit(EX_USAGE)
+
     p = Parser(prog="mailtrack", description="The mail gateway of an issues branch.")
     common = Parser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
     for parser, default in ((p, None), (common, argparse.SUPPRESS)):
@@ -685,7 +687,8 @@ def _deliver_args(argv: Sequence[str]) -> argparse.Namespace | None:
             return None
     if not command:
         return None
-    return argparse.Namespace(**values, command="deliver", func=cmd_deliver)
+    # what argparse.Namespace is, an attribute bag, without importing argparse
+    return cast("argparse.Namespace", SimpleNamespace(**values, command="deliver", func=cmd_deliver))
 
 
 def _log() -> logging.Logger:
