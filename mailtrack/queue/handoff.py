@@ -41,7 +41,8 @@ LOCK_MODE = 0o640
 def worker_alive(layout: Layout) -> bool:
     """Whether a `mailtrack serve` worker runs on this spool right now (it holds `serve.lock`)."""
     try:
-        fd = os.open(layout.serve_lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: should something else stand there (a named pipe), the open does not wait for a writer
+        fd = os.open(layout.serve_lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:  # none: no serve ever ran here (or we may not read it: then deliver does the work)
         return False
     try:
