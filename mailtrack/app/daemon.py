@@ -9,6 +9,10 @@ With [sync] remote, the worker also pushes new commits and fetches every `interv
 tracker/sync.py does the round), and notifies once the remote holds the change.
 The worker never dies on an error of its environment (a full disk, a vanished file): it logs,
 backs off and goes on.
+While the worker loop runs, serve advertises it on the spool (queue/handoff.py: the flock on
+`serve.lock`, which no kill can leave stale) and listens on `wake.fifo` (`_handoffs`): a
+`mailtrack deliver` that sees the worker alive only spools its mail and wakes it there, and the
+worker takes the mail at once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mailtrack.inbound.smtp import SmtpListener
 from mailtrack.mail.addresses import Ours
 from mailtrack.outbound.notifier import Notifier
 from mailtrack.outbound.sender import OutboxSender
+from mailtrack.queue.handoff import Advert
 from mailtrack.queue.spool import Claim, Spool
 from mailtrack.tracker.model import Person, Project
 from mailtrack.tracker.store import Store, StoreError
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 10.0  # how often the worker looks at the branch when no mail wakes it (CLI pushes, merges)
 ERROR_BACKOFF = (1.0, 30.0)  # seconds the worker waits after a failed round: first, at most
 DRAIN_SECONDS = 30.0  # how long a stopping listener waits for sessions in DATA
+HANDOFF_TICK = 1.0  # how often the handoff thread looks at `stop`, and tries for serve.lock when another serve holds it
+HANDOFF_RETRY = 60.0  # after an error of the handoff (serve.lock or wake.fifo unusable): a lasting fault, not a line a second
 
 
 class ListenError(Exception):
@@ -129,6 +136,8 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
 
     threads: list[threading.Thread] = []
     web: WebServer | None = None
+    advert: Advert | None = None
+    handoffs: threading.Thread | None = None
     try:
         for listener in listeners:
             try:
@@ -164,6 +173,17 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
             print(f"mailtrack: the web view on {web.url}", file=sys.stderr, flush=True)
         retention = timedelta(days=gw.processed_retention_days)
         backoff = ERROR_BACKOFF[0]
+        try:  # the worker is about to run: `mailtrack deliver` may hand it its mail from now on
+            advert = Advert(spool.layout)
+        except OSError as e:  # no pipe to be woken by: deliver goes on processing its own mail
+            log.warning("no handoff from mailtrack deliver: cannot open %s: %s", spool.layout.wake_fifo, e.strerror or e)
+        else:
+            try:
+                advert.hold()
+            except OSError as e:  # the handoff thread tries again each tick; deliver works alone meanwhile
+                log.warning("no handoff from mailtrack deliver yet: %s: %s", spool.layout.serve_lock, e.strerror or e)
+            handoffs = threading.Thread(target=_handoffs, args=(advert, stop, wake), name="handoffs", daemon=True)
+            handoffs.start()
         while not stop.is_set():
             try:
                 with store.batch():  # their commits a pack at a time (tracker.store.Store.batch)
@@ -192,6 +212,11 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
             wake.clear()
     finally:
         stop.set()
+        if advert is not None:  # a deliver from now on processes its mail itself
+            advert.poke()  # the handoff thread sees `stop` at once
+            if handoffs is not None:
+                handoffs.join(timeout=30)
+            advert.close()
         stop_accepting()  # at once, also when we stop for another reason than a signal
         for listener in listeners:
             if not listener.drain(DRAIN_SECONDS):
@@ -204,6 +229,20 @@ def serve(config: Config, store: Store, spool: Spool, *, dkim: Verifier | None =
         gateway.close()
     log.info("stopped")
     return 0
+
+
+def _handoffs(advert: Advert, stop: threading.Event, wake: threading.Event) -> None:
+    """The worker's ear for `mailtrack deliver`: a wake on the pipe wakes the worker loop at once.
+    While another serve on the same spool holds serve.lock, it is tried again each tick."""
+    while not stop.is_set():
+        try:
+            if not advert.holding:
+                advert.hold()
+            if advert.wait(HANDOFF_TICK) and not stop.is_set():
+                wake.set()
+        except Exception as e:  # never dies: the worker still looks at the spool at each round meanwhile
+            log.warning("handoffs: %s; again in %.0fs", e, HANDOFF_RETRY)
+            stop.wait(HANDOFF_RETRY)
 
 
 def work(gateway: Gateway, claim: Claim, pollers: list[ImapPoller]) -> None:

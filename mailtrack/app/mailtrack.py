@@ -7,17 +7,18 @@ whatever became of it, and 75 (EX_TEMPFAIL: the MTA retries) on any failure befo
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, NoReturn, cast
 
 if TYPE_CHECKING:  # only for the types: the commands import what they need, when they need it
+    import argparse
+    import logging
+
     from mailtrack.config import Config
     from mailtrack.outbound.notifier import Notifier
     from mailtrack.queue.spool import Spool
@@ -35,15 +36,7 @@ EX_OSERR = 71
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
-log = logging.getLogger("mailtrack")
 MAIL_LOGGERS = ("mailtrack.worker.pipeline", "mailtrack.worker.patchmail")  # the loggers of the line per mail (Outcome.line)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"mailtrack: error: {message}", file=sys.stderr)
-        raise SystemExit(EX_USAGE)
 
 
 class Exit(Exception):
@@ -52,18 +45,26 @@ class Exit(Exception):
         self.code = code
 
 
-def _open(args: argparse.Namespace, durable: bool = True) -> tuple[Config, Store, Spool]:
-    """(config, store, spool) for a command, or Exit with the sysexits code that fits."""
+def _config(args: argparse.Namespace) -> Config:
+    """The configuration `--config` names (or the embedded one), or Exit(EX_CONFIG)."""
     # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.config import ConfigError, load
+
+    try:
+        return load(args.config)
+    except ConfigError as e:
+        raise Exit(EX_CONFIG, str(e)) from None
+
+
+def _open(args: argparse.Namespace, durable: bool = True, config: Config | None = None) -> tuple[Config, Store, Spool]:
+    """(config, store, spool) for a command (`config`: read already), or Exit with the sysexits code that fits."""
+    # imported here, not at the top: each command loads only what it needs (deliver starts lean)
     from mailtrack.queue.layout import default_root
     from mailtrack.queue.spool import Spool
     from mailtrack.tracker.store import Store, StoreError
 
-    try:
-        config = load(args.config)
-    except ConfigError as e:
-        raise Exit(EX_CONFIG, str(e)) from None
+    if config is None:
+        config = _config(args)
     try:
         store = Store.open(args.repo or config.gateway.repo or None, durable=durable)
     except StoreError as e:
@@ -103,6 +104,11 @@ def _one_line(text: str) -> str:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
+    """Keep the mail on stdin, then process it, or leave it to the `mailtrack serve` worker that
+    runs on the same spool (queue/handoff.py): then the mail is only spooled and the worker woken,
+    and nothing of the branch, the templates or the worker is even imported. Should that worker
+    die just after we saw it alive, the mail waits in the incoming queue for the next `serve` or
+    `process`; we look again once it is kept, and process it here if the worker is gone by then."""
     try:
         raw = sys.stdin.buffer.read()
     except OSError as e:
@@ -110,20 +116,27 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if not raw.strip():
         raise Exit(EX_DATAERR, "no message on standard input")
     if args.dry_run:
+        _configure_logging(args)
         return _dry_run(args, raw)
     # Until the mail is kept, every failure is temporary for the MTA: it keeps the mail and retries.
     try:
-        config, store, spool = _open(args)
-    except Exit as e:
-        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
+        handed = _hand_over(args, raw)
+        if handed is not None and handed[1]:
+            return EX_OK  # a live worker has it
     except Exception as e:
         raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
+    kept = handed[0] if handed is not None else None  # kept, but the worker went away meanwhile
+    _configure_logging(args)  # here, not in main(): a handoff logs nothing and imports no logging
     try:
-        spool_id = spool.accept(raw, source="deliver")
-    except OSError as e:
-        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+        config, store, spool = _open(args)
     except Exception as e:
-        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
+        if kept is not None:  # in the spool: `mailtrack process` or the next `serve` takes it
+            _log().error("%s: processing deferred: %s", kept, _one_line(str(e)))
+            return EX_OK
+        if isinstance(e, Exit):
+            raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(str(e))}") from None
+        raise Exit(EX_TEMPFAIL, f"mail not kept: {_one_line(f'{type(e).__name__}: {e}')}") from None
+    spool_id = kept if kept is not None else _keep(spool, raw)
     # Kept: from here on the answer to the MTA is 0, whatever happens to the processing.
     try:
         gateway = _gateway(config, store, spool)
@@ -138,8 +151,120 @@ def cmd_deliver(args: argparse.Namespace) -> int:
                 print(out.line(), file=sys.stderr)
         notifier.notify(store)  # queued only: the MTA does not wait on the relay
     except Exception as e:  # kept in the spool; `mailtrack process` picks it up again
-        log.error("%s: processing deferred: %s", spool_id, e)
+        _log().error("%s: processing deferred: %s", spool_id, e)
     return EX_OK
+
+
+def _keep(spool: Spool, raw: bytes) -> str:
+    """`Spool.accept` for deliver: the spool id, or Exit(EX_TEMPFAIL) when the mail could not be kept."""
+    try:
+        return spool.accept(raw, source="deliver")
+    except OSError as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {e.strerror or e}") from None
+    except Exception as e:
+        raise Exit(EX_TEMPFAIL, f"cannot keep the mail in {spool.root}: {_one_line(str(e))}") from None
+
+
+def _hand_over(args: argparse.Namespace, raw: bytes) -> tuple[str, bool] | None:
+    """When a `mailtrack serve` worker runs on our spool: keep the mail there, wake the worker, and
+    return (spool id, whether the worker is still alive now that the mail is kept). None: no
+    worker, or the spool is not plainly found this way, or the mail could not be kept this way:
+    the caller does the work (and says what is wrong).
+
+    Lean on purpose (tests/test_handoff.py): of the configuration it reads only where the spool is
+    (`_where`), since the worker that takes the mail works under its own; the repository is found
+    without dulwich (`_git_dir`); the mail is kept by `handoff.keep` (the spool's own durable
+    write, without logging or dataclasses)."""
+    where = _where(args.config)
+    if where is None:
+        return None
+    spool_dir, repo = where
+    # imported here, not at the top: only the spool's own modules, so that a handoff stays lean
+    from mailtrack.queue import handoff
+    from mailtrack.queue.layout import Layout, default_root
+
+    if spool_dir:
+        root = Path(spool_dir)
+    else:
+        git_dir = _git_dir(args.repo or repo or None)
+        if git_dir is None:
+            return None
+        root = default_root(Path(git_dir))
+    layout = Layout(root)
+    if not handoff.worker_alive(layout):
+        return None
+    try:
+        spool_id = handoff.keep(layout, raw)
+    except OSError:  # not kept: the spool as a whole then tries (and says why it cannot)
+        return None
+    handoff.wake(layout)
+    if args.verbose:
+        print(f"mailtrack: {spool_id}: kept in {root} for the serve worker", file=sys.stderr)
+    return spool_id, handoff.worker_alive(layout)
+
+
+def _where(config: str | None) -> tuple[str, str] | None:
+    """`gateway.spool` and `gateway.repo` of the configuration file `config` ("" each when not set,
+    as config.GatewayConfig has them), read with tomllib alone: importing mailtrack.config costs
+    more than all the rest of a handoff. None when the file does not plainly say (unreadable, not
+    TOML, not strings): `config.load` then decides, and says what is wrong."""
+    if not config:
+        return "", ""
+    import tomllib
+
+    try:
+        with open(config, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    gateway = table.get("gateway", {})
+    if not isinstance(gateway, dict):
+        return None
+    spool, repo = gateway.get("spool", ""), gateway.get("repo", "")
+    return (spool, repo) if isinstance(spool, str) and isinstance(repo, str) else None
+
+
+class _NotPlain(Exception):
+    """A `.git` file we do not read as dulwich would: let dulwich decide."""
+
+
+def _git_dir(path: str | None) -> str | None:
+    """The control directory `Store.open(path)` opens (tracker/store.py's find_repo: `path`, else
+    $GIT_DIR, else found upwards from the current directory), found as dulwich's Repo finds it but
+    without importing dulwich; None when there is none or it is not plain (dulwich then decides).
+    tests/test_handoff.py checks that both find the same."""
+    try:
+        if path is not None:
+            return _control_dir(path)
+        env = os.environ.get("GIT_DIR")
+        if env:
+            return _control_dir(env)
+        here = os.path.realpath(os.getcwd())
+        while (found := _control_dir(here)) is None:
+            parent = os.path.dirname(here)
+            if parent == here:
+                return None
+            here = parent
+        return found
+    except (_NotPlain, OSError, ValueError):
+        return None
+
+
+def _control_dir(root: str) -> str | None:
+    """dulwich's Repo(root).controldir(): `root/.git` (a directory with objects/, or a `gitdir:`
+    file), else `root` itself when bare (objects/ and refs/); None when `root` is no repository."""
+    hidden = os.path.join(root, ".git")
+    if os.path.isfile(hidden):
+        with open(hidden, "rb") as f:
+            text = f.read()
+        if not text.startswith(b"gitdir: "):
+            raise _NotPlain(hidden)
+        return os.path.join(root, text[len(b"gitdir: "):].rstrip(b"\r\n").decode("utf-8"))
+    if os.path.isdir(os.path.join(hidden, "objects")):
+        return hidden
+    if os.path.isdir(os.path.join(root, "objects")) and os.path.isdir(os.path.join(root, "refs")):
+        return root
+    return None
 
 
 def _dry_run(args: argparse.Namespace, raw: bytes) -> int:
@@ -250,6 +375,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     n = runner.drain(gateway)
     runner.housekeeping(gateway)
+    from datetime import timedelta
+
     spool.prune(timedelta(days=config.gateway.processed_retention_days))
     queued = notifier.notify(store)
     print(f"processed {n} mail(s), queued {queued} notification(s)", file=sys.stderr)
@@ -485,6 +612,14 @@ OUTBOX_EXIT_CODES = ("exit status of retry and send (sysexits.h): 0 every mail d
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: a plain `deliver` is read without it (_deliver_args)
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            print(f"mailtrack: error: {message}", file=sys.stderr)
+            raise SystemExit(EX_USAGE)
+
     p = Parser(prog="mailtrack", description="The mail gateway of an issues branch.")
     common = Parser(add_help=False)  # also after the command: `mailtrack deliver --repo R`
     for parser, default in ((p, None), (common, argparse.SUPPRESS)):
@@ -526,8 +661,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _deliver_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The arguments build_parser() would make of a plain `deliver` command line, as an MTA gives it
+    (`[--config F] [--repo R] [-v] deliver [the same]`, `--dry-run`), without building the parser:
+    that costs a tenth of a handoff. None for anything else (help, abbreviations, a value that
+    looks like an option, other commands): build_parser() then reads it, and says what is wrong."""
+    values: dict[str, object] = {"config": None, "repo": None, "verbose": False, "dry_run": False}
+    command = False
+    words = iter(argv)
+    for word in words:
+        name, eq, value = word.partition("=")
+        if name in ("--config", "--repo"):
+            if not eq:
+                value = next(words, "-")
+                if value.startswith("-"):
+                    return None
+            values[name[2:]] = value
+        elif word in ("-v", "--verbose"):
+            values["verbose"] = True
+        elif word == "--dry-run" and command:
+            values["dry_run"] = True
+        elif word == "deliver" and not command:
+            command = True
+        else:
+            return None
+    if not command:
+        return None
+    # what argparse.Namespace is, an attribute bag, without importing argparse
+    return cast("argparse.Namespace", SimpleNamespace(**values, command="deliver", func=cmd_deliver))
+
+
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("mailtrack")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr, with -v what happens to each mail; by main() for every command but deliver,
+    which does it once it knows it is not handing its mail over (a handoff imports no logging)."""
+    import logging
+
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -538,6 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the issue's short name). `deliver` stays quiet: an MTA may mail its stderr back.
         for name in MAIL_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _deliver_args(argv) or build_parser().parse_args(argv)
+    if args.func is not cmd_deliver:
+        _configure_logging(args)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a reader gone away (`| head`) is seen below, not at exit

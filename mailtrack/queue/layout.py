@@ -34,6 +34,10 @@ an existing spool must keep working.
                                                   issue (the notifier's rate bound; SQLite, WAL)
     <root>/notify-state.json        notify_state  the last notified tip of the issues branch
     <root>/notify.lock              notify_lock   flock: one notifier at a time per spool
+    <root>/serve.lock               serve_lock    flock (shared) held by each `mailtrack serve` whose worker
+                                                  runs on this spool, for its whole life (queue.handoff)
+    <root>/wake.fifo                wake_fifo     a named pipe the serve worker reads: a byte written
+                                                  wakes it (`mailtrack deliver` handing a mail over)
 
 The root itself defaults to `<git dir>/mailtrack/spool` (`default_root`).
 
@@ -48,8 +52,9 @@ is `.<name>.<random or pid>.tmp` beside its target (in a queue: `tmp/<id>`).
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 _ID = r"[0-9]{20}\.P[0-9]+Q[0-9]+\.[A-Za-z0-9_-]+"
@@ -66,6 +71,11 @@ _HOST_RE = re.compile(r"[^A-Za-z0-9_-]")
 def format_id(time_ns: int, pid: int, counter: int, host: str) -> str:
     """A new mail's id: `<time-ns, 20 digits>.P<pid>Q<counter>.<host>` (`host` made safe)."""
     return f"{time_ns:020d}.P{pid}Q{counter}.{_HOST_RE.sub('_', host)[:64]}"
+
+
+def new_id(counter: int) -> str:
+    """The id of a mail entering the spool now, the `counter`-th of this process's spool."""
+    return format_id(time.time_ns(), os.getpid(), counter, os.uname().nodename or "localhost")
 
 
 def id_time(spool_id: str) -> float:
@@ -104,11 +114,27 @@ def default_root(git_dir: Path) -> Path:
     return Path(git_dir) / "mailtrack" / "spool"
 
 
-@dataclass(frozen=True)
 class Layout:
-    """The paths of one spool, under `root` (the table in the module docstring)."""
+    """The paths of one spool, under `root` (the table in the module docstring). A value, as a frozen
+    dataclass would be, written out: `mailtrack deliver`'s handoff imports no dataclasses."""
 
+    __slots__ = ("root",)
     root: Path
+
+    def __init__(self, root: Path) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Layout is read-only: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"Layout(root={self.root!r})"
 
     @property
     def incoming(self) -> Path:
@@ -181,3 +207,11 @@ class Layout:
     @property
     def notify_lock(self) -> Path:
         return self.root / "notify.lock"
+
+    @property
+    def serve_lock(self) -> Path:
+        return self.root / "serve.lock"
+
+    @property
+    def wake_fifo(self) -> Path:
+        return self.root / "wake.fifo"

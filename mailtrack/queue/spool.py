@@ -32,11 +32,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
-import json
 import logging
 import os
-import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,15 +41,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from mailtrack.mail.ids import header_message_id, mail_key
+from mailtrack.queue.durable import deliver as deliver_into
+from mailtrack.queue.durable import fsync_dir, write_durably, write_synced
 from mailtrack.queue.layout import (
     ENVELOPE,
     ID_RE,
     REASON,
     SOURCE,
     Layout,
-    format_id,
     format_name,
+    new_id,
     parse_counts,
     parse_name,
     reason_name,
@@ -63,7 +61,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 MAX_INTERRUPTED = 10  # attempts cut short (kill, crash, lock) before a mail is given up on
 DIR_MODE = 0o750
-FILE_MODE = 0o640
 STALE_TMP = timedelta(hours=36)  # the Maildir rule for files left in tmp/ by a crashed writer
 
 __all__ = ["ID_RE", "MAX_ATTEMPTS", "MAX_INTERRUPTED", "Claim", "Entry", "Envelope", "Queue", "Spool", "Where", "fsync_dir", "put_back",
@@ -132,22 +129,22 @@ class Envelope:
     recipients: list[str]
 
 
+def _message_id(raw: bytes) -> str:
+    """The Message-ID of a mail, for a log line ("" when it has none)."""
+    # imported here, not at the top: `mailtrack deliver` handing its mail to serve keeps it without
+    # a log line, and without hashlib and uuid (queue/handoff.py; tests/test_handoff.py)
+    from mailtrack.mail.ids import header_message_id
+
+    return header_message_id(raw)
+
+
 def _claimed_id(claim: Claim) -> str:
     """The Message-ID of a claimed mail, for a log line ("none", or "?" when it cannot be read)."""
     try:
         with open(claim.path, "rb") as f:
-            return header_message_id(f.read(65536)) or "none"
+            return _message_id(f.read(65536)) or "none"
     except OSError:
         return "?"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the names in a directory durable (after a rename into it or out of it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def put_back(path: Path, new: Path, beside: Path) -> bool:
@@ -161,36 +158,6 @@ def put_back(path: Path, new: Path, beside: Path) -> bool:
     with contextlib.suppress(FileNotFoundError):
         beside.unlink()
     return True
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist), write `data` and fsync it; no file is left on error."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-
-
-def write_durably(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
-    """Write `data` to `path` so that it survives a crash: tmp file, fsync, rename, fsync dir."""
-    tmp = tmp or path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    _write_synced(tmp, data)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def _first_line(text: str) -> str:
@@ -264,10 +231,10 @@ class Queue:
             write_durably(path, attachment)
         try:
             if hold:
-                _write_synced(self.tmp / spool_id, raw)
+                write_synced(self.tmp / spool_id, raw)
                 fsync_dir(self.tmp)
             else:
-                write_durably(self.new / spool_id, raw, tmp=self.tmp / spool_id)
+                deliver_into(self.dir, spool_id, raw)
         except BaseException:
             if attachment is not None:
                 with contextlib.suppress(OSError):
@@ -556,7 +523,6 @@ class Spool:
         )
         self.outbox = Queue(layout.outbox, layout.outbox_failed, attached=layout.envelopes, suffix=ENVELOPE)
         self._counter = itertools.count()
-        self._host = socket.gethostname() or "localhost"
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         for path in [*self.incoming.dirs(), *self.outbox.dirs(), layout.envelopes]:
             path.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -576,7 +542,8 @@ class Spool:
         spool_id = self._new_id()
         kept = source.encode("utf-8", "replace") if keep_source and source else None
         self.incoming.deliver(spool_id, raw, attachment=kept)
-        log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", header_message_id(raw))
+        if log.isEnabledFor(logging.INFO):  # deliver, quiet, spools without reading the headers
+            log.info("accepted %s from %s, Message-ID %s", spool_id, source or "?", _message_id(raw))
         return spool_id
 
     def keep_for_postmaster(self, raw: bytes, *, source: str = "") -> str:
@@ -589,7 +556,7 @@ class Spool:
                 fsync_dir(path.parent)
         spool_id = self._new_id()
         write_durably(box / "new" / spool_id, raw, tmp=box / "tmp" / spool_id)
-        log.warning("kept %s for the postmaster in %s, from %s, Message-ID %s", spool_id, box, source or "?", header_message_id(raw))
+        log.warning("kept %s for the postmaster in %s, from %s, Message-ID %s", spool_id, box, source or "?", _message_id(raw))
         return spool_id
 
     def postmaster_full(self, max_mails: int, max_bytes: int) -> bool:
@@ -629,7 +596,7 @@ class Spool:
         out = []
         for p in paths[:n]:
             with contextlib.suppress(OSError):
-                out.append((p.name, header_message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
+                out.append((p.name, _message_id(p.read_bytes()[:65536]) or "(no Message-ID)"))
         return out
 
     def failed_message_ids(self) -> set[str]:
@@ -639,6 +606,9 @@ class Spool:
     def failed_by_key(self, source: str | None = None) -> dict[str, list[str]]:
         """The spool ids of the mail in failed/ by Message-ID (mail.ids.mail_key); `source`: only
         the mail accept() recorded as coming from there (keep_source)."""
+        # imported here, not at the top: deliver's way to keep a mail stays lean (see _message_id)
+        from mailtrack.mail.ids import mail_key
+
         found: dict[str, list[str]] = {}
         for spool_id, _, path in self.incoming.entries("failed"):
             if source is not None and self.source(spool_id) != source:
@@ -664,7 +634,7 @@ class Spool:
         spool_id = self._new_id()
         self.incoming.hold(spool_id, raw, reason)
         log.warning("%s (Message-ID %s) kept in %s: %s",  # a decision
-                    spool_id, header_message_id(raw) or "none", self.incoming.failed.name, _first_line(reason))
+                    spool_id, _message_id(raw) or "none", self.incoming.failed.name, _first_line(reason))
         return spool_id
 
     def prune(self, older_than: timedelta) -> int:
@@ -682,8 +652,10 @@ class Spool:
         data: dict[str, object] = {"sender": sender, "recipients": list(recipients)}
         if after is not None:
             data["after"] = after.decode("ascii")
+        import json  # here, as the other uses: deliver's way to keep a mail stays lean
+
         self.outbox.deliver(spool_id, raw, attachment=json.dumps(data).encode(), hold=after is not None)
-        log.info("%s %s to %s, Message-ID %s", "held" if after else "queued", spool_id, ", ".join(recipients), header_message_id(raw))
+        log.info("%s %s to %s, Message-ID %s", "held" if after else "queued", spool_id, ", ".join(recipients), _message_id(raw))
         return spool_id
 
     def publish_out(self, spool_id: str) -> None:
@@ -700,6 +672,8 @@ class Spool:
         remote holds it): queued when `landed(commit)` is True, deleted when False, left held when
         None (not yet); returns how many were queued. Call it holding the lock the writers hold
         from holding to publishing (tracker.store.Store.writing), so that none is half-way."""
+        import json  # here, as the other uses: deliver's way to keep a mail stays lean
+
         published = 0
         stale = time.time() - STALE_TMP.total_seconds()
         for spool_id in self.outbox.held():
@@ -726,6 +700,8 @@ class Spool:
 
     def envelope(self, claim: Claim) -> Envelope:
         """The envelope queue_out() kept for an outgoing mail."""
+        import json  # here, as the other uses: deliver's way to keep a mail stays lean
+
         data = json.loads(self.outbox.attachment(claim.id).read_text())
         return Envelope(sender=str(data["sender"]), recipients=[str(r) for r in data["recipients"]])
 
@@ -769,7 +745,7 @@ class Spool:
     # --- internals ----------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        return format_id(time.time_ns(), os.getpid(), next(self._counter), self._host)
+        return new_id(next(self._counter))
 
     def _queue_of(self, claim: Claim) -> Queue:
         for queue in self.queues:

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import authres
-
 from mailtrack.config import AccessConfig
 from mailtrack.mail.parse import ParsedMail
 from mailtrack.tracker import rights
@@ -102,6 +100,8 @@ def _stamped(mail: ParsedMail, trusted: set[str], domain: str) -> str | None:
             own_group = False  # what stands below the trusted server's own Received came with the mail
         if name.lower() != "authentication-results":
             continue
+        import authres  # here: only a mail with Authentication-Results needs the parser (deliver starts lean)
+
         try:
             header = authres.parse_value(value)
             authserv = str(header.authserv_id).lower()
