@@ -66,7 +66,6 @@ from mailtrack.queue.spool import Spool, write_durably
 from mailtrack.tracker.changes import changed_fields
 from mailtrack.tracker.model import Comment, Issue, Person, Project, is_comment_filename
 from mailtrack.tracker.store import Snapshot, Store, split_issue_path
-from mailtrack.tracker.sync import SyncState
 from mailtrack.tracker.xmlformat import FormatError
 
 log = logging.getLogger(__name__)
@@ -441,6 +440,8 @@ class Notifier:
         tip = store.tip()
         if not self.config.sync.remote or tip is None:
             return tip
+        from mailtrack.tracker.sync import SyncState  # here: only [sync] needs it (dulwich's client); deliver starts lean
+
         level = SyncState.read(store).level
         return ObjectID(level.encode()) if level and ObjectID(level.encode()) in store.repo.object_store else None
 
@@ -458,6 +459,8 @@ class Notifier:
         if not self.config.sync.remote:
             return None
         me, tells_unmarked = self.config.sync.gateway_id, self.config.sync.notify_unmarked
+        from mailtrack.tracker.sync import SyncState  # here: only [sync] needs it (dulwich's client); deliver starts lean
+
         fetched = SyncState.read(store).fetched
         foreign: set[bytes] = set()
         if fetched and ObjectID(fetched.encode()) in store.repo.object_store:

@@ -34,7 +34,7 @@ from mailtrack.tracker.lookup import Index, normalize_msgid
 from mailtrack.tracker.model import Person, attachment_name, now, written_at
 from mailtrack.tracker.rights import Sender
 from mailtrack.tracker.store import Change, Snapshot, Store
-from mailtrack.worker import admission, commands, patchmail
+from mailtrack.worker import admission, commands
 from mailtrack.worker.commands import Applied, LineAction
 from mailtrack.worker.outcome import Action, Outcome, Reply
 from mailtrack.worker.replies import HeldReplies, Replier
@@ -177,6 +177,8 @@ class Gateway:
         try:
             mail = self.parse(raw)
             if is_patch_mail(mail):  # a series of issues-branch commits, applied as `git am` would
+                from mailtrack.worker import patchmail  # here: only patch mail needs the patches' code (deliver starts lean)
+
                 out = patchmail.handle(self, mail, dry_run=dry_run)
             else:
                 # a dry run is told what `deliver` would do: the mail would arrive now

@@ -23,10 +23,8 @@ from mailtrack.mail.ids import LOOP_HEADER, reply_message_id
 from mailtrack.mail.parse import ParsedMail, issue_title
 from mailtrack.queue.ratelimit import RateLimiter
 from mailtrack.queue.spool import Spool
-from mailtrack.tracker.merge import survived
 from mailtrack.tracker.model import Person
 from mailtrack.tracker.store import Store
-from mailtrack.tracker.sync import SyncState
 from mailtrack.worker.outcome import Outcome, Reply
 
 log = logging.getLogger(__name__)
@@ -154,7 +152,13 @@ def settle(config: Config, store: Store, spool: Spool) -> int:
 def landed(config: Config, store: Store) -> Callable[[bytes], bool | None]:
     """Whether a held reply's commit landed: on the branch; with [sync], also on the remote
     (None until then) with the mail's record of ours kept."""
-    level = SyncState.read(store).level if config.sync.remote else None
+    level = None
+    if config.sync.remote:
+        # here: only [sync] needs the remote's state and the merge (dulwich's client); deliver starts lean
+        from mailtrack.tracker.merge import survived
+        from mailtrack.tracker.sync import SyncState
+
+        level = SyncState.read(store).level
 
     def verdict(commit: bytes) -> bool | None:
         if not store.is_committed(commit):

@@ -19,7 +19,6 @@ from datetime import timedelta
 
 from mailtrack.queue.spool import Claim
 from mailtrack.tracker.store import ConcurrentUpdate, Locked
-from mailtrack.worker import patchmail
 from mailtrack.worker.outcome import Action, Outcome
 from mailtrack.worker.pipeline import Gateway
 
@@ -123,6 +122,8 @@ def housekeeping(gateway: Gateway) -> None:
     delete) the replies a crashed writer left held (worker.replies); take the waiting replies
     whose parent is on the branch now (committed by another process) or whose gateway.reply_wait
     is over (they become what they would have been without waiting)."""
+    from mailtrack.worker import patchmail  # here: `deliver` imports the runner, and only this needs the patches' code
+
     patchmail.expire(gateway)
     gateway.replier.settle()
     _take_again(gateway, gateway.due())
