@@ -96,7 +96,7 @@ def test_a_rebuild_that_git_fails_is_made_by_dulwich(branch: Path, monkeypatch: 
             good.sync(snap)
             expected = tables(good)
         monkeypatch.setattr(lookup, "BATCH", 1)
-        real = lookup._cat_files
+        real = lookup._git_rows
 
         def broken(*args: object) -> object:
             for n, rows in enumerate(real(*args)):  # type: ignore[arg-type]
@@ -104,7 +104,7 @@ def test_a_rebuild_that_git_fails_is_made_by_dulwich(branch: Path, monkeypatch: 
                     raise lookup._GitFailed("git cat-file: cut short")
                 yield rows
 
-        monkeypatch.setattr(lookup, "_cat_files", broken)
+        monkeypatch.setattr(lookup, "_git_rows", broken)
         with Index(None) as index:
             index.sync(snap)
             assert expected == tables(index)

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS comments (path TEXT PRIMARY KEY, created TEXT NOT NUL
 # comment file (its text is its `search` row's body), `created` in STAMP_FORMAT (sorts as the times do)
 TABLES = ("msgid", "issues", "people", "unreadable", "search", "search_rows", "files", "comments")  # what a rebuild empties
 SECONDARY = re.findall(r"CREATE INDEX IF NOT EXISTS (\w+) ON [^;]+;", SCHEMA)  # dropped while a rebuild writes, made after
-CACHE_KIB = 32 << 10  # SQLite's page cache: a rebuild's B-trees stay in memory (the default 2 MiB spills them)
+GIT_DELTA_CACHE = "48m"  # git cat-file's delta base cache in a rebuild: its peak RSS ~80 MiB, at some cost in time
+CACHE_KIB = 16 << 10  # SQLite's page cache: a rebuild's B-trees stay in memory (the default 2 MiB spills them)
 
 
 def default_path(snap: Snapshot) -> Path:
@@ -664,69 +665,86 @@ class _GitFailed(Exception):
 
 
 def _rebuild_by_git(snap: Snapshot, tree: bytes) -> Iterator[_Rows] | None:
-    """The rows of every file the index reads, in batches, read by git itself: `git ls-tree -r` of the
-    tree, then `git cat-file --batch` of those files, streamed. None when
-    there is no git binary (then dulwich reads them: the same rows, slower). _GitFailed, from the
-    iterator, when git fails along the way."""
+    """The rows of every file of the tree's issue directories, in batches, read by git itself: `git ls-tree -r
+    -l` streamed (the attachments: their sizes alone), the ids and paths of the files the index reads into
+    a file, then `git cat-file --batch` of them, its output streamed (each answer names its path): nothing
+    held but a batch. None when there is no git binary (then dulwich reads them: the same rows, slower).
+    _GitFailed, from the iterator, when git fails along the way."""
     import shutil
-    import subprocess
 
     git = shutil.which("git")
     if git is None:
         return None
-    cmd = [git, "--git-dir", snap.repo.controldir()]
+    # git's delta base cache bounded (96 MiB by default: a cat-file of every issue would hold ~130 MiB)
+    cmd = [git, "-c", f"core.deltaBaseCacheLimit={GIT_DELTA_CACHE}", "--git-dir", snap.repo.controldir()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"GIT_CONFIG_NOSYSTEM": "1"}
-    try:
-        listed = subprocess.run([*cmd, "ls-tree", "-r", "-l", "-z", "--full-tree", tree.decode()], env=env,
-                                capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise _GitFailed(str(e)) from None
-    paths: list[tuple[str, tuple[str, str]]] = []
-    ids: list[bytes] = []
-    sized = _Rows()  # the attachments: their sizes from the listing, their bytes never read
-    for entry in listed.split(b"\0"):
-        head, tab, raw = entry.partition(b"\t")
-        if not tab:
-            continue
-        _, kind, sha, size = head.split()
-        path = raw.decode("utf-8", "replace")
-        where = _split(path)
-        if kind != b"blob" or where is None:
-            continue
-        if _wanted(where[1]):
-            paths.append((path, where))
-            ids.append(sha)
-        else:
-            sized.sized(path, int(size))
-    del listed
-    return _cat_files(cmd, env, paths, ids, sized)
+    return _git_rows(cmd, env, tree)
 
 
-def _cat_files(cmd: list[str], env: dict[str, str], paths: list[tuple[str, tuple[str, str]]], ids: list[bytes],
-               first: _Rows) -> Iterator[_Rows]:
+def _git_rows(cmd: list[str], env: dict[str, str], tree: bytes) -> Iterator[_Rows]:
     import subprocess
     import tempfile
 
-    yield first
-    with tempfile.TemporaryFile() as wanted:  # its input from a file: no thread to feed it, no pipe to stall
-        for at in range(0, len(ids), 1000):
-            wanted.write(b"\n".join(ids[at : at + 1000]) + b"\n")
+    with tempfile.TemporaryFile() as wanted:  # cat-file's input from a file: no thread to feed it, no pipe to stall
+        count = 0
+        sized = _Rows()  # the attachments: their sizes from the listing, their bytes never read
+        try:
+            lister = subprocess.Popen([*cmd, "ls-tree", "-r", "-l", "-z", "--full-tree", tree.decode()], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            raise _GitFailed(str(e)) from None
+        assert lister.stdout is not None
+        listed = False
+        try:
+            left = b""
+            while block := lister.stdout.read(1 << 16):
+                *entries, left = (left + block).split(b"\0")
+                for entry in entries:
+                    head, tab, raw = entry.partition(b"\t")
+                    fields = head.split()
+                    if len(fields) != 4 or fields[1] != b"blob":
+                        continue
+                    path = raw.decode("utf-8", "replace")
+                    where = _split(path)
+                    if where is None:
+                        continue
+                    if not _wanted(where[1]):
+                        sized.sized(path, int(fields[3]))
+                        if len(sized.sizes) >= BATCH:
+                            yield sized
+                            sized = _Rows()
+                        continue
+                    if b"\n" in raw:  # cat-file reads a line per file
+                        raise _GitFailed(f"a file name with a newline: {path!r}")
+                    wanted.write(fields[2] + b" " + raw + b"\n")
+                    count += 1
+            listed = True
+        finally:
+            lister.stdout.close()
+            if not listed:  # left early (an error here): git need not go on
+                lister.kill()
+                lister.wait()
+        if lister.wait() != 0:
+            raise _GitFailed(f"git ls-tree exited with {lister.returncode}")
+        yield sized
         wanted.seek(0)
-        proc = subprocess.Popen([*cmd, "cat-file", "--batch", "--buffer"], env=env, stdin=wanted,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([*cmd, "cat-file", "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)", "--buffer"],
+                                env=env, stdin=wanted, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     out = proc.stdout
     try:
         rows = _Rows()
-        for (path, where), sha in zip(paths, ids, strict=True):
-            header = out.readline().split()
-            if len(header) != 3 or header[0] != sha or header[1] != b"blob":
-                raise _GitFailed(f"git cat-file: {b' '.join(header).decode('utf-8', 'replace') or 'no answer'} for {path}")
-            size = int(header[2])
-            data = out.read(size + 1)
-            if len(data) != size + 1 or data[-1:] != b"\n":
+        for _ in range(count):
+            header = out.readline()
+            sha, kind, size, raw = (header[:-1].split(b" ", 3) + [b"", b"", b""])[:4]
+            if kind != b"blob" or not size.isdigit():
+                raise _GitFailed(f"git cat-file: {header.decode('utf-8', 'replace').strip() or 'no answer'}")
+            data = out.read(int(size) + 1)
+            path = raw.decode("utf-8", "replace")
+            if len(data) != int(size) + 1 or data[-1:] != b"\n":
                 raise _GitFailed(f"git cat-file: {path} cut short")
-            rows.add(path, data[:-1], where)
+            first, second, filename = path.split("/")  # a path the listing took for an issue's file (_split)
+            rows.add(path, data[:-1], (first + second, filename))
             if rows.files >= BATCH:
                 yield rows
                 rows = _Rows()

@@ -59,7 +59,7 @@ _QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 
 def _phrase(name: str) -> str:
     """A display name as written in a mailbox: quoted (backslash and quote escaped) when it needs it."""
-    if name != name.strip() or any(c in _SPECIALS for c in name):
+    if name != name.strip() or not _SPECIALS.isdisjoint(name):
         return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return name
 
