@@ -263,14 +263,17 @@ def served_list(args: argparse.Namespace) -> int | None:
         if closed is None:
             return None
         covered = [] if args.all else closed  # the issues a list leaves out: query's rule (tracker.query._covered)
-        if args.format == "id":  # the names alone: no short names, no fields
-            rows: Iterable[dict[str, object]] = ({"id": n} for n, _, _ in index.rows(covered, ()))
+        if args.format == "id":  # the names alone, as _print_list writes them: no short names, no fields, no rows
+            for names in index.listed(covered):
+                sys.stdout.write("".join(f"{n}\n" for n in names))
+            return _print_list([], "id", [f"{path}: {why}" for path, why in index.unreadable()])
         else:
             from mailtrack.tracker.query import TABLE_FIELDS, fields_needed, shortest_names  # the table's fields, short names
 
             fields = fields_needed([], "", TABLE_FIELDS) if args.format in (None, "table") else None
             shorts = shortest_names(index.names())
-            rows = ({"id": n, "short": shorts[n], **r, "open": st not in closed} for n, st, r in index.rows(covered, fields))
+            rows: Iterable[dict[str, object]] = (
+                {"id": n, "short": shorts[n], **r, "open": st not in closed} for n, st, r in index.rows(covered, fields))
         return _print_list(rows, args.format, [f"{path}: {why}" for path, why in index.unreadable()])
 
 

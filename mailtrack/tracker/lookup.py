@@ -469,6 +469,13 @@ class Served:
     def names(self) -> list[str]:
         return [n for (n,) in self.db.execute("SELECT name FROM issues ORDER BY name")]
 
+    def listed(self, closed: list[str]) -> Iterator[list[str]]:
+        """The names `rows` gives, in its order, a thousand at a time (from the index on `created` alone)."""
+        where = f" WHERE status NOT IN ({','.join('?' * len(closed))})" if closed else ""
+        cursor = self.db.execute(f"SELECT name FROM issues{where} ORDER BY created, rowid", closed)
+        while batch := cursor.fetchmany(1000):
+            yield [n for (n,) in batch]
+
     def unreadable(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT path, error FROM unreadable ORDER BY path"))
 
