@@ -38,6 +38,15 @@ ALIASES = {
     "versions": "version", "subject": "title",
 }  # fmt: skip
 
+# The filter options of a list (`git issues list --component`, the web's `/?component=`) and the field each
+# one matches (tracker.query filters by them; here so that the command line parses its options lean).
+FILTERS = {
+    "status": "status", "type": "type", "severity": "severity", "priority": "priority",
+    "component": "components", "milestone": "milestone", "version": "version", "resolution": "resolution",
+    "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
+    "title": "title", "summary": "summary", "description": "description", "author": "author",
+}  # fmt: skip
+
 
 def canonical(name: str, among: tuple[str, ...] = EDITABLE_FIELDS) -> str | None:
     """issue.xml's name for the field a person named, when it is one of `among`; else None."""

@@ -296,7 +296,7 @@ def test_list_is_served_by_a_rebuildable_index(repo: Path) -> None:
 
 def test_shortest_names_are_unique_prefixes() -> None:
     """Short names grow past 7 hex only where two names share a longer prefix."""
-    from mailtrack.app.git_issues import shortest_names
+    from mailtrack.tracker.query import shortest_names
 
     names = ["abcdef01" + "0" * 32, "abcdef02" + "0" * 32, "1234567" + "0" * 33]
     assert {names[0]: "abcdef01", names[1]: "abcdef02", names[2]: "1234567"} == shortest_names(names)

@@ -31,6 +31,8 @@ def tables(index: Index) -> dict[str, list[tuple[object, ...]]]:
         "unreadable": "SELECT path, error FROM unreadable",
         "search": "SELECT path, issue, title, body FROM search",
         "search_rows": "SELECT path FROM search_rows",
+        "files": "SELECT path, size FROM files",
+        "comments": "SELECT * FROM comments",
     }
     return {name: sorted(index.db.execute(q).fetchall()) for name, q in queries.items()}  # type: ignore[type-var]
 

@@ -8,33 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import shlex
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from dulwich.objects import ObjectID
-from dulwich.refs import Ref
+from mailtrack.fields import FILTERS
 
-from mailtrack.tracker.changes import (
-    Edit,
-    close_edits,
-    edit_issue,
-    new_issue,
-    parse_assignment,
-    reopen_edits,
-)
-from mailtrack.tracker.model import Issue, Person, Project, is_comment_filename
-from mailtrack.tracker.query import FILTERS, TABLE_FIELDS, fields_needed, listing, select
-from mailtrack.tracker.query import shortest_names as shortest_names  # moved there; still importable from here
-from mailtrack.tracker.store import Change, Snapshot, Store, StoreError, issue_dir
-from mailtrack.tracker.xmlformat import FormatError
+if TYPE_CHECKING:  # the store and the records load dulwich: each command imports what it uses (a warm list, show: none)
+    from mailtrack.tracker.changes import Edit
+    from mailtrack.tracker.model import Issue, Person, Project
+    from mailtrack.tracker.store import Change, Snapshot, Store
 
 
 class UsageError(Exception):
@@ -55,6 +41,10 @@ class Parser(argparse.ArgumentParser):
 
 def identity(store: Store) -> Person:
     """The acting person, as git would name the author of a commit."""
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.model import Person
+    from mailtrack.tracker.store import StoreError
+
     name = os.environ.get("GIT_AUTHOR_NAME")
     email = os.environ.get("GIT_AUTHOR_EMAIL")
     config = store.repo.get_config_stack()
@@ -75,6 +65,13 @@ def identity(store: Store) -> Person:
 
 def edit_text(store: Store, template: str) -> str:
     """Text from the user's editor, as git gets a commit message; '#' lines are dropped."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.store import StoreError
+
     editor = os.environ.get("GIT_EDITOR")
     if not editor:
         try:
@@ -95,6 +92,9 @@ def edit_text(store: Store, template: str) -> str:
 
 
 def message_arg(store: Store, args: argparse.Namespace, what: str) -> str:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.store import StoreError
+
     if args.message == "-":
         return sys.stdin.read()
     if args.message is not None:
@@ -113,6 +113,10 @@ def _value(v: object) -> str:
 
 
 def cmd_init(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.model import Project
+    from mailtrack.tracker.store import StoreError
+
     if store.tip() is not None:
         raise StoreError(f"the {store.branch} branch exists already")
     if store.first_step() != "git issues init":  # a clone: a second root would never merge sensibly
@@ -128,6 +132,9 @@ def cmd_init(store: Store, args: argparse.Namespace) -> int:
 
 
 def _field_edits(args: argparse.Namespace) -> list[Edit]:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import Edit
+
     edits = []
     for opt, fieldname in (
         ("status", "status"), ("type", "type"), ("severity", "severity"), ("priority", "priority"),
@@ -143,6 +150,10 @@ def _field_edits(args: argparse.Namespace) -> list[Edit]:
 
 
 def cmd_new(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import new_issue
+    from mailtrack.tracker.store import StoreError
+
     author = identity(store)
     store.require()
     text = args.message if args.message is not None else None
@@ -167,6 +178,10 @@ def cmd_new(store: Store, args: argparse.Namespace) -> int:
 def branch_records(snap: Snapshot) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
     """(name, record) of every readable issue, read from the branch itself, in no order, and a line
     for each issue.xml that does not parse: where the index cannot be kept (a read-only repository)."""
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.store import issue_dir
+    from mailtrack.tracker.xmlformat import FormatError
+
     records, bad = [], []
     for name in snap.issue_names():
         try:
@@ -183,7 +198,9 @@ def list_rows(snap: Snapshot, project: Project, filters: list[tuple[str, str]], 
     tracker.query.select over the branch's records."""
     import sqlite3
 
-    from mailtrack.tracker.lookup import Index  # only the commands that list: sqlite3 stays out of the others
+    # only the commands that list: sqlite3 stays out of the others
+    from mailtrack.tracker.lookup import Index
+    from mailtrack.tracker.query import listing, select
 
     try:
         with Index.for_snapshot(snap) as index:
@@ -195,68 +212,194 @@ def list_rows(snap: Snapshot, project: Project, filters: list[tuple[str, str]], 
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.query import TABLE_FIELDS, fields_needed
+
     snap = store.require()
+    if _index_made(snap):  # now served as a warm list is, streamed, when it can be
+        code = served_list(args)
+        if code is not None:
+            return code
     project = snap.project()
-    filters = [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
+    filters = _filters(args)
     include_closed = args.all or args.filter_status is not None
     # the index answers with the open issues only, and only the fields the table or the IDs need
     shown = {None: TABLE_FIELDS, "table": TABLE_FIELDS, "id": ()}.get(args.format)
     fields = fields_needed(filters, args.sort or "", shown) if shown is not None else None
     rows, unreadable = list_rows(snap, project, filters, args.sort or "", include_closed, fields)
-    if args.format == "json":
-        json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
-        print()
-    elif args.format in (None, "table"):
+    return _print_list(rows, args.format, unreadable)
+
+
+def _index_made(snap: Snapshot) -> bool:
+    """Bring the index up to the snapshot (built, when there is none); False where it cannot be kept."""
+    import sqlite3
+
+    from mailtrack.tracker.lookup import Index  # only the commands that list: sqlite3 stays out of the others
+
+    try:
+        with Index.for_snapshot(snap) as index:
+            index.sync(snap)
+    except (OSError, sqlite3.Error):
+        return False
+    return True
+
+
+def _filters(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(f, getattr(args, f"filter_{opt}")) for opt, f in FILTERS.items() if getattr(args, f"filter_{opt}")]
+
+
+def served_list(args: argparse.Namespace) -> int | None:
+    """`list` with no filter and the default order, from an index that describes the tip already (lookup.served):
+    rows streamed from SQLite, no store, no record parsed. None when it cannot be served so (then cmd_list)."""
+    if _filters(args) or (args.sort or "") not in ("", "created"):
+        return None
+    from mailtrack.tracker.lookup import served  # the index alone: nothing of dulwich or the store is loaded
+
+    index = served(args.repo)
+    if index is None:
+        return None
+    with index:
+        closed = index.closed()
+        if closed is None:
+            return None
+        covered = [] if args.all else closed  # the issues a list leaves out: query's rule (tracker.query._covered)
+        if args.format == "id":  # the names alone, as _print_list writes them: no short names, no fields, no rows
+            for names in index.listed(covered):
+                sys.stdout.write("".join(f"{n}\n" for n in names))
+            return _print_list([], "id", [f"{path}: {why}" for path, why in index.unreadable()])
+        else:
+            from mailtrack.tracker.query import TABLE_FIELDS, fields_needed, shortest_names  # the table's fields, short names
+
+            fields = fields_needed([], "", TABLE_FIELDS) if args.format in (None, "table") else None
+            shorts = shortest_names(index.names())
+            rows: Iterable[dict[str, object]] = (
+                {"id": n, "short": shorts[n], **r, "open": st not in closed} for n, st, r in index.rows(covered, fields))
+        return _print_list(rows, args.format, [f"{path}: {why}" for path, why in index.unreadable()])
+
+
+def _print_list(rows: Iterable[dict[str, object]], form: str | None, unreadable: list[str]) -> int:
+    """Write the rows as `list --format` asks, each as it comes, then a line on stderr for each file that does not parse."""
+    write = sys.stdout.write
+    if form == "json":  # json.dump(rows, indent=1) written a row at a time: a row's lines one space in
+        count = 0
         for r in rows:
-            print(f"{r['short']}  {r['status']:<8} {r['severity']:<8} {_value(r['components']) or '-':<12} "
-                  f"{_short_people(r['assigned']) or '-':<12} {r['title']}")  # type: ignore[arg-type]
-    elif args.format == "id":
-        for r in rows:
-            print(r["id"])
+            write(("[\n " if not count else ",\n ") + json.dumps(r, indent=1, ensure_ascii=False).replace("\n", "\n "))
+            count += 1
+        write("\n]\n" if count else "[]\n")
+    elif form in (None, "table"):
+        for chunk in _chunks(rows):
+            write("".join(f"{r['short']}  {r['status']:<8} {r['severity']:<8} {_value(r['components']) or '-':<12} "
+                          f"{_short_people(r['assigned']) or '-':<12} {r['title']}\n" for r in chunk))  # type: ignore[arg-type]
+    elif form == "id":
+        for chunk in _chunks(rows):
+            write("".join(f"{r['id']}\n" for r in chunk))
     else:
         for r in rows:
             try:
-                print(args.format.format(**{k: _value(v) for k, v in r.items()}))
+                line = form.format(**{k: _value(v) for k, v in r.items()})
             except (KeyError, ValueError, IndexError) as e:
-                raise StoreError(f"bad --format: {e}; fields are: {', '.join(rows[0])}") from None
+                raise UsageError(f"bad --format: {e}; fields are: {', '.join(r)}") from None
+            write(line + "\n")
     for line in unreadable:  # listed after the rest, as git reports a bad object and goes on
         print(f"error: {line}", file=sys.stderr)
     return 1 if unreadable else 0
 
 
+def _chunks(rows: Iterable[dict[str, object]], size: int = 512) -> Iterator[list[dict[str, object]]]:
+    """The rows a few hundred at a time: one write each, not one per line."""
+    chunk = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _short_people(people: list[str]) -> str:
+    from mailtrack.tracker.model import Person  # the one reader of identities (no dulwich in it)
+
     return ",".join(Person.parse(p).email.split("@")[0] or p for p in people)
+
+
+SHOWN = [("title", "Title"), ("status", "Status"), ("resolution", "Resolution"), ("type", "Type"),
+         ("severity", "Severity"), ("priority", "Priority"), ("components", "Components"),
+         ("milestone", "Milestone"), ("version", "Version"), ("assigned", "Assigned"),
+         ("reporters", "Reporters"), ("owners", "Owners"), ("carbons", "Cc"), ("tags", "Tags"),
+         ("summary", "Summary")]  # fmt: skip  # what `show` prints of an issue's fields, in this order
 
 
 def cmd_show(store: Store, args: argparse.Namespace) -> int:
     snap = store.require()
     name = snap.resolve(args.id)
     issue = snap.issue(name)
-    out = [f"issue {name}"]
-    labels = [("title", "Title"), ("status", "Status"), ("resolution", "Resolution"), ("type", "Type"),
-              ("severity", "Severity"), ("priority", "Priority"), ("components", "Components"),
-              ("milestone", "Milestone"), ("version", "Version"), ("assigned", "Assigned"),
-              ("reporters", "Reporters"), ("owners", "Owners"), ("carbons", "Cc"), ("tags", "Tags"),
-              ("summary", "Summary")]  # fmt: skip
-    out.append(f"Author:     {issue.author.mailbox}")
-    out.append(f"Created:    {_when(issue.created)}")
-    out.append(f"Modified:   {_when(issue.modified or issue.created)}")
-    for f, label in labels:
-        v = _value(issue.get(f))
-        if v or f in ("title", "status"):
-            out.append(f"{label + ':':<11} {v}")
-    if issue.message_id:
-        out.append(f"Message-ID: {issue.message_id}")
-    if issue.description.strip():
-        out += ["", *("    " + ln if ln else "" for ln in issue.description.splitlines())]
+    comments = []
     for c in snap.comments(name):
-        out += ["", f"comment {c.name[:7]}", f"Author: {c.author.mailbox}", f"Date:   {_when(c.created)}"]
+        sizes = []
         for a in c.attachments:
             data = snap.attachment(name, a)
-            out.append(f"Attachment: {a} ({len(data) if data is not None else 'missing'} bytes)")
-        out += ["", *("    " + ln if ln else "" for ln in c.text.splitlines())]
-    print("\n".join(out))
+            sizes.append((a, len(data) if data is not None else None))
+        comments.append((c.name, c.author.mailbox, _when(c.created), sizes, c.text))
+    print(_show_text(name, issue.author.mailbox, _when(issue.created), _when(issue.modified or issue.created),
+                     issue.record(), comments))
     return 0
+
+
+def served_show(args: argparse.Namespace) -> int | None:
+    """`show` from an index that describes the tip already (lookup.served): the issue's record and its comments
+    as the index keeps them, no store. None when it cannot be served so (then cmd_show, which words any error)."""
+    from mailtrack.tracker.lookup import served  # the index alone: nothing of dulwich or the store is loaded
+
+    index = served(args.repo)
+    if index is None:
+        return None
+    with index:
+        found = index.issue(args.id)
+        if found is None:
+            return None
+        name, record = found
+        created, modified = _stamp_shown(record["created"]), _stamp_shown(record["modified"] or record["created"])
+        comments = []
+        for when, cname, author, text, attachments in index.comments(name):
+            shown = _stamp_shown(when)
+            if shown is None:
+                return None
+            comments.append((cname, author, shown, [(a, index.size(name, a)) for a in attachments], text))
+        if created is None or modified is None:
+            return None
+    print(_show_text(name, str(record["author"]), created, modified, record, comments))
+    return 0
+
+
+def _stamp_shown(stamp: object) -> str | None:
+    """_when of a time kept as text (TIME_FORMAT or STAMP_FORMAT, in UTC), by its digits; None for any other text."""
+    t = str(stamp)
+    if len(t) not in (16, 23) or t[8] != "T" or not (t[:8] + t[9:15]).isdigit() or not t.isascii() or t[0] == "0":
+        return None
+    return f"{t[:4]}-{t[4:6]}-{t[6:8]} {t[9:11]}:{t[11:13]}:{t[13:15]} UTC"
+
+
+def _show_text(name: str, author: str, created: str, modified: str, record: dict[str, object],
+               comments: list[tuple[str, str, str, list[tuple[str, int | None]], str]]) -> str:
+    """What `show` prints: the issue (`record`: Issue.record()) and its comments (name, author, date, attachments
+    and their sizes, text), whether read from the branch or from the index."""
+    out = [f"issue {name}", f"Author:     {author}", f"Created:    {created}", f"Modified:   {modified}"]
+    for f, label in SHOWN:
+        v = _value(record[f])
+        if v or f in ("title", "status"):
+            out.append(f"{label + ':':<11} {v}")
+    if record["message_id"]:
+        out.append(f"Message-ID: {record['message_id']}")
+    description = str(record["description"])
+    if description.strip():
+        out += ["", *("    " + ln if ln else "" for ln in description.splitlines())]
+    for cname, who, when, attachments, text in comments:
+        out += ["", f"comment {cname[:7]}", f"Author: {who}", f"Date:   {when}"]
+        for a, size in attachments:
+            out.append(f"Attachment: {a} ({size if size is not None else 'missing'} bytes)")
+        out += ["", *("    " + ln if ln else "" for ln in text.splitlines())]
+    return "\n".join(out)
 
 
 def _when(d: datetime) -> str:
@@ -265,6 +408,9 @@ def _when(d: datetime) -> str:
 
 def _edit(store: Store, args: argparse.Namespace, edits: Callable[[Snapshot], list[Edit]], comment: str | None = None,
           attachments: list[tuple[str, bytes]] | None = None) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import edit_issue
+
     author = identity(store)
     store.require()
 
@@ -288,11 +434,17 @@ def cmd_comment(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_set(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import parse_assignment
+
     edits = [parse_assignment(a) for a in args.assignments]
     return _edit(store, args, lambda s: edits)
 
 
 def cmd_close(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import close_edits
+
     snap = store.require()
     name = snap.resolve(args.id)
     issue = snap.issue(name)
@@ -303,6 +455,9 @@ def cmd_close(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_reopen(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import reopen_edits
+
     snap = store.require()
     name = snap.resolve(args.id)
     issue = snap.issue(name)
@@ -313,10 +468,16 @@ def cmd_reopen(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_assign(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import Edit
+
     return _edit(store, args, lambda s: [Edit("assigned", "=", ",".join(args.who))])
 
 
 def _plus_minus(fieldname: str, tokens: list[str]) -> list[Edit]:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.changes import Edit
+
     edits = []
     for t in tokens:
         op, value = (t[0], t[1:]) if t[:1] in "+-" and len(t) > 1 else ("+", t)
@@ -333,6 +494,9 @@ def cmd_cc(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_dump(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.store import issue_dir
+
     snap = store.require()
     name = snap.resolve(args.id)
     paths = ["issue.xml"] + (snap.comment_files(name) if args.comments else [])
@@ -347,6 +511,10 @@ def cmd_dump(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_attachment(store: Store, args: argparse.Namespace) -> int:
+    # the store and the records load dulwich: each command imports what it uses
+    from mailtrack.tracker.model import is_comment_filename
+    from mailtrack.tracker.store import StoreError
+
     snap = store.require()
     name = snap.resolve(args.id)
     data = snap.attachment(name, args.name)
@@ -412,7 +580,12 @@ def cmd_reset(store: Store, args: argparse.Namespace) -> int:
 
     The branch moves back to where REMOTE's issues branch was at the last `pull` (what `push --mail`
     sends starts there), or to REV; the old tip stays under refs/backup/ and in the reflog."""
-    from mailtrack.patches import format as patches  # the revision and last-pull lookups push --mail uses
+    from dulwich.objects import ObjectID
+    from dulwich.refs import Ref
+
+    # the revision and last-pull lookups push --mail uses, and the store's errors
+    from mailtrack.patches import format as patches
+    from mailtrack.tracker.store import StoreError
 
     store.require()
     old = store.tip()
@@ -470,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(f"--{opt}", action="append", metavar=opt.upper(), help=f"{what} (repeatable)")
 
     sp = cmd("list", cmd_list, "list issues (open ones unless --all)")
+    sp.set_defaults(served=served_list)
     sp.add_argument("-a", "--all", action="store_true", help="include closed issues")
     for f in FILTERS:
         sp.add_argument(f"--{f}", dest=f"filter_{f}", metavar="VALUE", help=f"only issues whose {f} matches")
@@ -478,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", help="table (default), json, id, or a template such as '{short} {title}'")
 
     sp = cmd("show", cmd_show, "show an issue and its comments")
+    sp.set_defaults(served=served_show)
     sp.add_argument("id")
 
     sp = cmd("comment", cmd_comment, "comment on an issue")
@@ -547,6 +722,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not word.startswith("-") and word not in ("tag", "cc") and (i == 0 or argv[i - 1] != "--repo"):
             break
     args = parser.parse_args(argv)
+    try:
+        served = getattr(args, "served", None)  # list, show: from the index alone, when it describes the tip
+        code = served(args) if served is not None else None
+        if code is None:
+            code = _with_store(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `git issues list | head`: the reader has what it wanted, as with git
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except UsageError as e:  # a served list's bad --format (the store's errors: _with_store)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+def _with_store(args: argparse.Namespace) -> int:
+    """The command, on the store; its errors as one line on stderr."""
+    import logging
+
+    # every command that the index alone did not answer: the store, and its errors
+    from mailtrack.tracker.store import Store, StoreError
+    from mailtrack.tracker.xmlformat import FormatError
+
     # the store's warnings (a stale lock removed) as git prints them: "warning: ..." on stderr
     warnings = logging.StreamHandler(sys.stderr)
     warnings.setLevel(logging.WARNING)
@@ -557,14 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = int(args.func(store, args))
             sys.stdout.flush()
             return code
-    except BrokenPipeError:  # `git issues list | head`: the reader has what it wanted, as with git
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except (StoreError, FormatError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     finally:
         logging.getLogger("mailtrack").removeHandler(warnings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mailtrack.fields import FILTERS as FILTERS  # the filter options: there, so that the CLI parses them lean
 from mailtrack.fields import LIST_FIELDS, TIME_FIELDS
 from mailtrack.tracker.changes import field_name
 from mailtrack.tracker.model import LIST_OF, Project
@@ -18,13 +19,6 @@ from mailtrack.tracker.store import MIN_SHORT, Snapshot, StoreError
 if TYPE_CHECKING:  # the index runs the SQL; its module needs this one's columns
     from mailtrack.tracker.lookup import Index
 
-# the filter options (`git issues list --component`, `/?component=`) and the field each one matches
-FILTERS = {
-    "status": "status", "type": "type", "severity": "severity", "priority": "priority",
-    "component": "components", "milestone": "milestone", "version": "version", "resolution": "resolution",
-    "assigned": "assigned", "reporter": "reporters", "owner": "owners", "cc": "carbons", "tag": "tags",
-    "title": "title", "summary": "summary", "description": "description", "author": "author",
-}  # fmt: skip
 TABLE_FIELDS = ("status", "severity", "components", "assigned", "title")  # what `git issues list` shows of each
 SUBSTRING_FILTERS = {"title", "summary", "description", "author"}  # and people in lists; the rest match a whole value
 

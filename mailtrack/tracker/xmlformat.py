@@ -11,10 +11,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
-from xml.etree.ElementTree import Element
-
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, iterparse
+from xml.etree.ElementTree import Element, XMLParser
 
 DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
 MAX_DEPTH = 32  # elements within elements: the format needs four; unknown extensions get the rest
@@ -73,8 +70,10 @@ def dumps(root: Node) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def _from_element(el: Element) -> Node:
-    children = [_from_element(c) for c in el]
+def _from_element(el: Element, depth: int = 1) -> Node:
+    if depth > MAX_DEPTH:
+        raise FormatError(f"elements nested more than {MAX_DEPTH} deep")
+    children = [_from_element(c, depth + 1) for c in el]
     text = None
     if not children and el.text is not None:
         text = el.text
@@ -87,9 +86,34 @@ def _from_element(el: Element) -> Node:
     return Node(str(el.tag), text, children, dict(el.attrib))
 
 
+_PLAIN = DECLARATION.encode()  # how every file we write begins
+
+
 def loads(data: bytes, root_tag: str | None = None) -> Node:
     """Parse a file safely: no DTD, no entity expansion, no external entities, and elements nested
-    at most MAX_DEPTH deep (counted while reading: a deeper file stops there, a FormatError)."""
+    at most MAX_DEPTH deep (counted while reading: a deeper file stops there, a FormatError).
+
+    A file that begins as ours do (UTF-8 declared) and holds no `<!` at all can declare no DTD and
+    no entity: expat's C tree builder reads it, ~3x faster than defusedxml's Python one, to the same
+    tree. Anything else, and any file that fails there (for the error's words), goes the defused way."""
+    if data.startswith(_PLAIN) and b"<!" not in data and b"\0" not in data:
+        try:
+            parser = XMLParser()
+            parser.feed(data)
+            node = _from_element(parser.close())
+        except (SyntaxError, FormatError):  # ParseError is a SyntaxError; the words come from the defused way
+            pass
+        else:
+            if root_tag is not None and node.tag != root_tag:
+                raise FormatError(f"expected a <{root_tag}> file, found <{node.tag}>")
+            return node
+    return _defused_loads(data, root_tag)
+
+
+def _defused_loads(data: bytes, root_tag: str | None) -> Node:
+    from defusedxml import DefusedXmlException  # only for a file not of our own shape: most reads never load it
+    from defusedxml.ElementTree import ParseError, iterparse
+
     depth = 0
     try:
         events = iterparse(io.BytesIO(data), ("start", "end"), forbid_dtd=True, forbid_entities=True, forbid_external=True)
@@ -97,7 +121,7 @@ def loads(data: bytes, root_tag: str | None = None) -> Node:
             depth += 1 if event == "start" else -1
             if depth > MAX_DEPTH:
                 raise FormatError(f"elements nested more than {MAX_DEPTH} deep")
-    except (ParseError, DefusedXmlException) as e:
+    except (ParseError, DefusedXmlException, LookupError) as e:  # LookupError: an encoding Python has no codec for
         raise FormatError(f"not a readable XML file: {e}") from None
     node = _from_element(events.root)
     if root_tag is not None and node.tag != root_tag:
