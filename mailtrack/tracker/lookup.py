@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS comments (path TEXT PRIMARY KEY, created TEXT NOT NUL
 TABLES = ("msgid", "issues", "people", "unreadable", "search", "search_rows", "files", "comments")  # what a rebuild empties
 SECONDARY = re.findall(r"CREATE INDEX IF NOT EXISTS (\w+) ON [^;]+;", SCHEMA)  # dropped while a rebuild writes, made after
 GIT_DELTA_CACHE = "48m"  # git cat-file's delta base cache in a rebuild: its peak RSS ~80 MiB, at some cost in time
-CACHE_KIB = 16 << 10  # SQLite's page cache: a rebuild's B-trees stay in memory (the default 2 MiB spills them)
+CACHE_KIB = 8 << 10  # SQLite's page cache during a rebuild: its B-trees stay in memory (the default 2 MiB spills them)
+STEADY_CACHE_KIB = 4 << 10  # and otherwise: a mail looks up a few rows (a long import at 100k issues stays under 100 MiB)
 
 
 def default_path(snap: Snapshot) -> Path:
@@ -95,7 +96,7 @@ class Index:
         self.db.create_function("py_lower", 1, _lower, deterministic=True)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # the branch is the truth: a lost index write is rebuilt
-        self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self.db.execute(f"PRAGMA cache_size=-{STEADY_CACHE_KIB}")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         if self._meta("version") != SCHEMA_VERSION:  # made by another version: made again, from the branch
             self.db.executescript("".join(f"DROP TABLE IF EXISTS {t};" for t in (*TABLES, "meta")) + SCHEMA + SEARCH_SCHEMA)
@@ -202,21 +203,29 @@ class Index:
         self._empty()
         if snap.tree is None:
             return
+        self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        try:
+            self._rebuild_all(snap, snap.tree)
+        finally:
+            self.db.execute(f"PRAGMA cache_size=-{STEADY_CACHE_KIB}")
+            self.db.execute("PRAGMA shrink_memory")
+
+    def _rebuild_all(self, snap: Snapshot, tree: bytes) -> None:
         for name in SECONDARY:  # an index made once over all the rows costs less than kept up row by row
             self.db.execute(f"DROP INDEX IF EXISTS {name}")
         try:
-            batches = _rebuild_by_git(snap, snap.tree)
+            batches = _rebuild_by_git(snap, tree)
             if batches is not None:
                 for rows in batches:
                     rows.write(self.db, bulk=True)
             else:
-                self._rebuild_by_dulwich(snap, snap.tree)
+                self._rebuild_by_dulwich(snap, tree)
         except _GitFailed as e:  # started, then failed (a repository git cannot read?): dulwich reads it all again
             import logging
 
             logging.getLogger(__name__).warning("index rebuild by git failed, reading the branch with dulwich: %s", e)
             self._empty()
-            self._rebuild_by_dulwich(snap, snap.tree)
+            self._rebuild_by_dulwich(snap, tree)
         for statement in re.findall(r"CREATE INDEX [^;]+;", SCHEMA):
             self.db.execute(statement)
 
