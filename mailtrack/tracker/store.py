@@ -65,7 +65,7 @@ WRITTEN_BYTES = 32 << 20  # and at most these many bytes of their files (attachm
 ISSUES_KEPT = 1024  # issue records a Store keeps parsed (Snapshot.issue)
 BATCH_COMMITS = 32  # commits a batch keeps in memory before one pack, one fsync and one ref move (< WRITES_KEPT)
 BATCH_BYTES = 16 << 20  # or these many bytes of new files, whichever comes first
-PACKS_KEPT = 24  # small packs (below SMALL_PACK objects) that batches leave before they are made one
+PACKS_KEPT = 12  # small packs (below SMALL_PACK objects) that batches leave before they are made one
 SMALL_PACK = 32 << 20  # bytes: a pack this large is left alone by _consolidate()
 PACK_LEVEL = 1  # zlib level of the packs a batch writes: 3x faster than 6, ~10% larger; `git gc` repacks tighter
 
@@ -1017,7 +1017,8 @@ class Store:
         git = shutil.which("git")
         if git is not None:
             self._repacking = subprocess.Popen(
-                [git, "--git-dir", self.repo.controldir(), "repack", "-d", "-q", "--geometric=2"],
+                [git, "--git-dir", self.repo.controldir(), "-c", "pack.threads=1", "-c", "core.deltaBaseCacheLimit=16m",
+                 "repack", "-d", "-q", "--geometric=2", "--window-memory=16m"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             log.info("%d packs: git repack --geometric=2 started (pid %d)", len(packs), self._repacking.pid)
             return
