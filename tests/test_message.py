@@ -758,3 +758,12 @@ def test_parse_says_when_a_reply_is_all_quote(body: str, expected: bool) -> None
     """ParsedMail.all_quote is set when nothing of the sender's own is left and reply_text is the whole body."""
     mail = parse(make_mail(body=body))
     assert (expected, body.strip() if expected else mail.reply_text) == (mail.all_quote, mail.reply_text)
+
+
+def test_a_display_name_the_parser_chokes_on_is_no_address_not_a_crash() -> None:
+    """`"a b".<c@d>` (found by test_mutated_corpus_never_raises): the standard library's token tree
+    raises an AttributeError when asked for its display name; that mailbox gives nothing, the rest stay."""
+    raw = (b'From: Jane <jane@example.org>\nTo: "mailtrack issues".<issues@tracker.example.org>\n'
+           b"Cc: Bob Smith <bob@example.org>\nSubject: x\nMessage-ID: <dot@example.org>\n\nhi\n")
+    mail = parse(raw)
+    assert ((), (("Bob Smith", "bob@example.org"),), "jane@example.org") == (mail.to, mail.cc, mail.from_addr)

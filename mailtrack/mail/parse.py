@@ -373,12 +373,16 @@ def _addresses(raw_headers: list[tuple[str, str]], name: str) -> list[tuple[str,
         except Exception:  # the parser's own bugs on hostile input (an IndexError): no address, not a crash
             continue
         for mailbox in mailboxes:
-            if mailbox.token_type != "mailbox" or not mailbox.local_part or not mailbox.domain:
-                continue  # an invalid-mailbox: what the parser could not read as one
-            addr = mailbox.addr_spec.lower()
+            try:  # its properties walk the token tree again: `"a b".<c@d>` raises an AttributeError there
+                if mailbox.token_type != "mailbox" or not mailbox.local_part or not mailbox.domain:
+                    continue  # an invalid-mailbox: what the parser could not read as one
+                addr = mailbox.addr_spec.lower()
+                name = mailbox.display_name or ""
+            except Exception:  # the parser's own bugs on hostile input: no address, not a crash
+                continue
             if re.search(r"[\s<>\\]", addr) or CONTROL_RE.search(addr):
                 continue
-            display = " ".join(CONTROL_RE.sub(" ", mailbox.display_name or "").split()).strip("'\"")
+            display = " ".join(CONTROL_RE.sub(" ", name).split()).strip("'\"")
             result.append(("" if display.lower() == addr else display, addr))
     return result
 
