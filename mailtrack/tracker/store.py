@@ -65,7 +65,7 @@ WRITTEN_BYTES = 32 << 20  # and at most these many bytes of their files (attachm
 ISSUES_KEPT = 1024  # issue records a Store keeps parsed (Snapshot.issue)
 BATCH_COMMITS = 32  # commits a batch keeps in memory before one pack, one fsync and one ref move (< WRITES_KEPT)
 BATCH_BYTES = 16 << 20  # or these many bytes of new files, whichever comes first
-PACKS_KEPT = 12  # small packs (below SMALL_PACK objects) that batches leave before they are made one
+PACKS_KEPT = 12  # packs before _consolidate() makes the small ones fewer (their mapped pages count in the RSS)
 SMALL_PACK = 32 << 20  # bytes: a pack this large is left alone by _consolidate()
 PACK_LEVEL = 1  # zlib level of the packs a batch writes: 3x faster than 6, ~10% larger; `git gc` repacks tighter
 
