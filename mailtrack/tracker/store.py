@@ -164,7 +164,9 @@ class Objects:
         return self.disk[ObjectID(sha)]
 
     def __contains__(self, sha: bytes) -> bool:
-        return bool(self.pending) and sha in self.pending or ObjectID(sha) in self.disk  # type: ignore[operator]
+        if self.pending and sha in self.pending:
+            return True
+        return ObjectID(sha) in self.disk
 
     def add_object(self, obj: ShaFile) -> None:
         if self.pending is None or not self.collecting:  # a writer beside the batch (write_commit) writes to the disk
