@@ -9,6 +9,7 @@ without the rest of the spool (queue/handoff.py).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -61,3 +62,20 @@ def deliver(maildir: Path, name: str, data: bytes) -> None:
     """Keep `data` as `<maildir>/new/<name>`, written as `<maildir>/tmp/<name>` first (a Maildir
     delivery). OSError: not kept, and nothing left in tmp/."""
     write_durably(maildir / "new" / name, data, tmp=maildir / "tmp" / name)
+
+
+def open_locked(path: Path, flags: int, mode: int = FILE_MODE, *, shared: bool = False) -> int | None:
+    """Open `path` (os.open's `flags`, `mode`) and flock it without waiting: the descriptor, holding
+    the lock until it is closed; None when another holds it (then nothing stays open). The open's
+    own OSError (no such file) is the caller's. The spool's one non-blocking lock: a claim on a
+    mail, serve's `serve.lock`, and deliver's look at it (queue/handoff.py)."""
+    fd = os.open(path, flags, mode)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

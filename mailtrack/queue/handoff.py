@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import select
 import stat
@@ -42,17 +41,12 @@ def worker_alive(layout: Layout) -> bool:
     """Whether a `mailtrack serve` worker runs on this spool right now (it holds `serve.lock`)."""
     try:
         # O_NONBLOCK: should something else stand there (a named pipe), the open does not wait for a writer
-        fd = os.open(layout.serve_lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:  # none: no serve ever ran here (or we may not read it: then deliver does the work)
+        fd = durable.open_locked(layout.serve_lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW, shared=True)
+    except OSError:  # none: no serve ever ran here (or we may not read it, or lock it: then deliver does the work)
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if fd is None:
         return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # and with it the shared lock, if we took it
+    os.close(fd)  # and with it the shared lock we took
     return False
 
 
@@ -122,15 +116,9 @@ class Advert:
             return True
         if self._fifo < 0:
             return False
-        fd = os.open(self.layout.serve_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, LOCK_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = durable.open_locked(self.layout.serve_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, LOCK_MODE)
+        if fd is None:
             return False
-        except BaseException:
-            os.close(fd)
-            raise
         self._lock = fd
         return True
 

@@ -30,7 +30,6 @@ commit: a reply is then sent exactly when its commit landed. Age never deletes a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from mailtrack.queue.durable import deliver as deliver_into
-from mailtrack.queue.durable import fsync_dir, write_durably, write_synced
+from mailtrack.queue.durable import fsync_dir, open_locked, write_durably, write_synced
 from mailtrack.queue.layout import (
     ENVELOPE,
     ID_RE,
@@ -77,18 +76,10 @@ class _Lock:
     def take(cls, path: Path) -> _Lock | None:
         """Lock `path` without waiting; None when another claim holds it (or it is gone)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_locked(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd)
+        return cls(fd) if fd is not None else None
 
     def release(self) -> None:
         fd, self._fd = self._fd, -1
